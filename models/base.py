@@ -1,0 +1,70 @@
+"""PyCIL's public learner surface, and nothing else.
+
+A learner keeps ``_cur_task`` (-1 before the first task), ``_known_classes`` (classes of
+finished tasks), ``_total_classes`` (seen so far, the current task included),
+``_network`` and ``_device``; the trainer calls ``incremental_train(data_manager)``,
+``eval_task()`` -> ``(cnn_accy, nme_accy)`` and ``after_task()`` once per task.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from utils.metrics import accuracy, per_task_accuracy
+
+
+class BaseLearner:
+    def __init__(self, args: Dict[str, Any]):
+        self.args = args
+        self._cur_task = -1
+        self._known_classes = 0
+        self._total_classes = 0
+        self._network = None
+        self._old_network = None
+        self._data_memory, self._targets_memory = np.array([]), np.array([])
+        self.topk = 5
+        self._memory_size = args.get("memory_size", 0)
+        self._memory_per_class = args.get("memory_per_class", None)
+        self._fixed_memory = args.get("fixed_memory", False)
+        device = args.get("device", "cpu")
+        self._multiple_gpus = list(device) if isinstance(device, (list, tuple)) else [device]
+        self._device = self._multiple_gpus[0]
+        # Class ranges of the tasks seen so far (for the accuracy matrix).
+        self._task_ranges: List[range] = []
+
+    @property
+    def exemplar_size(self) -> int:
+        return len(self._targets_memory)
+
+    def incremental_train(self, data_manager) -> None:
+        raise NotImplementedError
+
+    def eval_task(self):
+        raise NotImplementedError
+
+    def after_task(self) -> None:
+        self._known_classes = self._total_classes
+
+    def _evaluate(self, y_pred: np.ndarray, y_true: np.ndarray) -> Dict[str, Any]:
+        """PyCIL's accuracy dict. y_pred (N, topk) class ids, best first; y_true (N,)."""
+        y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
+        top1 = y_pred[:, 0]
+        grouped: Dict[str, float] = {"total": round(accuracy(top1, y_true), 2)}
+        per_task = per_task_accuracy(top1, y_true, self._task_ranges)
+        for r, acc in zip(self._task_ranges, per_task):
+            grouped[f"{r.start:02d}-{r.stop - 1:02d}"] = round(acc, 2)
+        old = y_true < self._known_classes
+        grouped["old"] = round(accuracy(top1[old], y_true[old]), 2) if old.any() else 0.0
+        grouped["new"] = round(accuracy(top1[~old], y_true[~old]), 2) if (~old).any() else 0.0
+        k = min(self.topk, y_pred.shape[1])
+        return {
+            "grouped": grouped,
+            "top1": round(accuracy(top1, y_true), 2),
+            f"top{self.topk}": round(float(np.mean((y_pred[:, :k] == y_true[:, None]).any(axis=1)) * 100), 2),
+            "per_task": per_task,  # unrounded accuracy on each task's classes (accuracy-matrix row)
+        }
+
+    def results_extra(self) -> Dict[str, Any]:
+        """Method-specific records for results.json (epochs, gap values, ...)."""
+        return {}

@@ -1,0 +1,239 @@
+"""MG-CLIP: "Mind the Gap" (Huang et al., ICCV 2025), as its released code behaves.
+
+Per task: LoRA fine-tuning of CLIP's image and text encoders (SPEC 4-8) for an epoch
+budget E that keeps the modality gap near zero-shot CLIP's (SPEC 9-12, chosen once on the
+first task by a probe), then a visual cosine classifier grown by one prototype-initialised
+block (SPEC 13-15); inference fuses both classifiers (SPEC 16). ``SPEC`` is
+``shared/SPEC.md``; every deviation is an option that is off by default.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.base import BaseLearner
+from utils.clip_backbone import autocast
+from utils.clip_ops import (build_backbone, class_names, encode_dataset, get_dataset, make_loader, progress,
+                            prompts, read_args, text_features)
+from utils.cosine_linear import CosineLinear
+from utils.gap import EpochProbe, GapAccumulator
+from utils.lora import load_lora_state_dict, lora_disabled, lora_parameters, lora_state_dict
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gap statistic became NaN/inf; the message says where."""
+
+
+def fuse(text_logits: torch.Tensor, visual_logits: Optional[torch.Tensor], beta: float) -> torch.Tensor:
+    """SPEC 16: (softmax(softmax(text_logits)) + beta * softmax(visual_logits)) / (1 + beta).
+
+    The double softmax on the text side is the released code's and the published numbers
+    depend on it. Without a visual classifier: the text probabilities."""
+    p_text = F.softmax(F.softmax(text_logits.float(), dim=1), dim=1)
+    if visual_logits is None:
+        return p_text
+    return (p_text + beta * F.softmax(visual_logits.float(), dim=1)) / (1.0 + beta)
+
+
+def gap_statistic(image_feats: torch.Tensor, labels: torch.Tensor, text_feats: torch.Tensor,
+                  logit_scale: float, batch_size: int) -> Tuple[float, float]:
+    """(mean non-target logit, mean target logit) of normalized features, batch by batch
+    in dataset order (SPEC 9). ``labels`` index the columns of ``text_feats``."""
+    acc = GapAccumulator()
+    for i in range(0, len(labels), batch_size):
+        acc.add(logit_scale * image_feats[i:i + batch_size] @ text_feats.t(), labels[i:i + batch_size])
+    return acc.negative, acc.positive
+
+
+class MGCLIP(BaseLearner):
+    def __init__(self, args: Dict[str, Any]):
+        super().__init__(args)
+        self.cfg, self._device = read_args(args)
+        self._network = build_backbone(self.cfg, self._device, with_lora=True)
+        self.visual = CosineLinear(self._network.embed_dim, scale=self.cfg.visual_scale).to(self._device)
+        self._names: List[str] = []
+        self.epochs: Optional[int] = None if self.cfg.epochs == "auto" else int(self.cfg.epochs)
+        self.timings: Dict[str, float] = defaultdict(float)
+        self.record: Dict[str, Any] = {"epochs": {"mode": "probe" if self.epochs is None else "fixed",
+                                                  "chosen": self.epochs},
+                                       "gap": [], "text_accuracy": [], "visual_accuracy": []}
+
+    # ------------------------------------------------------------------ task loop
+    def incremental_train(self, data_manager) -> None:
+        self._cur_task += 1
+        self._total_classes = self._known_classes + data_manager.get_task_size(self._cur_task)
+        new = range(self._known_classes, self._total_classes)
+        self._task_ranges.append(new)
+        self._names += class_names(data_manager, new, self.args.get("dataset", ""))
+        res = self._network.input_resolution
+        train_set = get_dataset(data_manager, new, "train", res)
+        test_set = get_dataset(data_manager, range(self._total_classes), "test", res)
+        self.train_loader = make_loader(train_set, self.cfg.batch_size, True, self.cfg.num_workers, self._device)
+        self.ordered_train_loader = make_loader(train_set, self.cfg.batch_size, False, self.cfg.num_workers,
+                                                self._device)
+        self.test_loader = make_loader(test_set, self.cfg.eval_batch_size, False, self.cfg.num_workers, self._device)
+        # Only the current task's prompts enter the loss (SPEC 7): encoding just those is exact.
+        self._task_tokens = self._network.tokenize(prompts(self.cfg.prompt_template, self._names[new.start:]))
+
+        gap: Dict[str, Any] = {"task": self._cur_task}
+        if self._cur_task == 0 and self.epochs is None:
+            gap["before"] = self._probe_epochs()
+        elif self.cfg.track_gap:
+            gap["before"] = self._task_gap()
+        self._train_lora(self.epochs)
+        feats, labels = self._timed("features", encode_dataset, self._network, self.ordered_train_loader,
+                                    self._device, self.cfg.precision, "features")
+        gap["after"] = self._task_gap(feats, labels)
+        self.record["gap"].append(gap)
+        logger.info("task %d gap (mean non-target logit): before %s, after %.4f", self._cur_task,
+                    f"{gap['before']['neg']:.4f}" if "before" in gap else "-", gap["after"]["neg"])
+        if self.cfg.compensation:
+            self._timed("classifier", self._train_visual, feats, labels)
+
+    def after_task(self) -> None:
+        self._known_classes = self._total_classes
+
+    # ------------------------------------------------------------------ LoRA training
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the current task's classes (SPEC 6-7); on the first task these
+        are all seen classes. Text is re-encoded with LoRA on every call."""
+        net = self._network
+        with autocast(self._device, self.cfg.precision):
+            img = net.encode_image(x)
+        img = F.normalize(img.float(), dim=1)
+        txt = text_features(net, self._task_tokens, self._device, self.cfg.precision)
+        logits = net.logit_scale * img @ txt.t()
+        return F.cross_entropy(logits, y - self._known_classes)
+
+    def _train_lora(self, epochs: int, probe: Optional[EpochProbe] = None) -> None:
+        """Adam on the LoRA weights, cosine schedule per epoch to min_lr_ratio * lr over
+        ``epochs`` (SPEC 8). With ``probe``: measure the gap after each epoch and stop when
+        the probe has its budget (SPEC 11)."""
+        net = self._network
+        params = lora_parameters(net)
+        opt = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.cfg.lr * self.cfg.min_lr_ratio)
+        phase = "probe" if probe else "train"
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            net.train()
+            for step, (_, x, y) in enumerate(progress(self.train_loader, f"task {self._cur_task} {phase} {epoch + 1}/{epochs}")):
+                loss = self._loss(x.to(self._device, non_blocking=True), y.to(self._device, non_blocking=True))
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(f"non-finite loss {loss.item()} in task {self._cur_task}, "
+                                         f"{phase} epoch {epoch + 1}, step {step + 1}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sched.step()
+            self.timings[phase] += time.perf_counter() - start
+            if probe is not None:
+                stat = self._task_gap()
+                stop = probe.update(stat["neg"])
+                logger.info("probe epoch %d: gap %.4f, relative change %.2f %%", epoch + 1, stat["neg"],
+                            100 * probe.changes[-1])
+                self.record["epochs"]["probe"].append({"epoch": epoch + 1, **stat, "change": probe.changes[-1]})
+                if stop:
+                    return
+
+    def _probe_epochs(self) -> Dict[str, float]:
+        """SPEC 10-12: reference gap with LoRA off, probe epochs until the gap moves more than
+        alpha, then restore zero-shot CLIP. Returns the reference statistic."""
+        net = self._network
+        with lora_disabled(net):
+            ref = self._task_gap()
+        logger.info("gap reference neg0 (LoRA off): %.4f (mean target logit %.4f)", ref["neg"], ref["pos"])
+        self.record["epochs"].update({"neg0": ref["neg"], "pos0": ref["pos"], "alpha": self.cfg.gap_alpha, "probe": []})
+        start_state = lora_state_dict(net)
+        probe = EpochProbe(ref["neg"], self.cfg.gap_alpha, self.cfg.probe_max_epochs)
+        self._train_lora(self.cfg.probe_max_epochs, probe=probe)
+        self.epochs = probe.budget
+        self.record["epochs"]["chosen"] = self.epochs
+        logger.info("epoch budget E = %d (from %d probe epochs)", self.epochs, len(probe.values))
+        load_lora_state_dict(net, start_state)  # back to zero-shot CLIP for the real run
+        return ref
+
+    def _task_gap(self, feats: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> Dict[str, float]:
+        """Gap statistic on the current task's training images over its classes (SPEC 9),
+        in eval mode; reuses ``feats`` when the caller already has them."""
+        start = time.perf_counter()
+        net = self._network
+        if feats is None:
+            feats, labels = encode_dataset(net, self.ordered_train_loader, self._device, self.cfg.precision, "gap")
+        with torch.no_grad():
+            txt = text_features(net.eval(), self._task_tokens, self._device, self.cfg.precision)
+        neg, pos = gap_statistic(feats, labels - self._known_classes, txt, float(net.logit_scale), self.cfg.batch_size)
+        if not (math.isfinite(neg) and math.isfinite(pos)):
+            raise NonFiniteError(f"non-finite gap statistic ({neg}, {pos}) in task {self._cur_task}")
+        self.timings["gap"] += time.perf_counter() - start
+        return {"neg": neg, "pos": pos}
+
+    # ------------------------------------------------------------------ gap compensation
+    def _train_visual(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """SPEC 13-15: new prototype rows, then ``visual_epochs`` of Adam on the new block
+        only, cross-entropy over the current task's columns, cosine schedule per iteration."""
+        cfg = self.cfg
+        num_new = self._total_classes - self._known_classes
+        block = self.visual.add_classes(feats, labels, num_new, self._known_classes)
+        steps_per_epoch = math.ceil(len(labels) / cfg.visual_batch_size)
+        opt = torch.optim.Adam([block], lr=cfg.visual_lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, steps_per_epoch * cfg.visual_epochs), eta_min=cfg.visual_lr * cfg.min_lr_ratio)
+        target = labels - self._known_classes
+        for _ in range(cfg.visual_epochs):
+            order = torch.randperm(len(labels)).to(labels.device)
+            for i in range(0, len(labels), cfg.visual_batch_size):
+                idx = order[i:i + cfg.visual_batch_size]
+                loss = F.cross_entropy(self.visual.block_logits(feats[idx], -1), target[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_logits(self, loader) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """(text logits 100*cos (N, seen), visual cosine logits (N, seen) or None, labels)."""
+        net = self._network.eval()
+        txt = text_features(net, net.tokenize(prompts(self.cfg.prompt_template, self._names)), self._device,
+                            self.cfg.precision)
+        feats, labels = encode_dataset(net, loader, self._device, self.cfg.precision, "eval")
+        text_logits = net.logit_scale * feats @ txt.t()
+        visual_logits = self.visual(feats) if self.cfg.compensation else None
+        return text_logits, visual_logits, labels
+
+    def eval_task(self):
+        start = time.perf_counter()
+        text_logits, visual_logits, labels = self.predict_logits(self.test_loader)
+        probs = fuse(text_logits, visual_logits, self.cfg.fusion_beta)
+        y_true = labels.cpu().numpy()
+        y_pred = torch.topk(probs, k=min(self.topk, probs.shape[1]), dim=1).indices.cpu().numpy()
+        cnn_accy = self._evaluate(y_pred, y_true)
+        text_acc = float((text_logits.argmax(1) == labels).float().mean() * 100)
+        cnn_accy["text_top1"] = text_acc
+        self.record["text_accuracy"].append(text_acc)
+        if visual_logits is not None:
+            vis_acc = float((visual_logits.argmax(1) == labels).float().mean() * 100)
+            cnn_accy["visual_top1"] = vis_acc
+            self.record["visual_accuracy"].append(vis_acc)
+        self.timings["eval"] += time.perf_counter() - start
+        return cnn_accy, None
+
+    # ------------------------------------------------------------------ helpers
+    def _timed(self, phase: str, fn, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        self.timings[phase] += time.perf_counter() - start
+        return out
+
+    def results_extra(self) -> Dict[str, Any]:
+        return self.record

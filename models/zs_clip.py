@@ -1,0 +1,42 @@
+"""Zero-shot CLIP (the Continual-CLIP baseline): no training; classify the test images of
+all seen classes by cosine similarity to the prompts of their names."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+from models.base import BaseLearner
+from utils.clip_ops import (build_backbone, class_names, encode_dataset, get_dataset, make_loader, prompts,
+                            read_args, text_features)
+
+logger = logging.getLogger(__name__)
+
+
+class ZSCLIP(BaseLearner):
+    def __init__(self, args: Dict[str, Any]):
+        super().__init__(args)
+        self.cfg, self._device = read_args(args)
+        self._network = build_backbone(self.cfg, self._device, with_lora=False).eval()
+        self._names = []
+
+    def incremental_train(self, data_manager) -> None:
+        self._cur_task += 1
+        self._total_classes = self._known_classes + data_manager.get_task_size(self._cur_task)
+        self._task_ranges.append(range(self._known_classes, self._total_classes))
+        new = range(self._known_classes, self._total_classes)
+        self._names += class_names(data_manager, new, self.args.get("dataset", ""))
+        test_set = get_dataset(data_manager, range(self._total_classes), "test", self._network.input_resolution)
+        self.test_loader = make_loader(test_set, self.cfg.eval_batch_size, False, self.cfg.num_workers, self._device)
+
+    @torch.no_grad()
+    def eval_task(self):
+        net = self._network
+        tokens = net.tokenize(prompts(self.cfg.prompt_template, self._names))
+        text = text_features(net, tokens, self._device, self.cfg.precision)
+        feats, labels = encode_dataset(net, self.test_loader, self._device, self.cfg.precision, desc="eval")
+        scores = feats @ text.t()
+        y_pred = torch.topk(scores, k=min(self.topk, scores.shape[1]), dim=1).indices
+        return self._evaluate(y_pred.cpu().numpy(), labels.cpu().numpy()), None

@@ -1,0 +1,1 @@
+"""Helpers of the MG-CLIP toolbox: config, data, CLIP backbone, LoRA, gap, metrics, trainer."""

@@ -1,0 +1,286 @@
+"""Loading OpenAI CLIP and running it fast.
+
+- ``load_clip(name, ...)``: an OpenAI model name (downloaded into a cache folder, SHA-256
+  verified, written atomically), a local checkpoint (JIT archive or state dict),
+  ``"tiny-random"`` (a tiny CLIP for tests and the offline demo) or ``"vit-b16-random"``
+  (ViT-B/16 shapes with random weights, for speed benchmarks).
+- ``ClipBackbone``: the CLIP model with every attention block running through
+  ``scaled_dot_product_attention`` on separate q/k/v/out projections (so LoRA can wrap k
+  and v), and a text encoder that trims the token context to the longest prompt.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import sys
+import tempfile
+import types
+import urllib.error
+import urllib.request
+import warnings
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class BackboneError(RuntimeError):
+    """CLIP weights could not be found, fetched or verified; the message says what to do."""
+
+
+def import_clip():
+    """Import the ``clip`` package on any setuptools.
+
+    openai-clip does ``from pkg_resources import packaging``; setuptools >= 81 no longer
+    ships ``pkg_resources``. If it is missing we register a minimal stand-in that offers
+    ``packaging`` (the only thing clip uses) before importing clip.
+    """
+    if "clip" in sys.modules:
+        return sys.modules["clip"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pkg_resources' deprecation notice
+        try:
+            import pkg_resources  # noqa: F401
+        except ImportError:
+            shim = types.ModuleType("pkg_resources")
+            try:
+                import packaging.version  # noqa: F401
+                import packaging as _packaging
+            except ImportError:  # pragma: no cover - packaging is nearly always present
+                _packaging = types.ModuleType("packaging")
+                _version = types.ModuleType("packaging.version")
+
+                def parse(v: str):
+                    return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
+
+                _version.parse = parse
+                _packaging.version = _version
+            shim.packaging = _packaging
+            sys.modules["pkg_resources"] = shim
+        import clip
+    return clip
+
+
+# ----------------------------------------------------------------------------- attention
+class SDPAttention(nn.Module):
+    """Drop-in for the ``nn.MultiheadAttention`` inside CLIP's residual blocks.
+
+    Separate q/k/v/out ``nn.Linear`` layers (LoRA wraps k and v) and fused attention via
+    ``F.scaled_dot_product_attention``. CLIP's text mask is plain causal, so it is applied
+    with ``is_causal`` and stays exact for any (trimmed) sequence length.
+    Input and output layout is CLIP's (L, N, D).
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention, causal: bool):
+        super().__init__()
+        d = mha.embed_dim
+        self.num_heads = mha.num_heads
+        self.causal = causal
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d) for _ in range(3))
+        w_q, w_k, w_v = mha.in_proj_weight.detach().chunk(3, dim=0)
+        b_q, b_k, b_v = mha.in_proj_bias.detach().chunk(3, dim=0)
+        for lin, w, b in ((self.q_proj, w_q, b_q), (self.k_proj, w_k, b_k), (self.v_proj, w_v, b_v)):
+            lin.weight.data.copy_(w)
+            lin.bias.data.copy_(b)
+        self.out_proj = nn.Linear(d, d)
+        self.out_proj.weight.data.copy_(mha.out_proj.weight.detach())
+        self.out_proj.bias.data.copy_(mha.out_proj.bias.detach())
+
+    def forward(self, query: torch.Tensor, key=None, value=None, need_weights: bool = False, attn_mask=None):
+        # CLIP calls attn(x, x, x, need_weights=False, attn_mask=mask): self-attention only.
+        x = query
+        L, N, D = x.shape
+        H = self.num_heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (L, N, D) -> (N, H, L, D/H)
+            return t.reshape(L, N, H, D // H).permute(1, 2, 0, 3)
+
+        out = F.scaled_dot_product_attention(
+            split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), is_causal=self.causal)
+        out = out.permute(2, 0, 1, 3).reshape(L, N, D)
+        return self.out_proj(out), None
+
+
+def _swap_attention(transformer: nn.Module, causal: bool) -> None:
+    for block in transformer.resblocks:
+        block.attn = SDPAttention(block.attn, causal=causal)
+        block.attn_mask = None  # causality is carried by SDPAttention.causal
+
+
+# ----------------------------------------------------------------------------- backbone
+class ClipBackbone(nn.Module):
+    """CLIP image and text encoders (fp32 weights) with SDPA attention and text trimming."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        clip_model = clip_model.float()
+        _swap_attention(clip_model.visual.transformer, causal=False)
+        _swap_attention(clip_model.transformer, causal=True)
+        self.model = clip_model
+        self.context_length = clip_model.context_length
+
+    @property
+    def input_resolution(self) -> int:
+        return self.model.visual.input_resolution
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.text_projection.shape[1]
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp()
+
+    def tokenize(self, texts: Sequence[str], trim: bool = True) -> torch.Tensor:
+        """(n_texts, L) token ids; with ``trim`` L is the longest prompt's end-of-text + 1."""
+        clip = import_clip()
+        tokens = clip.tokenize(list(texts), context_length=self.context_length, truncate=True)
+        if trim:
+            tokens = tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
+        return tokens
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, R, R) normalized -> features (N, embed_dim), not normalized."""
+        return self.model.visual(images)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (n, L) with L <= context_length -> features (n, embed_dim), not normalized.
+
+        Exact for trimmed tokens: attention is causal, so positions before the
+        end-of-text token never see the padding that trimming removed."""
+        m = self.model
+        L = tokens.shape[1]
+        x = m.token_embedding(tokens) + m.positional_embedding[:L]
+        x = m.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+        x = m.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return x @ m.text_projection
+
+
+# ----------------------------------------------------------------------------- loading
+TINY_RANDOM = dict(embed_dim=16, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+                   context_length=77, vocab_size=49408, transformer_width=32, transformer_heads=2,
+                   transformer_layers=1)
+VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
+               context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
+               transformer_layers=12)
+RANDOM_MODELS = {"tiny-random": TINY_RANDOM, "vit-b16-random": VIT_B16}
+
+
+def _random_clip(shape: dict) -> nn.Module:
+    """CLIP with random weights drawn from a fixed seed (a stand-in for pretrained weights,
+    the same in every run) without touching the global RNG; logit scale exp = 100 as in
+    OpenAI's checkpoints."""
+    clip = import_clip()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = clip.model.CLIP(**shape)
+    model.logit_scale.data.fill_(math.log(100.0))
+    return model
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_openai_weights(name: str, cache_dir: str) -> str:
+    """Path of the verified checkpoint for an OpenAI model name, downloading it if needed.
+
+    The download goes to a temp file in ``cache_dir`` and is renamed only after its
+    SHA-256 matches, so an interrupted download never leaves a bad file behind."""
+    clip = import_clip()
+    url = clip.clip._MODELS[name]
+    expected = url.split("/")[-2]
+    cache_dir = os.path.expanduser(cache_dir)
+    target = os.path.join(cache_dir, os.path.basename(url))
+    if os.path.isfile(target):
+        actual = _sha256(target)
+        if actual == expected:
+            return target
+        logger.warning("%s has SHA-256 %s, expected %s; downloading it again", target, actual, expected)
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=cache_dir)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as src:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                out.write(chunk)
+        actual = _sha256(tmp)
+        if actual != expected:
+            raise BackboneError(
+                f"downloaded CLIP weights for '{name}' have SHA-256 {actual}, expected {expected}; "
+                f"try again, or place a verified copy at {target}")
+        os.replace(tmp, target)
+        return target
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise BackboneError(
+            f"CLIP weights for '{name}' are not in {cache_dir} and could not be downloaded ({e}). "
+            f"Download {url} on a machine with internet and put it at {target} "
+            f"(SHA-256 {expected}), or set config key 'clip_cache' to the folder that holds it, "
+            f"or set 'backbone' to the checkpoint's path.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_checkpoint(path: str) -> nn.Module:
+    clip = import_clip()
+    try:
+        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise BackboneError(f"CLIP checkpoint {path} is neither a JIT archive nor a state dict ({e})") from None
+    if isinstance(state_dict, dict) and "state_dict" in state_dict:
+        state_dict = state_dict["state_dict"]
+    try:
+        return clip.model.build_model(state_dict)
+    except (KeyError, RuntimeError) as e:
+        raise BackboneError(f"CLIP checkpoint {path} does not hold CLIP weights ({e})") from None
+
+
+def load_clip(name: str, cache_dir: str = "~/.cache/clip") -> ClipBackbone:
+    """Build a ``ClipBackbone`` (fp32, on CPU) from a model name or checkpoint path."""
+    clip = import_clip()
+    if name in RANDOM_MODELS:
+        model = _random_clip(RANDOM_MODELS[name])
+    elif name in clip.available_models():
+        model = _load_checkpoint(fetch_openai_weights(name, cache_dir))
+    elif os.path.isfile(os.path.expanduser(name)):
+        model = _load_checkpoint(os.path.expanduser(name))
+    else:
+        known = list(RANDOM_MODELS) + clip.available_models()
+        raise BackboneError(
+            f"config key 'backbone' = {name!r} is neither a known model ({', '.join(known)}) "
+            f"nor an existing checkpoint file")
+    return ClipBackbone(model)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackboneError(f"config key 'device' = {device!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on CUDA ("auto" or "bf16"); full fp32 otherwise."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

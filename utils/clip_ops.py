@@ -1,0 +1,107 @@
+"""Shared plumbing for CLIP learners: reading ``args``, building the backbone, loaders,
+feature extraction and prompts. Learners (``models/``) call these; nothing here knows a
+particular method."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from utils.clip_backbone import ClipBackbone, autocast, load_clip, resolve_device
+from utils.config import DATASETS, Config
+from utils.data import CIFAR100_CLASSES
+from utils.data_manager import clip_transform
+
+logger = logging.getLogger(__name__)
+
+
+def read_args(args: Dict[str, Any]) -> Tuple[Config, torch.device]:
+    """Typed config and device from a learner's ``args`` dict.
+
+    Works with this toolbox's args and with a PyCIL fork's (whose ``device`` is a list of
+    devices and whose extra keys and dataset names are not ours)."""
+    args = dict(args)
+    device = args.pop("device", "auto")
+    if isinstance(device, (list, tuple)):
+        device = device[0]
+    if args.get("dataset") not in DATASETS:
+        args.pop("dataset", None)
+    args.pop("init_cls", None), args.pop("increment", None)  # the data manager owns the split
+    cfg = Config.from_dict(args, ignore_unknown=True)
+    return cfg, device if isinstance(device, torch.device) else resolve_device(str(device))
+
+
+def class_names(data_manager, indices: Sequence[int], dataset_name: str = "") -> List[str]:
+    """Names of the (remapped) classes ``indices``, from the data manager; for a fork's
+    DataManager without names, from a table this toolbox knows (CIFAR-100)."""
+    if hasattr(data_manager, "get_class_names"):
+        return data_manager.get_class_names(indices)
+    order = getattr(data_manager, "_class_order", None)
+    if order is not None and "cifar" in (dataset_name or getattr(data_manager, "dataset_name", "")):
+        return [CIFAR100_CLASSES[order[i]] for i in indices]
+    raise RuntimeError("the data manager has no get_class_names() and no known name table fits dataset "
+                       f"'{dataset_name}': add get_class_names(indices) to it (see utils/data_manager.py)")
+
+
+def get_dataset(data_manager, indices: Sequence[int], source: str, resolution: int) -> Dataset:
+    """``data_manager.get_dataset`` with CLIP preprocessing at the backbone's resolution."""
+    try:
+        return data_manager.get_dataset(indices, source=source, mode="test", transform=clip_transform(resolution))
+    except TypeError:  # a fork's DataManager without the transform argument
+        return data_manager.get_dataset(indices, source=source, mode="test")
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+def build_backbone(cfg: Config, device: torch.device, with_lora: bool) -> ClipBackbone:
+    backbone = load_clip(cfg.backbone, cfg.clip_cache)
+    if with_lora:
+        from utils.lora import apply_lora
+
+        apply_lora(backbone, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_encoders)
+    else:
+        backbone.requires_grad_(False)
+    return backbone.to(device)
+
+
+@torch.no_grad()
+def encode_dataset(backbone: ClipBackbone, loader: DataLoader, device: torch.device, precision: str = "auto",
+                   desc: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalized image features (N, D) float32 and labels (N,), in loader order, eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    for _, x, y in progress(loader, desc):
+        with autocast(device, precision):
+            f = backbone.encode_image(x.to(device, non_blocking=True))
+        feats.append(F.normalize(f.float(), dim=1))
+        labels.append(y.to(device))
+    backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def text_features(backbone: ClipBackbone, tokens: torch.Tensor, device: torch.device, precision: str = "auto") -> torch.Tensor:
+    """L2-normalized text features (n, D) float32 of token ids ``tokens`` (grad flows if enabled)."""
+    with autocast(device, precision):
+        t = backbone.encode_text(tokens.to(device))
+    return F.normalize(t.float(), dim=1)
+
+
+def prompts(template: str, names: Sequence[str]) -> List[str]:
+    return [template.format(n) for n in names]
+
+
+def progress(iterable, desc: Optional[str] = None, **kwargs):
+    """tqdm on a terminal, the plain iterable otherwise (logs stay clean)."""
+    if desc is None or not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, **kwargs)

@@ -1,0 +1,247 @@
+"""Dataset definitions: where the images are, their labels and class names.
+
+Each builder returns ``RawData``: images as a uint8 array (N, H, W, 3) for small datasets
+held in memory, or a list of file paths for JPEG folders; integer labels in the dataset's
+own class ids; class names indexed by those ids. Nothing is downloaded silently except
+torchvision's CIFAR-100.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
+
+
+class DatasetError(RuntimeError):
+    """Data missing or malformed; the message names the path, the key and what to do."""
+
+
+@dataclass
+class RawData:
+    train_images: Union[np.ndarray, List[str]]
+    train_targets: np.ndarray
+    test_images: Union[np.ndarray, List[str]]
+    test_targets: np.ndarray
+    class_names: List[str]
+
+    @property
+    def use_path(self) -> bool:
+        return not isinstance(self.train_images, np.ndarray)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# CIFAR-100 fine labels as torchvision names them (label order), underscores kept (SPEC 2).
+# Used when a PyCIL fork's DataManager offers no class names.
+CIFAR100_CLASSES = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
+    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
+    "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
+    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
+    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
+    "worm",
+]
+
+
+# ----------------------------------------------------------------------------- name files
+def read_class_names(path: str, expected: Optional[int] = None) -> List[str]:
+    """One class name per line, or tab-separated lines with the name in the last field
+    (the released MG-CLIP files). Blank lines are skipped."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"class-name file not found: {path} (config key 'class_names')")
+    with open(path, "r", encoding="utf-8") as f:
+        names = [line.rstrip("\n\r").split("\t")[-1].strip() for line in f if line.strip()]
+    if expected is not None and len(names) != expected:
+        raise DatasetError(
+            f"class-name file {path} has {len(names)} names but the dataset has {expected} classes "
+            f"(config key 'class_names'): give one name per class, in class-id order")
+    return names
+
+
+def _folder_name_to_class_name(folder: str) -> str:
+    return re.sub(r"^\d+\.", "", folder)  # CUB's "001.Black_footed_Albatross" -> "Black_footed_Albatross"
+
+
+# ----------------------------------------------------------------------------- synthetic
+_COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "pink", "brown", "grey", "cyan", "black", "white"]
+_THINGS = ["circle", "square", "stripe", "wave", "grid", "dot", "ring", "cross", "star", "band", "check", "spiral"]
+
+
+def synthetic_class_names(n: int) -> List[str]:
+    names = [f"{c} {t}" for t in _THINGS for c in _COLOURS]
+    return [names[i] if i < len(names) else f"{names[i % len(names)]} {i // len(names)}" for i in range(n)]
+
+
+def make_synthetic(num_classes: int, train_per_class: int, test_per_class: int, size: int,
+                   seed: int = 0) -> RawData:
+    """Images whose class is visible: each class has its own colour and stripe pattern
+    (orientation and frequency); every image adds its own phase shift and pixel noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    colours = rng.uniform(0.15, 0.85, size=(num_classes, 3)).astype(np.float32)
+    angles = rng.uniform(0, np.pi, size=num_classes)
+    freqs = rng.uniform(1.5, 5.0, size=num_classes)
+
+    def draw(c: int, n: int) -> np.ndarray:
+        phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
+        proj = np.cos(angles[c]) * xx + np.sin(angles[c]) * yy
+        stripes = np.sin(2 * np.pi * freqs[c] * proj[None] + phase)  # (n, H, W)
+        img = colours[c][None, None, None, :] + 0.25 * stripes[..., None]
+        img = img + rng.normal(0, 0.05, size=img.shape)
+        return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+    train = np.concatenate([draw(c, train_per_class) for c in range(num_classes)])
+    test = np.concatenate([draw(c, test_per_class) for c in range(num_classes)])
+    return RawData(train, np.repeat(np.arange(num_classes), train_per_class),
+                   test, np.repeat(np.arange(num_classes), test_per_class),
+                   synthetic_class_names(num_classes))
+
+
+# ----------------------------------------------------------------------------- cifar100
+def load_cifar100(data_path: str) -> RawData:
+    from torchvision import datasets
+
+    try:
+        train = datasets.CIFAR100(data_path, train=True, download=True)
+        test = datasets.CIFAR100(data_path, train=False, download=True)
+    except Exception as e:  # offline: torchvision raises URLError / RuntimeError
+        raise DatasetError(
+            f"CIFAR-100 is not in {os.path.abspath(data_path)} and could not be downloaded ({e}). "
+            f"Set config key 'data_path' to the folder that holds 'cifar-100-python/', or run once "
+            f"with internet access (torchvision downloads it there).") from None
+    # torchvision's names keep underscores (e.g. 'aquarium_fish'), as the prompts need (SPEC 2).
+    return RawData(np.asarray(train.data), np.asarray(train.targets), np.asarray(test.data),
+                   np.asarray(test.targets), list(train.classes))
+
+
+# ----------------------------------------------------------------------------- folders
+def _dataset_root(data_path: str, subfolders: Sequence[str], needs: Sequence[str]) -> Optional[str]:
+    """``data_path`` itself if it holds ``needs``, else the first ``data_path/sub`` that does."""
+    for root in [data_path] + [os.path.join(data_path, s) for s in subfolders]:
+        if all(os.path.exists(os.path.join(root, n)) for n in needs):
+            return root
+    return None
+
+
+def _scan_split(split_dir: str, class_dirs: Sequence[str]) -> Tuple[List[str], np.ndarray]:
+    paths, labels = [], []
+    for label, cls in enumerate(class_dirs):
+        folder = os.path.join(split_dir, cls)
+        if not os.path.isdir(folder):
+            raise DatasetError(f"class folder missing: {folder} (every split needs the same class folders)")
+        files = sorted(f for f in os.listdir(folder) if f.endswith(IMAGE_EXTENSIONS))
+        paths += [os.path.join(folder, f) for f in files]
+        labels += [label] * len(files)
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _names_for(class_dirs: List[str], root: str, class_names: Optional[str], dataset: str) -> List[str]:
+    if class_names is None and os.path.isfile(os.path.join(root, "classnames.txt")):
+        class_names = os.path.join(root, "classnames.txt")
+    if class_names is not None:
+        return read_class_names(class_names, expected=len(class_dirs))
+    logger.warning("%s: no class-name file (config key 'class_names'); prompts use the folder names", dataset)
+    return [_folder_name_to_class_name(d) for d in class_dirs]
+
+
+def load_split_folders(dataset: str, data_path: str, subfolders: Sequence[str], test_split: str,
+                       class_names: Optional[str], how_to_get: str,
+                       class_dirs: Optional[List[str]] = None) -> RawData:
+    root = _dataset_root(data_path, subfolders, ["train", test_split])
+    if root is None:
+        looked = [data_path] + [os.path.join(data_path, s) for s in subfolders]
+        raise DatasetError(
+            f"dataset '{dataset}' not found: looked for 'train/' and '{test_split}/' folders of class "
+            f"sub-folders in {', '.join(os.path.abspath(p) for p in looked)} (config key 'data_path'). "
+            f"{how_to_get}")
+    if class_dirs is None:
+        class_dirs = sorted(d for d in os.listdir(os.path.join(root, "train"))
+                            if os.path.isdir(os.path.join(root, "train", d)))
+    if not class_dirs:
+        raise DatasetError(f"dataset '{dataset}': no class folders in {os.path.join(root, 'train')}")
+    train_paths, train_y = _scan_split(os.path.join(root, "train"), class_dirs)
+    test_paths, test_y = _scan_split(os.path.join(root, test_split), class_dirs)
+    return RawData(train_paths, train_y, test_paths, test_y, _names_for(class_dirs, root, class_names, dataset))
+
+
+def load_cub_official(root: str, class_names: Optional[str]) -> RawData:
+    """The CUB_200_2011 archive as distributed: images/, images.txt, classes.txt,
+    image_class_labels.txt, train_test_split.txt."""
+    def table(name: str) -> Dict[int, str]:
+        with open(os.path.join(root, name), "r", encoding="utf-8") as f:
+            return {int(a): b for a, b in (line.split(maxsplit=1) for line in f if line.strip())}
+
+    images, labels, is_train = table("images.txt"), table("image_class_labels.txt"), table("train_test_split.txt")
+    classes = table("classes.txt")
+    split = {True: ([], []), False: ([], [])}
+    for image_id in sorted(images):
+        paths, ys = split[is_train[image_id].strip() == "1"]
+        paths.append(os.path.join(root, "images", images[image_id].strip()))
+        ys.append(int(labels[image_id]) - 1)
+    names = (read_class_names(class_names, expected=len(classes)) if class_names else
+             [_folder_name_to_class_name(classes[k].strip()) for k in sorted(classes)])
+    return RawData(split[True][0], np.asarray(split[True][1]), split[False][0], np.asarray(split[False][1]), names)
+
+
+HOW_TO_GET = {
+    "imagenet_r": ("Get ImageNet-R (imagenet-r.tar from the ImageNet-R authors), split it 80/20 into "
+                   "imagenet-r/train/<class>/ and imagenet-r/test/<class>/ (the split the released MG-CLIP "
+                   "and PyCIL code use), and give class names with 'class_names'. See README 'Datasets'."),
+    "cub200": ("Put CUB_200_2011 (the official archive with images.txt and train_test_split.txt) or a "
+               "cub200/train/<class>/ + cub200/test/<class>/ split under data_path. See README 'Datasets'."),
+    "imagenet100": ("Point data_path at an ImageNet-1k root with train/<wnid>/ and val/<wnid>/ folders and "
+                    "set 'imagenet100_classes' to a file of the 100 wnids. See README 'Datasets'."),
+}
+
+
+def load_imagenet100(data_path: str, class_list: Optional[str], class_names: Optional[str]) -> RawData:
+    if class_list is None:
+        raise DatasetError("dataset 'imagenet100' needs config key 'imagenet100_classes': a file with the "
+                           "100 ImageNet class ids (wnids), one per line. " + HOW_TO_GET["imagenet100"])
+    if not os.path.isfile(class_list):
+        raise DatasetError(f"imagenet100 class-id file not found: {class_list} (config key 'imagenet100_classes')")
+    with open(class_list, "r", encoding="utf-8") as f:
+        wnids = [line.split()[0] for line in f if line.strip()]
+    if len(set(wnids)) != len(wnids):
+        raise DatasetError(f"imagenet100 class-id file {class_list} repeats ids")
+    return load_split_folders("imagenet100", data_path, ["imagenet", "ImageNet", "imagenet100"], "val",
+                              class_names, HOW_TO_GET["imagenet100"], class_dirs=wnids)
+
+
+def build_raw_data(cfg) -> RawData:
+    """Dispatch on ``cfg.dataset`` (a ``Config``)."""
+    name = cfg.dataset
+    if name == "synthetic":
+        return make_synthetic(cfg.synthetic_classes, cfg.synthetic_train_per_class,
+                              cfg.synthetic_test_per_class, cfg.synthetic_image_size)
+    if name == "cifar100":
+        return load_cifar100(cfg.data_path)
+    if name == "imagenet_r":
+        return load_split_folders("imagenet_r", cfg.data_path, ["imagenet-r", "imagenet_r"], "test",
+                                  cfg.class_names, HOW_TO_GET["imagenet_r"])
+    if name == "cub200":
+        official = _dataset_root(cfg.data_path, ["CUB_200_2011", "cub200/CUB_200_2011"],
+                                 ["images.txt", "train_test_split.txt", "image_class_labels.txt", "classes.txt"])
+        if official is not None:
+            return load_cub_official(official, cfg.class_names)
+        return load_split_folders("cub200", cfg.data_path, ["cub200", "CUB200", "cub"], "test",
+                                  cfg.class_names, HOW_TO_GET["cub200"])
+    if name == "imagenet100":
+        return load_imagenet100(cfg.data_path, cfg.imagenet100_classes, cfg.class_names)
+    raise DatasetError(f"unknown dataset '{name}' (config key 'dataset')")

@@ -1,0 +1,207 @@
+"""PyCIL's ``DataManager`` API, plus class names in incremental order and class-order files.
+
+Labels handed out are already remapped: class ``class_order[i]`` becomes label ``i``, so
+task ``t`` owns labels ``[sum(increments[:t]), sum(increments[:t+1]))``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from utils.clip_backbone import CLIP_MEAN, CLIP_STD
+from utils.config import Config
+from utils.data import DatasetError, RawData, build_raw_data
+
+logger = logging.getLogger(__name__)
+
+
+def clip_transform(resolution: int) -> Callable:
+    """CLIP's preprocessing (SPEC 3): shorter side to ``resolution`` (bicubic), center crop,
+    RGB, tensor, CLIP normalization. Train and test alike, no augmentation."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize(resolution, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(resolution),
+        T.Lambda(lambda im: im.convert("RGB")),
+        T.ToTensor(),
+        T.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+def shuffled_order(num_classes: int, seed: int) -> List[int]:
+    """PyCIL's order: ``np.random.seed(seed); np.random.permutation(n)``, without touching
+    numpy's global RNG (a RandomState with the same seed draws the same permutation)."""
+    return np.random.RandomState(seed).permutation(num_classes).tolist()
+
+
+def read_class_order(path: str) -> List[int]:
+    """A class order from a YAML file with a ``class_order`` key (the released MG-CLIP
+    files), a JSON list or object with that key, or a text file with one id per line."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"class-order file not found: {path} (config key 'class_order')")
+    with open(path, "r", encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml", ".json")):
+        import yaml  # YAML is a superset of JSON
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise DatasetError(f"class-order file {path} is not valid YAML/JSON: {e}") from None
+        if isinstance(data, dict):
+            if "class_order" not in data:
+                raise DatasetError(f"class-order file {path} has no 'class_order' key (keys: {sorted(data)})")
+            data = data["class_order"]
+    else:
+        data = [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        return [int(c) for c in data]
+    except (TypeError, ValueError):
+        raise DatasetError(f"class-order file {path} must list integer class ids") from None
+
+
+def check_class_order(order: Sequence[int], num_classes: int, source: str) -> List[int]:
+    order = list(order)
+    seen, repeated = set(), []
+    for c in order:
+        if c in seen:
+            repeated.append(c)
+        seen.add(c)
+    missing = sorted(set(range(num_classes)) - seen)
+    out_of_range = sorted(c for c in seen if not 0 <= c < num_classes)
+    if repeated or missing or out_of_range:
+        parts = []
+        if missing:
+            parts.append(f"missing ids {missing[:10]}{'...' if len(missing) > 10 else ''}")
+        if repeated:
+            parts.append(f"repeated ids {sorted(set(repeated))[:10]}")
+        if out_of_range:
+            parts.append(f"ids outside 0..{num_classes - 1}: {out_of_range[:10]}")
+        raise DatasetError(f"class order from {source} is not a permutation of the {num_classes} classes: "
+                           + "; ".join(parts))
+    return order
+
+
+class CLDataset(Dataset):
+    """Items are ``(index, image_tensor, label)`` as in PyCIL."""
+
+    def __init__(self, images: Union[np.ndarray, List[str]], labels: np.ndarray, transform: Callable):
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+        self.use_path = not isinstance(images, np.ndarray)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: int):
+        if self.use_path:
+            path = self.images[idx]
+            try:
+                with Image.open(path) as im:
+                    image = im.convert("RGB")
+            except Exception as e:
+                raise DatasetError(f"image file could not be read: {path} ({e}); remove or replace it") from None
+        else:
+            image = Image.fromarray(self.images[idx])
+        return idx, self.transform(image), int(self.labels[idx])
+
+
+class DataManager:
+    """PyCIL-compatible: ``DataManager(dataset_name, shuffle, seed, init_cls, increment, args)``.
+
+    ``args`` (a dict or ``Config``) supplies data_path, class_order, class_names and the
+    synthetic-data sizes; without it the defaults of ``Config`` apply."""
+
+    def __init__(self, dataset_name: str, shuffle: bool, seed: int, init_cls: int, increment: int,
+                 args: Optional[Union[Dict[str, Any], Config]] = None):
+        if isinstance(args, Config):
+            cfg = args
+        else:
+            cfg = Config.from_dict({**(args or {}), "dataset": dataset_name}, ignore_unknown=True)
+        self.dataset_name = dataset_name
+        self.image_size = 224
+        raw: RawData = build_raw_data(cfg)
+        n = raw.num_classes
+
+        spec = cfg.class_order
+        if isinstance(spec, list):
+            order = check_class_order(spec, n, "config key 'class_order'")
+        elif spec in ("shuffle", "default"):
+            # "shuffle": PyCIL's seeded permutation (when the caller's ``shuffle`` is true)
+            order = shuffled_order(n, seed) if spec == "shuffle" and shuffle else list(range(n))
+        else:
+            order = check_class_order(read_class_order(spec), n, spec)
+        self._class_order = order
+
+        if init_cls > n:
+            raise DatasetError(f"config key 'init_cls' = {init_cls} is larger than the {n} classes of "
+                               f"'{dataset_name}': use at most {n}")
+        self._increments = [init_cls]
+        while sum(self._increments) + increment < n:
+            self._increments.append(increment)
+        if n - sum(self._increments) > 0:
+            self._increments.append(n - sum(self._increments))
+
+        remap = np.empty(n, dtype=np.int64)
+        remap[np.asarray(order)] = np.arange(n)
+        self._train_data, self._test_data = raw.train_images, raw.test_images
+        self._train_targets = remap[np.asarray(raw.train_targets)]
+        self._test_targets = remap[np.asarray(raw.test_targets)]
+        self._class_names = [raw.class_names[c] for c in order]
+        self.use_path = raw.use_path
+
+    # --- PyCIL surface -----------------------------------------------------------
+    @property
+    def nb_tasks(self) -> int:
+        return len(self._increments)
+
+    def get_task_size(self, task: int) -> int:
+        return self._increments[task]
+
+    def get_total_classnum(self) -> int:
+        return len(self._class_order)
+
+    def get_dataset(self, indices: Sequence[int], source: str, mode: str, appendent=None,
+                    ret_data: bool = False, transform: Optional[Callable] = None):
+        """Images whose (remapped) label is in ``indices``. ``source``: "train" | "test";
+        ``mode`` is accepted for PyCIL compatibility (train and test preprocess alike,
+        SPEC 3). ``appendent=(images, labels)`` adds e.g. replay exemplars."""
+        if source not in ("train", "test"):
+            raise ValueError(f"get_dataset source must be 'train' or 'test', not {source!r}")
+        data, targets = (self._train_data, self._train_targets) if source == "train" else (
+            self._test_data, self._test_targets)
+        mask = np.isin(targets, np.asarray(list(indices)))
+        sel = np.nonzero(mask)[0]
+        images = data[sel] if isinstance(data, np.ndarray) else [data[i] for i in sel]
+        labels = targets[sel]
+        if appendent is not None and len(appendent) and len(appendent[1]):
+            app_x, app_y = appendent
+            images = (np.concatenate([images, app_x]) if isinstance(images, np.ndarray)
+                      else list(images) + list(app_x))
+            labels = np.concatenate([labels, np.asarray(app_y)])
+        ds = CLDataset(images, labels, transform or clip_transform(self.image_size))
+        return (images, labels, ds) if ret_data else ds
+
+    # --- additions ---------------------------------------------------------------
+    @property
+    def class_order(self) -> List[int]:
+        return list(self._class_order)
+
+    def get_class_names(self, indices: Optional[Sequence[int]] = None) -> List[str]:
+        """Class names in incremental order (of ``indices`` if given)."""
+        if indices is None:
+            return list(self._class_names)
+        return [self._class_names[i] for i in indices]
+
+    def task_range(self, task: int) -> range:
+        start = sum(self._increments[:task])
+        return range(start, start + self._increments[task])

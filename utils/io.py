@@ -1,0 +1,34 @@
+"""Crash-safe file writing: a reader sees the old file or the new one, never half of one."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+
+def atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder,
+    fsync it, then rename it over ``path``. On any error the temp file is removed and the
+    previous ``path`` (if any) is left untouched."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, allow_nan=False))
+
+
+def write_text(path: str, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))

@@ -1,0 +1,58 @@
+"""Continual-learning metrics on an accuracy matrix.
+
+``A[t][j]``: accuracy (%) on task j's classes after training task t (j <= t).
+- accuracy after task t: over all seen test images (not the mean of the row);
+- Avg: mean of the per-task accuracies; Last: the final one;
+- forgetting: mean over old tasks j < T-1 of (best A[t][j] for j <= t < T-1) - A[T-1][j];
+- BWT: mean over old tasks of A[T-1][j] - A[j][j].
+Forgetting and BWT are None with a single task.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def accuracy(y_pred: np.ndarray, y_true: np.ndarray) -> float:
+    return float(np.mean(np.asarray(y_pred) == np.asarray(y_true)) * 100.0) if len(y_true) else 0.0
+
+
+def per_task_accuracy(y_pred: np.ndarray, y_true: np.ndarray, task_ranges: Sequence[range]) -> List[float]:
+    """Accuracy (%) on each task's classes; a task without test images gives NaN."""
+    y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
+    out = []
+    for r in task_ranges:
+        mask = (y_true >= r.start) & (y_true < r.stop)
+        out.append(accuracy(y_pred[mask], y_true[mask]) if mask.any() else float("nan"))
+    return out
+
+
+def topk_accuracy(scores: np.ndarray, y_true: np.ndarray, k: int) -> float:
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1)[:, :k]
+    return float(np.mean((top == np.asarray(y_true)[:, None]).any(axis=1)) * 100.0)
+
+
+def forgetting(matrix: Sequence[Sequence[float]]) -> Optional[float]:
+    T = len(matrix)
+    if T < 2:
+        return None
+    drops = [max(matrix[t][j] for t in range(j, T - 1)) - matrix[T - 1][j] for j in range(T - 1)]
+    return float(np.mean(drops))
+
+
+def backward_transfer(matrix: Sequence[Sequence[float]]) -> Optional[float]:
+    T = len(matrix)
+    if T < 2:
+        return None
+    return float(np.mean([matrix[T - 1][j] - matrix[j][j] for j in range(T - 1)]))
+
+
+def summarize(accuracies: Sequence[float], matrix: Sequence[Sequence[float]]) -> Dict[str, Optional[float]]:
+    return {
+        "avg": float(np.mean(accuracies)) if len(accuracies) else None,
+        "last": float(accuracies[-1]) if len(accuracies) else None,
+        "forgetting": forgetting(matrix),
+        "bwt": backward_transfer(matrix),
+    }
