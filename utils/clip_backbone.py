@@ -85,13 +85,14 @@ class SDPAttention(nn.Module):
         d = mha.embed_dim
         self.num_heads = mha.num_heads
         self.causal = causal
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d) for _ in range(3))
+        # skip_init: the weights are copied below, so draw no random numbers for them.
+        self.q_proj, self.k_proj, self.v_proj = (nn.utils.skip_init(nn.Linear, d, d) for _ in range(3))
         w_q, w_k, w_v = mha.in_proj_weight.detach().chunk(3, dim=0)
         b_q, b_k, b_v = mha.in_proj_bias.detach().chunk(3, dim=0)
         for lin, w, b in ((self.q_proj, w_q, b_q), (self.k_proj, w_k, b_k), (self.v_proj, w_v, b_v)):
             lin.weight.data.copy_(w)
             lin.bias.data.copy_(b)
-        self.out_proj = nn.Linear(d, d)
+        self.out_proj = nn.utils.skip_init(nn.Linear, d, d)
         self.out_proj.weight.data.copy_(mha.out_proj.weight.detach())
         self.out_proj.bias.data.copy_(mha.out_proj.bias.detach())
 

@@ -1,0 +1,37 @@
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+torch.set_num_threads(2)
+
+
+def tiny_args(tmp_path=None, **overrides):
+    """A small, fast, offline run: synthetic data, tiny random CLIP, CPU."""
+    args = {
+        "model_name": "mgclip", "dataset": "synthetic", "backbone": "tiny-random", "device": "cpu",
+        "synthetic_classes": 6, "synthetic_train_per_class": 8, "synthetic_test_per_class": 4,
+        "synthetic_image_size": 32, "init_cls": 2, "increment": 2, "seed": 1993,
+        "batch_size": 8, "eval_batch_size": 32, "visual_batch_size": 8, "epochs": 1, "prefix": "test",
+    }
+    if tmp_path is not None:
+        args["logdir"] = str(tmp_path / "logs")
+    args.update(overrides)
+    return args
+
+
+@pytest.fixture
+def make_args(tmp_path):
+    return lambda **kw: tiny_args(tmp_path, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    from utils.clip_backbone import load_clip
+
+    return load_clip("tiny-random")
