@@ -60,8 +60,8 @@ class BaseLearner:
         k = min(self.topk, y_pred.shape[1])
         return {
             "grouped": grouped,
-            "top1": round(accuracy(top1, y_true), 2),
-            f"top{self.topk}": round(float(np.mean((y_pred[:, :k] == y_true[:, None]).any(axis=1)) * 100), 2),
+            "top1": accuracy(top1, y_true),
+            f"top{self.topk}": float(np.mean((y_pred[:, :k] == y_true[:, None]).any(axis=1)) * 100),
             "per_task": per_task,  # unrounded accuracy on each task's classes (accuracy-matrix row)
         }
 

@@ -28,9 +28,9 @@ def read_args(args: Dict[str, Any]) -> Tuple[Config, torch.device]:
     device = args.pop("device", "auto")
     if isinstance(device, (list, tuple)):
         device = device[0]
-    if args.get("dataset") not in DATASETS:
-        args.pop("dataset", None)
-    args.pop("init_cls", None), args.pop("increment", None)  # the data manager owns the split
+    if args.get("dataset") not in DATASETS:  # a fork's dataset: its data manager owns data and split
+        for key in ("dataset", "init_cls", "increment"):
+            args.pop(key, None)
     cfg = Config.from_dict(args, ignore_unknown=True)
     return cfg, device if isinstance(device, torch.device) else resolve_device(str(device))
 

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+
+from utils.config import Config, ConfigError, build_config, load_config_file, parse_overrides
+from utils.factory import get_model
+
+
+def test_defaults_are_the_papers():
+    c = Config()
+    assert (c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_encoders) == (8, 1.0, ["k", "v"], ["visual", "text"])
+    assert (c.gap_alpha, c.probe_max_epochs, c.epochs, c.fusion_beta) == (0.10, 10, "auto", 4.0)
+    assert (c.visual_epochs, c.visual_scale, c.min_lr_ratio) == (3, 1.0, 0.01)
+    assert c.prompt_template == "a good photo of a {}."
+    assert c.backbone == "ViT-B/16"
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match="unknown config key 'lora_rnak'; did you mean 'lora_rank'"):
+        Config.from_dict({"lora_rnak": 4})
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("lr", -0.1, "> 0"),
+    ("lora_rank", 0, ">= 1"),
+    ("init_cls", 101, "larger than the 100 classes"),
+    ("epochs", "many", "integer"),
+    ("dataset", "cifar10", "one of"),
+    ("gap_alpha", 0, "> 0"),
+    ("lora_targets", ["k", "mlp"], "list from"),
+    ("precision", "fp8", "'auto'"),
+])
+def test_bad_values_say_what_is_allowed(key, value, allowed):
+    with pytest.raises(ConfigError, match=key) as e:
+        Config.from_dict({key: value})
+    assert allowed in str(e.value)
+
+
+def test_init_cls_checked_against_synthetic_class_count():
+    with pytest.raises(ConfigError, match="init_cls"):
+        Config.from_dict({"dataset": "synthetic", "synthetic_classes": 5, "init_cls": 6})
+
+
+def test_fixed_epochs_required_without_gap_preservation():
+    with pytest.raises(ConfigError, match="epochs"):
+        Config.from_dict({"gap_preservation": False})
+    assert Config.from_dict({"gap_preservation": False, "epochs": 2}).epochs == 2
+
+
+def test_overrides_are_typed():
+    d = parse_overrides(["lr=1e-3", "batch_size=64", "compensation=false", "seed=[1, 2]",
+                         "lora_targets=[q,v]", "epochs=auto", "fusion_beta=2"])
+    c = Config.from_dict(d)
+    assert c.lr == 0.001 and isinstance(c.lr, float)
+    assert c.batch_size == 64 and c.compensation is False and c.seeds() == [1, 2]
+    assert c.lora_targets == ["q", "v"] and c.epochs == "auto" and c.fusion_beta == 2.0
+    with pytest.raises(ConfigError, match="batch_size"):
+        Config.from_dict(parse_overrides(["batch_size=big"]))
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["lr"])
+
+
+def test_json_and_yaml_files(tmp_path):
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"lr": 5e-4, "dataset": "synthetic", "init_cls": 5}))
+    y = tmp_path / "c.yaml"
+    y.write_text("lr: 0.0005\ndataset: synthetic\ninit_cls: 5\n")
+    assert build_config(str(j)).to_dict() == build_config(str(y)).to_dict()
+    assert build_config(str(j), ["lr=0.01"]).lr == 0.01
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found: .*missing.json"):
+        load_config_file(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{lr: ")
+    with pytest.raises(ConfigError, match="bad.json is not valid JSON"):
+        load_config_file(str(bad))
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config_file(str(lst))
+
+
+def test_model_registry_suggests_on_typo():
+    with pytest.raises(ConfigError, match="did you mean 'mgclip'"):
+        get_model("mgclp", {})
+    with pytest.raises(ConfigError, match="model_name"):
+        Config.from_dict({"model_name": "zs_clp"})
+
+
+def test_all_shipped_configs_validate():
+    import glob
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = sorted(glob.glob(os.path.join(root, "exps", "*.json")) + glob.glob(os.path.join(root, "exps", "*.yaml")))
+    assert paths
+    for p in paths:
+        build_config(p)

@@ -1,0 +1,104 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from main import main
+from tests.conftest import ROOT, tiny_args
+from utils.config import Config
+from utils.trainer import run, run_dir_for
+
+
+def run_main(tmp_path, capsys=None, **over):
+    args = tiny_args(tmp_path, **over)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(args))
+    assert main(["--config", str(path), "-q"]) == 0
+    cfg = Config.from_dict(args)
+    return [run_dir_for(cfg, s) for s in cfg.seeds()]
+
+
+def load(run_dir):
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def test_three_tasks_write_the_run_directory(tmp_path):
+    (run_dir,) = run_main(tmp_path, epochs="auto", probe_max_epochs=2)
+    assert sorted(os.listdir(run_dir)) == ["config.json", "metrics.csv", "results.json", "run.log"]
+    r = load(run_dir)
+    for key in ("accuracy", "accuracy_matrix", "avg", "last", "forgetting", "bwt", "config", "seed", "timings",
+                "epochs", "gap", "text_accuracy", "visual_accuracy"):
+        assert key in r, key
+    assert r["finished"] and r["nb_tasks"] == 3 and len(r["accuracy"]) == 3
+    assert [len(row) for row in r["accuracy_matrix"]] == [1, 2, 3]
+    assert all(0 <= a <= 100 for a in r["accuracy"] + sum(r["accuracy_matrix"], []))
+    assert r["avg"] == pytest.approx(np.mean(r["accuracy"])) and r["last"] == r["accuracy"][-1]
+    assert r["epochs"]["mode"] == "probe" and 1 <= r["epochs"]["chosen"] <= 2
+    assert [g["task"] for g in r["gap"]] == [0, 1, 2] and all("before" in g and "after" in g for g in r["gap"])
+    assert r["gap"][0]["before"]["neg"] == r["epochs"]["neg0"]
+    with open(os.path.join(run_dir, "config.json")) as f:
+        assert json.load(f)["seed"] == 1993
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(x["classes"]) for x in rows] == [2, 4, 6]
+    assert float(rows[-1]["accuracy"]) == pytest.approx(r["accuracy"][-1], abs=0.01)
+    # matrix row = accuracy on each task's classes; equal test sizes -> its mean is the accuracy
+    assert np.mean(r["accuracy_matrix"][-1]) == pytest.approx(r["accuracy"][-1], abs=1e-6)
+
+
+def test_without_compensation_fused_equals_text(tmp_path):
+    (run_dir,) = run_main(tmp_path, compensation=False)
+    r = load(run_dir)
+    assert r["accuracy"] == pytest.approx(r["text_accuracy"])
+    assert r["visual_accuracy"] == []
+
+
+def test_zero_shot_baseline_runs(tmp_path):
+    (run_dir,) = run_main(tmp_path, model_name="zs_clip")
+    r = load(run_dir)
+    assert len(r["accuracy"]) == 3 and "epochs" not in r
+
+
+def test_same_seed_same_results_and_seed_lists(tmp_path):
+    a, b = run_main(tmp_path, seed=[3, 4])
+    ra, rb = load(a), load(b)
+    summary_path = os.path.join(os.path.dirname(a), "test_summary.json")
+    with open(summary_path) as f:
+        summary = json.load(f)
+    assert summary["avg"]["mean"] == pytest.approx((ra["avg"] + rb["avg"]) / 2)
+    assert summary["last"]["std"] == pytest.approx(np.std([ra["last"], rb["last"]]))
+    (tmp_path / "again").mkdir()
+    (again,) = run_main(tmp_path / "again", seed=3)
+    ra2 = load(again)
+    for key in ("accuracy", "accuracy_matrix", "gap", "text_accuracy", "visual_accuracy", "class_order"):
+        assert ra2[key] == ra[key], key
+
+
+def test_learning_on_easy_data_is_clearly_above_chance(tmp_path):
+    # 30 colour/stripe classes, 3 tasks: chance after the last task is 3.3 %.
+    (run_dir,) = run_main(tmp_path, synthetic_classes=30, synthetic_train_per_class=16, synthetic_test_per_class=8,
+                          init_cls=10, increment=10, batch_size=32, visual_batch_size=32, epochs=5, lr=0.003)
+    r = load(run_dir)
+    chance = 100 / 30
+    assert r["last"] > 5 * chance
+    assert r["visual_accuracy"][-1] > 60
+
+
+def test_bad_config_exits_cleanly(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"datset": "synthetic"}))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--config", str(path)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "unknown config key 'datset'; did you mean 'dataset'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_config_is_offline_and_small():
+    cfg = Config.from_dict(json.load(open(os.path.join(ROOT, "exps", "mgclip_demo.json"))))
+    assert cfg.backbone == "tiny-random" and cfg.dataset == "synthetic" and cfg.device == "cpu"
+    assert cfg.synthetic_classes // cfg.increment >= 3
