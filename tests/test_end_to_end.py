@@ -102,3 +102,43 @@ def test_demo_config_is_offline_and_small():
     cfg = Config.from_dict(json.load(open(os.path.join(ROOT, "exps", "mgclip_demo.json"))))
     assert cfg.backbone == "tiny-random" and cfg.dataset == "synthetic" and cfg.device == "cpu"
     assert cfg.synthetic_classes // cfg.increment >= 3
+
+
+@pytest.mark.parametrize("config, message", [
+    ("mgclip_imagenet_r.json", "dataset 'imagenet_r' not found"),
+    ("mgclip_cub.json", "dataset 'cub200' not found"),
+    ("mgclip_imagenet100.json", "imagenet100 class-id file not found"),
+])
+def test_paper_configs_fail_only_on_missing_data(tmp_path, capsys, config, message):
+    code = main(["--config", os.path.join(ROOT, "exps", config), "--set", f"data_path={tmp_path}",
+                 "--set", f"logdir={tmp_path / 'logs'}", "-q"])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cifar_config_offline_names_data_path(tmp_path, capsys, monkeypatch):
+    import torchvision
+
+    def offline(*a, **k):
+        raise RuntimeError("Dataset not found or corrupted.")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    code = main(["--config", os.path.join(ROOT, "exps", "mgclip_cifar.json"), "--set", f"data_path={tmp_path}",
+                 "--set", f"logdir={tmp_path / 'logs'}", "-q"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "'data_path'" in err
+
+
+def test_missing_weights_offline_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    def no_network(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    code = main(["--config", os.path.join(ROOT, "exps", "zs_clip_demo.json"), "--set", "backbone=ViT-B/16",
+                 "--set", f"clip_cache={tmp_path / 'cache'}", "--set", f"logdir={tmp_path / 'logs'}", "-q"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "ViT-B-16.pt" in err and "clip_cache" in err and "Traceback" not in err
