@@ -57,6 +57,7 @@ def gap_statistic(image_feats: torch.Tensor, labels: torch.Tensor, text_feats: t
 class MGCLIP(BaseLearner):
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
+        self._task_ranges = []  # also set here for PyCIL forks whose BaseLearner lacks it
         self.cfg, self._device = read_args(args)
         self._network = build_backbone(self.cfg, self._device, with_lora=True)
         self.visual = CosineLinear(self._network.embed_dim, scale=self.cfg.visual_scale).to(self._device)

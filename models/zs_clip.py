@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 class ZSCLIP(BaseLearner):
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
+        self._task_ranges = []  # also set here for PyCIL forks whose BaseLearner lacks it
         self.cfg, self._device = read_args(args)
         self._network = build_backbone(self.cfg, self._device, with_lora=False).eval()
         self._names = []

@@ -85,8 +85,8 @@ def test_file_errors(tmp_path):
 def test_model_registry_suggests_on_typo():
     with pytest.raises(ConfigError, match="did you mean 'mgclip'"):
         get_model("mgclp", {})
-    with pytest.raises(ConfigError, match="model_name"):
-        Config.from_dict({"model_name": "zs_clp"})
+    with pytest.raises(ConfigError, match="model_name 'zs_clp'"):
+        build_config(None, ["model_name=zs_clp"])
 
 
 def test_all_shipped_configs_validate():

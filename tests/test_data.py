@@ -8,7 +8,8 @@ from PIL import Image
 
 from utils.config import Config
 from utils.data import CIFAR100_CLASSES, DatasetError, make_synthetic, read_class_names
-from utils.data_manager import DataManager, clip_transform, read_class_order, shuffled_order
+from utils.clip_backbone import clip_transform
+from utils.data_manager import DataManager, read_class_order, shuffled_order
 
 
 def dm_for(tmp_path=None, **over):

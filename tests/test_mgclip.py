@@ -167,3 +167,35 @@ def test_eval_task_returns_pycil_dicts(tmp_path):
     assert {"grouped", "top1", "top5"} <= set(cnn) and "total" in cnn["grouped"] and "00-01" in cnn["grouped"]
     assert 0 <= cnn["top1"] <= cnn["top5"] <= 100
     assert 0 <= cnn["text_top1"] <= 100 and 0 <= cnn["visual_top1"] <= 100
+
+
+class ForkDataManager:
+    """A PyCIL fork's DataManager: no class names, no transform argument, its own dataset name."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._class_order = list(range(100))
+        self.dataset_name = "cifar224"
+
+    def get_task_size(self, t):
+        return self._inner.get_task_size(t)
+
+    def get_dataset(self, indices, source, mode):
+        from utils.clip_backbone import clip_transform
+
+        return self._inner.get_dataset(indices, source=source, mode=mode, transform=clip_transform(32))
+
+
+def test_runs_under_a_pycil_fork_contract(tmp_path):
+    import torch as _torch
+
+    inner = DataManager("synthetic", False, 0, 2, 2, tiny_args(tmp_path, class_order="default"))
+    fork_args = {"model_name": "mgclip", "dataset": "cifar224", "device": [_torch.device("cpu")],
+                 "memory_size": 0, "memory_per_class": 0, "fixed_memory": False, "init_cls": 50,
+                 "increment": 10, "convnet_type": "clip", "backbone": "tiny-random", "epochs": 1,
+                 "batch_size": 8, "seed": [1993]}
+    learner = MGCLIP(fork_args)
+    learner.incremental_train(ForkDataManager(inner))
+    assert learner._names == ["apple", "aquarium_fish"]  # CIFAR-100 names from the built-in table
+    cnn, _ = learner.eval_task()
+    assert 0 <= cnn["top1"] <= 100

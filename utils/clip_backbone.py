@@ -21,7 +21,7 @@ import types
 import urllib.error
 import urllib.request
 import warnings
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -68,6 +68,20 @@ def import_clip():
             sys.modules["pkg_resources"] = shim
         import clip
     return clip
+
+
+def clip_transform(resolution: int) -> Callable:
+    """CLIP's preprocessing (SPEC 3): shorter side to ``resolution`` (bicubic), center crop,
+    RGB, tensor, CLIP normalization. Train and test alike, no augmentation."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize(resolution, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(resolution),
+        T.Lambda(lambda im: im.convert("RGB")),
+        T.ToTensor(),
+        T.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
 
 
 # ----------------------------------------------------------------------------- attention

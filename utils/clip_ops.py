@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from utils.clip_backbone import ClipBackbone, autocast, load_clip, resolve_device
+from utils.class_names import CIFAR100_CLASSES
+from utils.clip_backbone import ClipBackbone, autocast, clip_transform, load_clip, resolve_device
 from utils.config import DATASETS, Config
-from utils.data import CIFAR100_CLASSES
-from utils.data_manager import clip_transform
 
 logger = logging.getLogger(__name__)
 

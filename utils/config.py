@@ -38,8 +38,6 @@ class Config:
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
     logdir: str = "logs"
     num_workers: int = 0
-    compile: bool = False
-    deterministic: bool = False  # torch.use_deterministic_algorithms on CUDA
 
     # --- data ---
     dataset: str = "cifar100"
@@ -119,9 +117,6 @@ class Config:
                 raise ConfigError(f"config key '{key}' = {getattr(self, key)!r} is not allowed: {allowed}")
 
         need(self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
-        from utils.factory import check_model_name  # late: factory imports this module
-
-        check_model_name(self.model_name)
         need(self.init_cls >= 1, "init_cls", "an integer >= 1")
         need(self.increment >= 1, "increment", "an integer >= 1")
         need(self.lora_rank >= 1, "lora_rank", "an integer >= 1 (LoRA rank)")
@@ -280,4 +275,8 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
 def build_config(path: Optional[str], overrides: Iterable[str] = ()) -> Config:
     data = load_config_file(path) if path else {}
     data.update(parse_overrides(overrides))
-    return Config.from_dict(data)
+    cfg = Config.from_dict(data)
+    from utils.factory import check_model_name  # late: factory imports this module
+
+    check_model_name(cfg.model_name)
+    return cfg

@@ -15,25 +15,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.clip_backbone import CLIP_MEAN, CLIP_STD
+from utils.clip_backbone import clip_transform
 from utils.config import Config
 from utils.data import DatasetError, RawData, build_raw_data
 
 logger = logging.getLogger(__name__)
-
-
-def clip_transform(resolution: int) -> Callable:
-    """CLIP's preprocessing (SPEC 3): shorter side to ``resolution`` (bicubic), center crop,
-    RGB, tensor, CLIP normalization. Train and test alike, no augmentation."""
-    from torchvision import transforms as T
-
-    return T.Compose([
-        T.Resize(resolution, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(resolution),
-        T.Lambda(lambda im: im.convert("RGB")),
-        T.ToTensor(),
-        T.Normalize(CLIP_MEAN, CLIP_STD),
-    ])
 
 
 def shuffled_order(num_classes: int, seed: int) -> List[int]:

@@ -114,8 +114,12 @@ def _run(cfg: Config, seed: int, run_dir: str) -> str:
         write_json(os.path.join(run_dir, "results.json"), results)
         write_text(os.path.join(run_dir, "metrics.csv"), _metrics_csv(rows))
     s = summarize(accuracies, matrix)
-    logger.info("done: Avg %.2f, Last %.2f, forgetting %s, BWT %s (%.1f s) -> %s", s["avg"], s["last"],
-                _fmt(s["forgetting"]), _fmt(s["bwt"]), time.perf_counter() - start_run, run_dir)
+    extra = learner.results_extra()
+    parts = [f"{label} last {_fmt(extra[key][-1])}" for key, label in
+             (("text_accuracy", "text-only"), ("visual_accuracy", "visual-only")) if extra.get(key)]
+    logger.info("done: Avg %.2f, Last %.2f, forgetting %s, BWT %s%s (%.1f s) -> %s", s["avg"], s["last"],
+                _fmt(s["forgetting"]), _fmt(s["bwt"]), "".join(", " + p for p in parts),
+                time.perf_counter() - start_run, run_dir)
     return run_dir
 
 
