@@ -217,3 +217,16 @@ def test_imagenet100_class_list(tmp_path):
     assert dm.get_total_classnum() == 2 and dm.get_class_names() == ["n3", "n1"]
     with pytest.raises(DatasetError, match="imagenet100_classes"):
         DataManager("imagenet100", False, 0, 1, 1, {"data_path": str(tmp_path)})
+
+
+def test_few_shot_keeps_k_images_per_class():
+    full = dm_for()
+    a, b = dm_for(shots_per_class=2), dm_for(shots_per_class=2)
+    for dm in (a, b):
+        assert np.bincount(dm._train_targets).tolist() == [2] * 10
+    assert np.array_equal(a._train_data, b._train_data)  # same seed, same subset
+    other = dm_for(shots_per_class=2, seed=5)
+    full_rows = {r.tobytes() for r in full._train_data}
+    assert all(r.tobytes() in full_rows for r in a._train_data)  # a subset of the real images
+    assert len(a._test_targets) == len(full._test_targets)
+    assert not np.array_equal(np.sort(a._train_data.reshape(20, -1), 0), np.sort(other._train_data.reshape(20, -1), 0))

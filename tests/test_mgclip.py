@@ -199,3 +199,70 @@ def test_runs_under_a_pycil_fork_contract(tmp_path):
     assert learner._names == ["apple", "aquarium_fish"]  # CIFAR-100 names from the built-in table
     cnn, _ = learner.eval_task()
     assert 0 <= cnn["top1"] <= 100
+
+
+def recording_schedules(monkeypatch):
+    """Record (T_max, eta_min) of every cosine schedule the learner builds."""
+    seen = []
+    real = torch.optim.lr_scheduler.CosineAnnealingLR
+
+    class Recording(real):
+        def __init__(self, opt, T_max, eta_min=0.0, **kw):
+            seen.append((T_max, eta_min, opt.param_groups[0]["lr"]))
+            super().__init__(opt, T_max, eta_min=eta_min, **kw)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler, "CosineAnnealingLR", Recording)
+    return seen
+
+
+def test_schedules_spec_8_and_15(tmp_path, monkeypatch):
+    # LoRA: per epoch over E epochs to 1 % of lr; classifier: per iteration over 3 epochs to 1 %.
+    seen = recording_schedules(monkeypatch)
+    learner, dm = make(tiny_args(tmp_path, epochs=2, lr=2e-3, visual_lr=5e-4, visual_batch_size=5))
+    learner.incremental_train(dm)
+    n_train = 2 * 8  # 2 classes x 8 images
+    assert seen[0] == (2, pytest.approx(2e-5), 2e-3)
+    assert seen[1] == (3 * -(-n_train // 5), pytest.approx(5e-6), 5e-4)
+
+
+def test_lora_carries_over_between_tasks_with_a_fresh_optimizer(tmp_path, monkeypatch):
+    learner, dm = make(tiny_args(tmp_path))
+    learner.incremental_train(dm)
+    learner.after_task()
+    after_first = [l.lora_B.detach().clone() for l in lora_layers(learner._network)]
+    assert any(torch.count_nonzero(b) for b in after_first)
+    optimizers = []
+    real_adam = torch.optim.Adam
+
+    def spy_adam(params, **kw):
+        params = list(params)
+        # at the start of task 2 LoRA is where task 1 left it (no reset, no merge)
+        optimizers.append(all(torch.equal(l.lora_B, b) for l, b in zip(lora_layers(learner._network), after_first)))
+        return real_adam(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy_adam)
+    learner.incremental_train(dm)
+    assert optimizers[0] is True and len(optimizers) == 2  # new Adam for LoRA, new Adam for the classifier
+
+
+def test_gap_reference_is_zero_shot_clip_even_with_trained_lora(tmp_path):
+    from utils.clip_backbone import load_clip
+    from utils.gap import GapAccumulator
+
+    args = tiny_args(tmp_path, epochs="auto", probe_max_epochs=1)
+    learner, dm = make(args)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # pretend LoRA already moved: the reference must ignore it
+        for layer in lora_layers(learner._network):
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.2)
+    learner.incremental_train(dm)
+    neg0 = learner.record["epochs"]["neg0"]
+    # by hand with a separate plain CLIP: 100 * cos over task-1 classes, batches of batch_size in order
+    plain = load_clip("tiny-random").eval()
+    names = dm.get_class_names(range(2))
+    with torch.no_grad():
+        txt = F.normalize(plain.encode_text(plain.tokenize([f"a good photo of a {n}." for n in names])), dim=1)
+        acc = GapAccumulator()
+        for _, x, y in learner.ordered_train_loader:
+            acc.add(100.0 * F.normalize(plain.encode_image(x), dim=1) @ txt.T, y)
+    assert neg0 == pytest.approx(acc.negative, rel=1e-5)

@@ -47,6 +47,7 @@ class Config:
     imagenet100_classes: Optional[str] = None  # file of the 100 wnids (imagenet100 only)
     init_cls: int = 10
     increment: int = 10
+    shots_per_class: Optional[int] = None  # few-shot: keep k training images per class (seeded)
     synthetic_classes: int = 30
     synthetic_train_per_class: int = 20
     synthetic_test_per_class: int = 10
@@ -135,6 +136,8 @@ class Config:
         need(self.fusion_beta >= 0, "fusion_beta", "a number >= 0")
         need(self.visual_scale > 0, "visual_scale", "a number > 0")
         need(self.num_workers >= 0, "num_workers", "an integer >= 0")
+        need(self.shots_per_class is None or self.shots_per_class >= 1, "shots_per_class",
+             "null (all training images) or an integer >= 1")
         need(self.precision in ("auto", "fp32", "bf16"), "precision", "'auto', 'fp32' or 'bf16'")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              "device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -215,6 +218,8 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, str):
             return value
         raise bad("'shuffle', 'default', a list of class ids or a file path")
+    if kind == "Optional[int]":
+        return None if value is None else as_int(value)
     if kind in ("Optional[str]", "typing.Optional[str]"):
         return None if value is None else str(value)
     if kind in ("List[str]", "typing.List[str]"):

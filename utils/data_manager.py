@@ -76,6 +76,18 @@ def check_class_order(order: Sequence[int], num_classes: int, source: str) -> Li
     return order
 
 
+def few_shot(raw: RawData, shots: int, seed: int) -> RawData:
+    """Keep ``shots`` training images per class (all of a class that has fewer), drawn
+    with ``seed`` and kept in dataset order; the test set is unchanged."""
+    rng = np.random.RandomState(seed)
+    targets = np.asarray(raw.train_targets)
+    keep = np.sort(np.concatenate([
+        rng.choice(idx, size=min(shots, len(idx)), replace=False)
+        for idx in (np.nonzero(targets == c)[0] for c in range(raw.num_classes))]))
+    images = raw.train_images[keep] if isinstance(raw.train_images, np.ndarray) else [raw.train_images[i] for i in keep]
+    return RawData(images, targets[keep], raw.test_images, raw.test_targets, raw.class_names)
+
+
 class CLDataset(Dataset):
     """Items are ``(index, image_tensor, label)`` as in PyCIL."""
 
@@ -117,6 +129,8 @@ class DataManager:
         self.image_size = 224
         raw: RawData = build_raw_data(cfg)
         n = raw.num_classes
+        if cfg.shots_per_class is not None:
+            raw = few_shot(raw, cfg.shots_per_class, seed)
 
         spec = cfg.class_order
         if isinstance(spec, list):
