@@ -83,7 +83,8 @@ class MGCLIP(BaseLearner):
                                                 self._device)
         self.test_loader = make_loader(test_set, self.cfg.eval_batch_size, False, self.cfg.num_workers, self._device)
         # Only the current task's prompts enter the loss (SPEC 7): encoding just those is exact.
-        self._task_tokens = self._network.tokenize(prompts(self.cfg.prompt_template, self._names[new.start:]))
+        self._task_tokens = self._network.tokenize(
+            prompts(self.cfg.prompt_template, self._names[new.start:])).to(self._device)
 
         gap: Dict[str, Any] = {"task": self._cur_task}
         if self._cur_task == 0 and self.epochs is None:
