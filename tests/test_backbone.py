@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import urllib.error
+import warnings
 
 import pytest
 import torch
@@ -94,13 +95,20 @@ def test_verified_cached_file_is_used_without_network(tmp_path, monkeypatch):
     assert fetch_openai_weights("ViT-B/16", str(tmp_path)) == str(tmp_path / "ViT-B-16.pt")
 
 
-def test_local_state_dict_checkpoint(tmp_path):
+@pytest.mark.parametrize("kind", ["state_dict", "jit"])
+def test_local_checkpoint(tmp_path, kind):
     # build_model infers heads as width // 64, so use widths of 64 here.
     shape = dict(TINY_RANDOM, transformer_width=64, transformer_heads=1)
     torch.manual_seed(0)
-    model = clip.model.CLIP(**shape).float()
+    model = clip.model.CLIP(**shape).float().eval()
     path = tmp_path / "tiny.pt"
-    torch.save(model.state_dict(), path)
+    if kind == "jit":  # OpenAI's released files are JIT archives
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, (torch.randn(1, 3, 32, 32), clip.tokenize(["a cat"])), check_trace=False)
+        traced.save(str(path))
+    else:
+        torch.save(model.state_dict(), path)
     loaded = load_clip(str(path))
     clip.model.convert_weights(model)  # OpenAI checkpoints are fp16: the loader rounds the same way
     model.float()

@@ -253,7 +253,9 @@ def fetch_openai_weights(name: str, cache_dir: str) -> str:
 def _load_checkpoint(path: str) -> nn.Module:
     clip = import_clip()
     try:
-        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit deprecation notice; OpenAI ships JIT archives
+            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
     except RuntimeError:
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
