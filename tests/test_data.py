@@ -230,3 +230,12 @@ def test_few_shot_keeps_k_images_per_class():
     assert all(r.tobytes() in full_rows for r in a._train_data)  # a subset of the real images
     assert len(a._test_targets) == len(full._test_targets)
     assert not np.array_equal(np.sort(a._train_data.reshape(20, -1), 0), np.sort(other._train_data.reshape(20, -1), 0))
+
+
+def test_split_comes_from_the_arguments_not_config_defaults():
+    # default init_cls (10) would exceed 5 classes; the positional init_cls=2 is what counts
+    dm = DataManager("synthetic", True, 0, 2, 2, {"synthetic_classes": 5, "synthetic_train_per_class": 2,
+                                                  "synthetic_test_per_class": 1})
+    assert [dm.get_task_size(t) for t in range(dm.nb_tasks)] == [2, 2, 1]
+    with pytest.raises(Exception, match="init_cls"):
+        DataManager("synthetic", True, 0, 6, 2, {"synthetic_classes": 5})

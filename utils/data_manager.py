@@ -124,7 +124,8 @@ class DataManager:
         if isinstance(args, Config):
             cfg = args
         else:
-            cfg = Config.from_dict({**(args or {}), "dataset": dataset_name}, ignore_unknown=True)
+            cfg = Config.from_dict({**(args or {}), "dataset": dataset_name, "init_cls": init_cls,
+                                    "increment": increment}, ignore_unknown=True)
         self.dataset_name = dataset_name
         self.image_size = 224
         raw: RawData = build_raw_data(cfg)
