@@ -1,6 +1,8 @@
 """Run a continual-learning experiment: ``python main.py --config exps/mgclip_cifar.json``.
 
 ``--set key=value`` overrides config keys (typed like YAML: 3, 1e-3, true, [1,2]).
+``--resume RUN_DIR`` continues a stopped run after its last completed task;
+``--resume`` with ``--config`` continues every seed of that config that has a checkpoint.
 """
 from __future__ import annotations
 
@@ -12,29 +14,52 @@ from typing import List, Optional
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="MG-CLIP and CLIP baselines for class-incremental learning")
-    p.add_argument("--config", required=True, help="JSON or YAML config file (see exps/)")
+    p.add_argument("--config", help="JSON or YAML config file (see exps/); with --resume RUN_DIR the run's "
+                                     "own config.json is used when this is left out")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key; repeatable, e.g. --set epochs=2 --set seed=[1,2]")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue from checkpoint.pt: of RUN_DIR, or (without RUN_DIR) of each seed's run "
+                        "directory of --config")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.config is None and not isinstance(args.resume, str):
+        p.error("--config is required (unless --resume RUN_DIR)")
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import os
+
+    from utils.checkpoint import CheckpointError
     from utils.clip_backbone import BackboneError
     from utils.config import ConfigError, build_config
     from utils.data import DatasetError
-    from utils.trainer import run
+    from utils.errors import NonFiniteError
+    from utils.trainer import run, run_one
 
     try:
-        cfg = build_config(args.config, args.overrides)
-        run(cfg)
-    except (ConfigError, DatasetError, BackboneError) as e:
+        if isinstance(args.resume, str):
+            run_dir = args.resume
+            config = args.config or os.path.join(run_dir, "config.json")
+            if not os.path.isdir(run_dir):
+                raise CheckpointError(f"--resume {run_dir}: no such run directory")
+            cfg = build_config(config, args.overrides)
+            if len(cfg.seeds()) != 1:
+                raise ConfigError(f"--resume {run_dir} continues one run: give one seed, not {cfg.seeds()}")
+            run_one(cfg, cfg.seeds()[0], resume="required", run_dir=run_dir)
+        else:
+            run(build_config(args.config, args.overrides), resume=bool(args.resume))
+    except (ConfigError, DatasetError, BackboneError, CheckpointError) as e:
         # Problems with the user's input: one clear line, no traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -65,6 +65,18 @@ class BaseLearner:
             "per_task": per_task,  # unrounded accuracy on each task's classes (accuracy-matrix row)
         }
 
+    def state_dict(self) -> Dict[str, Any]:
+        """Counters of the completed tasks (for checkpoints; plain types only). A learner
+        saved in the middle of a task describes the state before that task."""
+        done = [r for r in self._task_ranges if r.stop <= self._known_classes]
+        return {"cur_task": len(done) - 1, "known_classes": self._known_classes,
+                "task_ranges": [[r.start, r.stop] for r in done]}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._cur_task = state["cur_task"]
+        self._known_classes = self._total_classes = state["known_classes"]
+        self._task_ranges = [range(a, b) for a, b in state["task_ranges"]]
+
     def results_extra(self) -> Dict[str, Any]:
         """Method-specific records for results.json (epochs, gap values, ...)."""
         return {}

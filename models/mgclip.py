@@ -8,6 +8,7 @@ block (SPEC 13-15); inference fuses both classifiers (SPEC 16). ``SPEC`` is
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -23,14 +24,11 @@ from utils.clip_backbone import autocast
 from utils.clip_ops import (build_backbone, class_names, encode_dataset, get_dataset, make_loader, progress,
                             prompts, read_args, text_features)
 from utils.cosine_linear import CosineLinear
+from utils.errors import NonFiniteError
 from utils.gap import EpochProbe, GapAccumulator
 from utils.lora import load_lora_state_dict, lora_disabled, lora_parameters, lora_state_dict
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or gap statistic became NaN/inf; the message says where."""
 
 
 def fuse(text_logits: torch.Tensor, visual_logits: Optional[torch.Tensor], beta: float) -> torch.Tensor:
@@ -64,6 +62,8 @@ class MGCLIP(BaseLearner):
         self._names: List[str] = []
         self.epochs: Optional[int] = None if self.cfg.epochs == "auto" else int(self.cfg.epochs)
         self.timings: Dict[str, float] = defaultdict(float)
+        self._gap_ref: Optional[Dict[str, float]] = None  # neg0 of the probe (kept for a resumed task 1)
+        self.on_checkpoint = None  # set by the trainer: called once the probe has chosen E
         self.record: Dict[str, Any] = {"epochs": {"mode": "probe" if self.epochs is None else "fixed",
                                                   "chosen": self.epochs},
                                        "gap": [], "text_accuracy": [], "visual_accuracy": []}
@@ -89,6 +89,8 @@ class MGCLIP(BaseLearner):
         gap: Dict[str, Any] = {"task": self._cur_task}
         if self._cur_task == 0 and self.epochs is None:
             gap["before"] = self._probe_epochs()
+        elif self._cur_task == 0 and self._gap_ref is not None:  # resumed right after the probe
+            gap["before"] = dict(self._gap_ref)
         elif self.cfg.track_gap:
             gap["before"] = self._task_gap()
         self._train_lora(self.epochs)
@@ -162,6 +164,9 @@ class MGCLIP(BaseLearner):
         self.record["epochs"]["chosen"] = self.epochs
         logger.info("epoch budget E = %d (from %d probe epochs)", self.epochs, len(probe.values))
         load_lora_state_dict(net, start_state)  # back to zero-shot CLIP for the real run
+        self._gap_ref = ref
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
         return ref
 
     def _task_gap(self, feats: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> Dict[str, float]:
@@ -239,3 +244,21 @@ class MGCLIP(BaseLearner):
 
     def results_extra(self) -> Dict[str, Any]:
         return self.record
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything a resumed run needs (completed tasks only; see BaseLearner.state_dict)."""
+        state = super().state_dict()
+        known = state["known_classes"]
+        return {**state, "names": self._names[:known], "lora": lora_state_dict(self._network),
+                "visual": [b.detach().cpu().clone() for b in self.visual.blocks][:len(state["task_ranges"])],
+                "epochs": self.epochs, "gap_ref": self._gap_ref, "record": copy.deepcopy(self.record),
+                "timings": dict(self.timings)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._names = list(state["names"])
+        load_lora_state_dict(self._network, state["lora"])
+        self.visual.load_blocks(state["visual"], self._device)
+        self.epochs, self._gap_ref = state["epochs"], state["gap_ref"]
+        self.record = copy.deepcopy(state["record"])
+        self.timings = defaultdict(float, state["timings"])

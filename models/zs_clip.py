@@ -32,6 +32,14 @@ class ZSCLIP(BaseLearner):
         test_set = get_dataset(data_manager, range(self._total_classes), "test", self._network.input_resolution)
         self.test_loader = make_loader(test_set, self.cfg.eval_batch_size, False, self.cfg.num_workers, self._device)
 
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        return {**state, "names": self._names[:state["known_classes"]]}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._names = list(state["names"])
+
     @torch.no_grad()
     def eval_task(self):
         net = self._network

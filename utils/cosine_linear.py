@@ -40,6 +40,11 @@ class CosineLinear(nn.Module):
         self.blocks.append(block)
         return block
 
+    def load_blocks(self, blocks: List[torch.Tensor], device: torch.device) -> None:
+        """Replace all blocks (from a checkpoint); the last one stays trainable."""
+        self.blocks = nn.ParameterList([nn.Parameter(b.to(device).float(), requires_grad=i == len(blocks) - 1)
+                                        for i, b in enumerate(blocks)])
+
     def block_logits(self, features: torch.Tensor, block: int) -> torch.Tensor:
         """Cosine logits (N, rows of ``block``) against one block only."""
         return self.scale * F.linear(F.normalize(features.float(), dim=1), F.normalize(self.blocks[block], dim=1))

@@ -1,0 +1,78 @@
+"""Checkpoints for resuming a run: atomic save, checked load, RNG capture, config comparison.
+
+A checkpoint holds what is needed to continue as if never stopped: the learner's state
+(LoRA, visual classifier, epoch budget, gap records), every RNG state, the metrics so far,
+the resolved config and class order. It is written to a temp file in the run directory,
+fsynced and renamed over the previous one, so the previous checkpoint survives any crash
+during the write. Only plain types and tensors are stored, so it loads with
+``weights_only=True``.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from utils.io import atomic_write
+
+FORMAT_VERSION = 1
+
+# Keys that may differ between a run and its resumption: where things are and how fast
+# they run, not what is computed. Path-valued data keys are compared by what they resolve
+# to (class order and class names are checked separately).
+RUN_ONLY_KEYS = frozenset({"device", "num_workers", "logdir", "data_path", "clip_cache", "class_names",
+                           "imagenet100_classes", "class_order"})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not belong to this config."""
+
+
+def rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
+    atomic_write(path, lambda f: torch.save({"format": FORMAT_VERSION, **payload}, f), mode="wb")
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    import os
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}: nothing to resume (run without --resume to start over)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {e}); "
+                              f"delete it and run without --resume to start the run over") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is not a checkpoint of this toolbox (format "
+                              f"{state.get('format') if isinstance(state, dict) else '?'}, expected {FORMAT_VERSION})")
+    return state
+
+
+def config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """Keys whose values differ and that change what a run computes."""
+    keys = (set(saved) | set(current)) - RUN_ONLY_KEYS
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
