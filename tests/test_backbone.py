@@ -137,3 +137,19 @@ def test_cuda_device_without_cuda_is_a_clear_error():
         pytest.skip("CUDA present")
     with pytest.raises(BackboneError, match="'device'"):
         resolve_device("cuda")
+
+
+def test_downloaded_file_with_wrong_sha_is_refused_and_removed(tmp_path, monkeypatch):
+    import io
+
+    class FakeResponse(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: FakeResponse(b"tampered bytes"))
+    with pytest.raises(BackboneError, match="SHA-256 .* expected 5806e77c"):
+        fetch_openai_weights("ViT-B/16", str(tmp_path))
+    assert os.listdir(tmp_path) == []

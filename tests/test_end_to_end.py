@@ -142,3 +142,16 @@ def test_missing_weights_offline_is_one_clear_error(tmp_path, capsys, monkeypatc
     assert code == 2
     err = capsys.readouterr().err
     assert "ViT-B-16.pt" in err and "clip_cache" in err and "Traceback" not in err
+
+
+def test_undecodable_image_stops_the_run_naming_the_file(tmp_path, capsys):
+    from tests.test_data import write_jpeg_split
+
+    write_jpeg_split(tmp_path / "imagenet-r", ["a", "b", "c", "d"])
+    (tmp_path / "imagenet-r" / "train" / "b" / "1.jpg").write_bytes(b"broken")
+    code = main(["--config", os.path.join(ROOT, "exps", "zs_clip_demo.json"), "--set", "dataset=imagenet_r",
+                 "--set", f"data_path={tmp_path}", "--set", "init_cls=2", "--set", "increment=2",
+                 "--set", "model_name=mgclip", "--set", "epochs=1", "--set", f"logdir={tmp_path / 'logs'}", "-q"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert os.path.join("train", "b", "1.jpg") in err and "Traceback" not in err
