@@ -155,3 +155,26 @@ def test_undecodable_image_stops_the_run_naming_the_file(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert os.path.join("train", "b", "1.jpg") in err and "Traceback" not in err
+
+
+def test_zero_shot_predictions_equal_a_hand_computation(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from models.zs_clip import ZSCLIP
+    from utils.data_manager import DataManager
+
+    args = tiny_args(tmp_path, model_name="zs_clip")
+    dm = DataManager("synthetic", True, 1993, 2, 2, args)
+    learner = ZSCLIP(args)
+    learner.incremental_train(dm)
+    cnn, _ = learner.eval_task()
+    net = learner._network
+    text = F.normalize(net.encode_text(net.tokenize([f"a good photo of a {n}." for n in dm.get_class_names(range(2))])), dim=1)
+    correct = total = 0
+    with torch.no_grad():
+        for _, x, y in learner.test_loader:
+            pred = (F.normalize(net.encode_image(x), dim=1) @ text.T).argmax(1)
+            correct += int((pred == y).sum())
+            total += len(y)
+    assert cnn["top1"] == pytest.approx(100.0 * correct / total)

@@ -26,6 +26,7 @@ from utils.errors import NonFiniteError
 from utils.factory import get_model
 from utils.io import write_json, write_text
 from utils.metrics import summarize
+from utils.report import group_key, summary_markdown, summary_row
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def _run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) -> str:
         write_json(os.path.join(run_dir, "results.json"), results)
         write_text(os.path.join(run_dir, "metrics.csv"), _metrics_csv(progress.rows))
         save_checkpoint_now()
+    logger.info("summary:\n%s", summary_markdown([summary_row(group_key(results), [results])]).rstrip())
     s = summarize(progress.accuracies, progress.matrix)
     extra = learner.results_extra()
     parts = [f"{label} last {_fmt(extra[key][-1])}" for key, label in
@@ -237,4 +239,6 @@ def run(cfg: Config, resume: bool = False) -> List[str]:
         write_json(path, summary)
         logger.info("%d seeds: Avg %.2f +- %.2f, Last %.2f +- %.2f -> %s", len(run_dirs), summary["avg"]["mean"],
                     summary["avg"]["std"], summary["last"]["mean"], summary["last"]["std"], path)
+        logger.info("summary over seeds:\n%s",
+                    summary_markdown([summary_row(group_key(finals[0]), finals)]).rstrip())
     return run_dirs

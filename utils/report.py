@@ -1,0 +1,301 @@
+"""Compare runs side by side: ``python -m utils.report RUN_DIR [RUN_DIR ...] [--out DIR]``.
+
+Each RUN_DIR is a run directory (with ``results.json``) or a folder searched for them.
+Runs of the same method, dataset, split and prefix are grouped over seeds. Writes
+``summary.md`` and ``summary.csv`` (mean +- std over seeds; std is the population std,
+numpy's default) and, with matplotlib installed (``pip install -e .[plots]``),
+``accuracy_curve.png``, ``accuracy_matrix_<run>.png`` per run and ``gap.png`` for MG-CLIP.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from utils.io import atomic_write, write_text
+
+logger = logging.getLogger(__name__)
+
+FIG_SIZE = (6.4, 4.0)  # inches; at FIG_DPI the PNGs are 640 x 400 pixels
+FIG_DPI = 100
+CSV_COLUMNS = ["method", "prefix", "dataset", "split", "seeds", "avg_mean", "avg_std", "last_mean", "last_std",
+               "forgetting_mean", "bwt_mean", "epochs", "wall_s_mean", "text_last_mean", "visual_last_mean"]
+
+
+class ReportError(RuntimeError):
+    """A run directory is missing or its results.json is unusable; the message names it."""
+
+
+# ----------------------------------------------------------------------------- loading
+def find_runs(paths: Sequence[str]) -> List[str]:
+    """Run directories named by ``paths`` (a run directory, or a folder holding some)."""
+    runs = []
+    for p in paths:
+        if not os.path.isdir(p):
+            raise ReportError(f"{p}: no such run directory")
+        if os.path.isfile(os.path.join(p, "results.json")):
+            runs.append(p)
+            continue
+        found = sorted(root for root, _, files in os.walk(p) if "results.json" in files)
+        if not found:
+            raise ReportError(f"{p}: no results.json in it or below it (is it a run directory?)")
+        runs += found
+    return runs
+
+
+REQUIRED = ("model_name", "dataset", "seed", "accuracy", "accuracy_matrix", "avg", "last", "config")
+
+
+def load_run(run_dir: str) -> Dict[str, Any]:
+    path = os.path.join(run_dir, "results.json")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            r = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path}: cannot be read as JSON ({e})") from None
+    missing = [k for k in REQUIRED if k not in r] if isinstance(r, dict) else list(REQUIRED)
+    if missing:
+        raise ReportError(f"{path}: not a results file of this toolbox (missing {', '.join(missing)})")
+    r["run_dir"] = run_dir
+    return r
+
+
+def group_key(r: Dict[str, Any]) -> Tuple[str, str, str, str]:
+    c = r["config"]
+    return (r["model_name"], c.get("prefix", ""), r["dataset"], f"{c.get('init_cls')}/{c.get('increment')}")
+
+
+def group_runs(runs: List[Dict[str, Any]]) -> Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]:
+    groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(group_key(r), []).append(r)
+    for g in groups.values():
+        g.sort(key=lambda r: r["seed"])
+    return groups
+
+
+# ----------------------------------------------------------------------------- tables
+def _mean(values: List[Optional[float]]) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _std(values: List[Optional[float]]) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return float(np.std(vals)) if vals else None
+
+
+def summary_row(key: Tuple[str, str, str, str], runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    method, prefix, dataset, split = key
+
+    def last_of(r, field):
+        return r[field][-1] if r.get(field) else None
+
+    epochs = sorted({r["epochs"]["chosen"] for r in runs if isinstance(r.get("epochs"), dict)
+                     and r["epochs"].get("chosen") is not None})
+    return {
+        "method": method, "prefix": prefix, "dataset": dataset, "split": split,
+        "seeds": " ".join(str(r["seed"]) for r in runs),
+        "avg_mean": _mean([r["avg"] for r in runs]), "avg_std": _std([r["avg"] for r in runs]),
+        "last_mean": _mean([r["last"] for r in runs]), "last_std": _std([r["last"] for r in runs]),
+        "forgetting_mean": _mean([r.get("forgetting") for r in runs]),
+        "bwt_mean": _mean([r.get("bwt") for r in runs]),
+        "epochs": " ".join(str(e) for e in epochs),
+        "wall_s_mean": _mean([(r.get("timings") or {}).get("total_s") for r in runs]),
+        "text_last_mean": _mean([last_of(r, "text_accuracy") for r in runs]),
+        "visual_last_mean": _mean([last_of(r, "visual_accuracy") for r in runs]),
+    }
+
+
+def _fmt(x: Optional[float], digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pm(mean: Optional[float], std: Optional[float]) -> str:
+    return "-" if mean is None else f"{mean:.2f} ± {std:.2f}"
+
+
+MD_HEADER = ("| method | prefix | dataset | split | seeds | Avg | Last | forgetting | BWT | E | wall s "
+             "| text Last | visual Last |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def markdown_row(row: Dict[str, Any]) -> str:
+    cells = [row["method"], row["prefix"], row["dataset"], row["split"], row["seeds"],
+             _pm(row["avg_mean"], row["avg_std"]), _pm(row["last_mean"], row["last_std"]),
+             _fmt(row["forgetting_mean"]), _fmt(row["bwt_mean"]), row["epochs"] or "-",
+             _fmt(row["wall_s_mean"], 1), _fmt(row["text_last_mean"]), _fmt(row["visual_last_mean"])]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def summary_markdown(rows: List[Dict[str, Any]]) -> str:
+    return "\n".join([MD_HEADER] + [markdown_row(r) for r in rows]) + "\n"
+
+
+def summary_csv(rows: List[Dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- plots
+def _label(key: Tuple[str, str, str, str]) -> str:
+    method, prefix, dataset, split = key
+    return f"{method} ({prefix}, {dataset} {split})"
+
+
+def _save(fig, path: str) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=FIG_DPI), mode="wb")
+
+
+def plot_accuracy_curve(groups, path: str, plt) -> None:
+    fig, ax = plt.subplots(figsize=FIG_SIZE)
+    for key, runs in groups.items():
+        T = min(len(r["accuracy"]) for r in runs)
+        acc = np.array([r["accuracy"][:T] for r in runs], dtype=float)
+        x = np.arange(1, T + 1)
+        mean, std = acc.mean(0), acc.std(0)
+        ax.plot(x, mean, marker="o", label=_label(key))
+        if len(runs) > 1:
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("task")
+    _integer_ticks(ax.xaxis)
+    ax.set_ylabel("accuracy on seen classes (%)")
+    ax.set_title("Accuracy after each task (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_accuracy_matrix(run: Dict[str, Any], path: str, plt) -> None:
+    M = run["accuracy_matrix"]
+    T = len(M)
+    grid = np.full((T, T), np.nan)
+    for t, row in enumerate(M):
+        grid[t, :len(row)] = row
+    fig, ax = plt.subplots(figsize=FIG_SIZE)
+    im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
+    if T <= 20:
+        for t in range(T):
+            for j in range(len(M[t])):
+                ax.text(j, t, f"{grid[t, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if grid[t, j] < 60 else "black")
+    ax.set_xticks(range(T), [str(j + 1) for j in range(T)])
+    ax.set_yticks(range(T), [str(t + 1) for t in range(T)])
+    ax.set_xlabel("task j (its classes)")
+    ax.set_ylabel("after task t")
+    ax.set_title(f"{run['model_name']} seed {run['seed']}: accuracy matrix (%)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_gap(runs: List[Dict[str, Any]], path: str, plt) -> None:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=FIG_SIZE)
+    for r in runs:
+        name = f"{r['config'].get('prefix', '')} seed {r['seed']}"
+        ep = r.get("epochs") or {}
+        if ep.get("neg0") is not None and ep.get("probe"):
+            neg0, alpha = ep["neg0"], ep.get("alpha", r["config"].get("gap_alpha", 0.1))
+            values = [neg0] + [p["neg"] for p in ep["probe"]]
+            line, = ax1.plot(range(len(values)), values, marker="o", label=name)
+            lo, hi = sorted((neg0 * (1 - alpha), neg0 * (1 + alpha)))
+            ax1.axhspan(lo, hi, color=line.get_color(), alpha=0.12)
+            if ep.get("chosen") is not None:
+                ax1.axvline(ep["chosen"], color=line.get_color(), linestyle=":")
+        gaps = r.get("gap") or []
+        if gaps:
+            tasks = [g["task"] + 1 for g in gaps]
+            line, = ax2.plot(tasks, [g["after"]["neg"] for g in gaps], marker="o", label=f"{name} after")
+            before = [(g["task"] + 1, g["before"]["neg"]) for g in gaps if "before" in g]
+            if before:
+                ax2.plot(*zip(*before), marker="x", linestyle="--", color=line.get_color(), label=f"{name} before")
+    ax1.set_title("probe: gap per epoch (band: ±alpha)", fontsize=9)
+    ax1.set_xlabel("probe epoch (0 = zero-shot)")
+    ax1.set_ylabel("mean non-target logit")
+    ax2.set_title("per task: before / after training", fontsize=9)
+    ax2.set_xlabel("task")
+    for ax in (ax1, ax2):
+        _integer_ticks(ax.xaxis)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _safe_name(run: Dict[str, Any]) -> str:
+    parts = [run["model_name"], run["dataset"], str(run["config"].get("prefix", "")), str(run["seed"])]
+    return "_".join("".join(ch if ch.isalnum() or ch in "-." else "-" for ch in p) for p in parts)
+
+
+# ----------------------------------------------------------------------------- entry
+def make_report(paths: Sequence[str], out: str) -> Dict[str, Any]:
+    """Write the tables (and plots if matplotlib is there) into ``out``; returns what was written."""
+    runs = [load_run(d) for d in find_runs(paths)]
+    groups = group_runs(runs)
+    rows = [summary_row(k, g) for k, g in groups.items()]
+    os.makedirs(out, exist_ok=True)
+    write_text(os.path.join(out, "summary.md"), summary_markdown(rows))
+    write_text(os.path.join(out, "summary.csv"), summary_csv(rows))
+    written = {"rows": rows, "files": ["summary.md", "summary.csv"], "plots": False}
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: tables written, no plots (pip install -e .[plots])")
+        return written
+    plot_accuracy_curve(groups, os.path.join(out, "accuracy_curve.png"), plt)
+    written["files"].append("accuracy_curve.png")
+    for r in runs:
+        name = f"accuracy_matrix_{_safe_name(r)}.png"
+        plot_accuracy_matrix(r, os.path.join(out, name), plt)
+        written["files"].append(name)
+    gap_runs = [r for r in runs if r.get("gap") or (r.get("epochs") or {}).get("probe")]
+    if gap_runs:
+        plot_gap(gap_runs, os.path.join(out, "gap.png"), plt)
+        written["files"].append("gap.png")
+    written["plots"] = True
+    return written
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="run directories, or folders that hold them")
+    p.add_argument("--out", default="report", help="output folder (default: report)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        written = make_report(args.runs, args.out)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_markdown(written["rows"]), end="")
+    print(f"wrote {', '.join(written['files'])} to {args.out}")
+    if not written["plots"]:
+        print("no plots: matplotlib is not installed (pip install -e .[plots])")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
