@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from models.base import BaseLearner
 from utils.clip_backbone import autocast
-from utils.clip_ops import (build_backbone, class_names, encode_dataset, get_dataset, make_loader, progress,
-                            prompts, read_args, text_features)
+from utils.clip_ops import (build_backbone, class_names, encode_dataset, make_loader, progress, prompts, read_args,
+                            task_data, text_features)
 from utils.cosine_linear import CosineLinear
 from utils.errors import NonFiniteError
 from utils.gap import EpochProbe, GapAccumulator
@@ -76,8 +76,8 @@ class MGCLIP(BaseLearner):
         self._task_ranges.append(new)
         self._names += class_names(data_manager, new, self.args.get("dataset", ""))
         res = self._network.input_resolution
-        train_set = get_dataset(data_manager, new, "train", res)
-        test_set = get_dataset(data_manager, range(self._total_classes), "test", res)
+        train_set = task_data(data_manager, new, "train", res, self.cfg, self._device)
+        test_set = task_data(data_manager, range(self._total_classes), "test", res, self.cfg, self._device)
         self.train_loader = make_loader(train_set, self.cfg.batch_size, True, self.cfg.num_workers, self._device)
         self.ordered_train_loader = make_loader(train_set, self.cfg.batch_size, False, self.cfg.num_workers,
                                                 self._device)
@@ -131,7 +131,7 @@ class MGCLIP(BaseLearner):
             start = time.perf_counter()
             net.train()
             for step, (_, x, y) in enumerate(progress(self.train_loader, f"task {self._cur_task} {phase} {epoch + 1}/{epochs}")):
-                loss = self._loss(x.to(self._device, non_blocking=True), y.to(self._device, non_blocking=True))
+                loss = self._loss(x, y)
                 if not torch.isfinite(loss):
                     raise NonFiniteError(f"non-finite loss {loss.item()} in task {self._cur_task}, "
                                          f"{phase} epoch {epoch + 1}, step {step + 1}")

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from models.base import BaseLearner
-from utils.clip_ops import (build_backbone, class_names, encode_dataset, get_dataset, make_loader, prompts,
-                            read_args, text_features)
+from utils.clip_ops import (build_backbone, class_names, encode_dataset, make_loader, prompts, read_args, task_data,
+                            text_features)
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ class ZSCLIP(BaseLearner):
         self._task_ranges.append(range(self._known_classes, self._total_classes))
         new = range(self._known_classes, self._total_classes)
         self._names += class_names(data_manager, new, self.args.get("dataset", ""))
-        test_set = get_dataset(data_manager, range(self._total_classes), "test", self._network.input_resolution)
+        test_set = task_data(data_manager, range(self._total_classes), "test", self._network.input_resolution,
+                             self.cfg, self._device)
         self.test_loader = make_loader(test_set, self.cfg.eval_batch_size, False, self.cfg.num_workers, self._device)
 
     def state_dict(self) -> Dict[str, Any]:

@@ -23,7 +23,7 @@ FORMAT_VERSION = 1
 # they run, not what is computed. Path-valued data keys are compared by what they resolve
 # to (class order and class names are checked separately).
 RUN_ONLY_KEYS = frozenset({"device", "num_workers", "logdir", "data_path", "clip_cache", "class_names",
-                           "imagenet100_classes", "class_order"})
+                           "imagenet100_classes", "class_order", "cache_images", "cache_max_gb"})
 
 
 class CheckpointError(RuntimeError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from utils.class_names import CIFAR100_CLASSES
 from utils.clip_backbone import ClipBackbone, autocast, clip_transform, load_clip, resolve_device
 from utils.config import DATASETS, Config
+from utils.preprocess import DevicePreprocess
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +47,48 @@ def class_names(data_manager, indices: Sequence[int], dataset_name: str = "") ->
                        f"'{dataset_name}': add get_class_names(indices) to it (see utils/data_manager.py)")
 
 
-def get_dataset(data_manager, indices: Sequence[int], source: str, resolution: int) -> Dataset:
-    """``data_manager.get_dataset`` with CLIP preprocessing at the backbone's resolution."""
+class Batches:
+    """A DataLoader whose batches arrive on the device, preprocessed: ``(idx, images, labels)``
+    with images (N, 3, R, R) normalized float and labels (N,) on ``device``."""
+
+    def __init__(self, loader: DataLoader, prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
+        self.loader, self.prepare, self.device = loader, prepare, device
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for idx, x, y in self.loader:
+            yield idx, self.prepare(x), y.to(self.device, non_blocking=True)
+
+
+def task_data(data_manager, indices: Sequence[int], source: str, resolution: int, cfg: Config,
+              device: torch.device) -> Tuple[Dataset, Callable[[torch.Tensor], torch.Tensor]]:
+    """The images of classes ``indices`` and the function that turns a loaded batch into
+    CLIP input on ``device``: batched device preprocessing of uint8 images where the data
+    manager offers them (``preprocess: device``), else CLIP's PIL pipeline per image."""
+    if cfg.preprocess == "device" and hasattr(data_manager, "supports_raw") and data_manager.supports_raw(
+            resolution, cfg.cache_images, cfg.cache_max_gb):
+        ds = data_manager.get_dataset(indices, source=source, mode="test", raw=True, resolution=resolution,
+                                      num_workers=cfg.num_workers)
+        return ds, DevicePreprocess(resolution, device)
     try:
-        return data_manager.get_dataset(indices, source=source, mode="test", transform=clip_transform(resolution))
+        ds = data_manager.get_dataset(indices, source=source, mode="test", transform=clip_transform(resolution))
     except TypeError:  # a fork's DataManager without the transform argument
-        return data_manager.get_dataset(indices, source=source, mode="test")
+        ds = data_manager.get_dataset(indices, source=source, mode="test")
+    return ds, lambda x: x.to(device, non_blocking=True)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+def make_loader(data: Tuple[Dataset, Callable], batch_size: int, shuffle: bool, num_workers: int,
+                device: torch.device) -> Batches:
+    dataset, prepare = data
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    return Batches(loader, prepare, device)
 
 
 def build_backbone(cfg: Config, device: torch.device, with_lora: bool) -> ClipBackbone:
@@ -71,7 +103,7 @@ def build_backbone(cfg: Config, device: torch.device, with_lora: bool) -> ClipBa
 
 
 @torch.no_grad()
-def encode_dataset(backbone: ClipBackbone, loader: DataLoader, device: torch.device, precision: str = "auto",
+def encode_dataset(backbone: ClipBackbone, loader: Batches, device: torch.device, precision: str = "auto",
                    desc: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """L2-normalized image features (N, D) float32 and labels (N,), in loader order, eval mode."""
     was_training = backbone.training
@@ -79,9 +111,9 @@ def encode_dataset(backbone: ClipBackbone, loader: DataLoader, device: torch.dev
     feats, labels = [], []
     for _, x, y in progress(loader, desc):
         with autocast(device, precision):
-            f = backbone.encode_image(x.to(device, non_blocking=True))
+            f = backbone.encode_image(x)
         feats.append(F.normalize(f.float(), dim=1))
-        labels.append(y.to(device))
+        labels.append(y)
     backbone.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 

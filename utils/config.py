@@ -38,6 +38,9 @@ class Config:
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
     logdir: str = "logs"
     num_workers: int = 0
+    preprocess: str = "device"  # "device": batched resize/normalize on the device; "pil": per image with PIL
+    cache_images: str = "auto"  # JPEG datasets: decode + resize once per run ("auto": if under cache_max_gb)
+    cache_max_gb: float = 8.0
 
     # --- data ---
     dataset: str = "cifar100"
@@ -139,6 +142,9 @@ class Config:
         need(self.shots_per_class is None or self.shots_per_class >= 1, "shots_per_class",
              "null (all training images) or an integer >= 1")
         need(self.precision in ("auto", "fp32", "bf16"), "precision", "'auto', 'fp32' or 'bf16'")
+        need(self.preprocess in ("device", "pil"), "preprocess", "'device' or 'pil'")
+        need(self.cache_images in ("auto", "true", "false"), "cache_images", "'auto', true or false")
+        need(self.cache_max_gb >= 0, "cache_max_gb", "a number >= 0 (GiB)")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              "device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
         need(self.epochs == "auto" or (isinstance(self.epochs, int) and self.epochs >= 1),
@@ -210,6 +216,8 @@ def _coerce(key: str, value: Any) -> Any:
 
     if key == "seed":
         return [as_int(s) for s in value] if isinstance(value, list) else as_int(value)
+    if key == "cache_images":
+        return str(value).lower() if isinstance(value, (bool, str)) else value
     if key == "epochs":
         return "auto" if value == "auto" else as_int(value)
     if key == "class_order":

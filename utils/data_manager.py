@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -88,10 +89,37 @@ def few_shot(raw: RawData, shots: int, seed: int) -> RawData:
     return RawData(images, targets[keep], raw.test_images, raw.test_targets, raw.class_names)
 
 
-class CLDataset(Dataset):
-    """Items are ``(index, image_tensor, label)`` as in PyCIL."""
+def open_rgb(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:
+        raise DatasetError(f"image file could not be read: {path} ({e}); remove or replace it") from None
 
-    def __init__(self, images: Union[np.ndarray, List[str]], labels: np.ndarray, transform: Callable):
+
+class _DecodeDataset(Dataset):
+    """Decode + CLIP resize/crop with PIL, as uint8 (R, R, 3): done once per run."""
+
+    def __init__(self, paths: List[str], resolution: int):
+        from torchvision import transforms as T
+
+        self.paths = paths
+        self.resize = T.Compose([T.Resize(resolution, interpolation=T.InterpolationMode.BICUBIC),
+                                 T.CenterCrop(resolution)])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.resize(open_rgb(self.paths[i])), dtype=np.uint8)
+
+
+class CLDataset(Dataset):
+    """Items are ``(index, image, label)`` as in PyCIL: the image is a normalized tensor
+    after ``transform``, or with ``transform=None`` the uint8 array as a (H, W, 3) tensor
+    (for batched preprocessing on the device)."""
+
+    def __init__(self, images: Union[np.ndarray, List[str]], labels: np.ndarray, transform: Optional[Callable]):
         self.images = images
         self.labels = labels
         self.transform = transform
@@ -101,15 +129,9 @@ class CLDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, idx: int):
-        if self.use_path:
-            path = self.images[idx]
-            try:
-                with Image.open(path) as im:
-                    image = im.convert("RGB")
-            except Exception as e:
-                raise DatasetError(f"image file could not be read: {path} ({e}); remove or replace it") from None
-        else:
-            image = Image.fromarray(self.images[idx])
+        if self.transform is None:
+            return idx, torch.from_numpy(np.ascontiguousarray(self.images[idx])), int(self.labels[idx])
+        image = open_rgb(self.images[idx]) if self.use_path else Image.fromarray(self.images[idx])
         return idx, self.transform(image), int(self.labels[idx])
 
 
@@ -159,6 +181,7 @@ class DataManager:
         self._test_targets = remap[np.asarray(raw.test_targets)]
         self._class_names = [raw.class_names[c] for c in order]
         self.use_path = raw.use_path
+        self._decoded: Dict[tuple, np.ndarray] = {}  # (source, resolution) -> uint8 (N, R, R, 3)
 
     # --- PyCIL surface -----------------------------------------------------------
     @property
@@ -172,14 +195,23 @@ class DataManager:
         return len(self._class_order)
 
     def get_dataset(self, indices: Sequence[int], source: str, mode: str, appendent=None,
-                    ret_data: bool = False, transform: Optional[Callable] = None):
+                    ret_data: bool = False, transform: Optional[Callable] = None, raw: bool = False,
+                    resolution: Optional[int] = None, num_workers: int = 0):
         """Images whose (remapped) label is in ``indices``. ``source``: "train" | "test";
         ``mode`` is accepted for PyCIL compatibility (train and test preprocess alike,
-        SPEC 3). ``appendent=(images, labels)`` adds e.g. replay exemplars."""
+        SPEC 3). ``appendent=(images, labels)`` adds e.g. replay exemplars.
+
+        ``raw=True``: items hold uint8 (H, W, 3) images for ``utils.preprocess`` on the
+        device; JPEG datasets are then decoded and resized to ``resolution`` once per run
+        (by PIL, with ``num_workers`` processes) and served from memory."""
         if source not in ("train", "test"):
             raise ValueError(f"get_dataset source must be 'train' or 'test', not {source!r}")
         data, targets = (self._train_data, self._train_targets) if source == "train" else (
             self._test_data, self._test_targets)
+        if raw and not isinstance(data, np.ndarray):
+            if resolution is None:
+                raise ValueError("get_dataset(raw=True) on a JPEG dataset needs the resolution to decode to")
+            data = self.decoded_images(source, resolution, num_workers)
         mask = np.isin(targets, np.asarray(list(indices)))
         sel = np.nonzero(mask)[0]
         images = data[sel] if isinstance(data, np.ndarray) else [data[i] for i in sel]
@@ -189,8 +221,38 @@ class DataManager:
             images = (np.concatenate([images, app_x]) if isinstance(images, np.ndarray)
                       else list(images) + list(app_x))
             labels = np.concatenate([labels, np.asarray(app_y)])
-        ds = CLDataset(images, labels, transform or clip_transform(self.image_size))
+        ds = CLDataset(images, labels, None if raw else (transform or clip_transform(self.image_size)))
         return (images, labels, ds) if ret_data else ds
+
+    def decoded_images(self, source: str, resolution: int, num_workers: int = 0) -> np.ndarray:
+        """All images of ``source`` decoded, resized and cropped to ``resolution`` (cached)."""
+        key = (source, resolution)
+        if key not in self._decoded:
+            from torch.utils.data import DataLoader
+
+            paths = self._train_data if source == "train" else self._test_data
+            out = np.empty((len(paths), resolution, resolution, 3), dtype=np.uint8)
+            loader = DataLoader(_DecodeDataset(paths, resolution), batch_size=64, num_workers=num_workers,
+                                collate_fn=np.stack)
+            start = time.perf_counter()
+            pos = 0
+            for batch in loader:
+                out[pos:pos + len(batch)] = batch
+                pos += len(batch)
+            logger.info("decoded %d %s images at %d px once (%.1f s, %.2f GiB in memory)", len(paths), source,
+                        resolution, time.perf_counter() - start, out.nbytes / 2**30)
+            self._decoded[key] = out
+        return self._decoded[key]
+
+    def supports_raw(self, resolution: int, cache: str = "auto", max_gb: float = 8.0) -> bool:
+        """Whether ``get_dataset(raw=True)`` should be used: in-memory arrays always; JPEG
+        datasets when caching is on ("true") or would fit in ``max_gb`` ("auto")."""
+        if not self.use_path:
+            return True
+        if cache in ("true", "false"):
+            return cache == "true"
+        n = len(self._train_data) + len(self._test_data)
+        return n * resolution * resolution * 3 <= max_gb * 2**30
 
     # --- additions ---------------------------------------------------------------
     @property
