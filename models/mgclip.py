@@ -195,8 +195,9 @@ class MGCLIP(BaseLearner):
         opt = torch.optim.Adam([block], lr=cfg.visual_lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             opt, T_max=max(1, steps_per_epoch * cfg.visual_epochs), eta_min=cfg.visual_lr * cfg.min_lr_ratio)
-        target = labels - self._known_classes
         for _ in range(cfg.visual_epochs):
+            feats, labels = self._classifier_features(feats, labels)
+            target = labels - self._known_classes
             order = torch.randperm(len(labels)).to(labels.device)
             for i in range(0, len(labels), cfg.visual_batch_size):
                 idx = order[i:i + cfg.visual_batch_size]
@@ -205,6 +206,11 @@ class MGCLIP(BaseLearner):
                 loss.backward()
                 opt.step()
                 sched.step()
+
+    def _classifier_features(self, feats: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Features for one classifier epoch: CLIP is frozen here, so those computed once
+        for the prototypes are exact for every epoch (SPEC 15)."""
+        return feats, labels
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -76,3 +76,44 @@ def test_device_and_pil_paths_give_nearly_the_same_run(tmp_path):
         feats[mode], _ = encode_dataset(learner._network, learner.test_loader, learner._device)
     cos = torch.nn.functional.cosine_similarity(feats["device"], feats["pil"], dim=1)
     assert cos.min() > 0.999
+
+
+def test_cached_classifier_features_equal_recomputed_ones(tmp_path):
+    """The fast path computes the classifier's features once per task; the released code
+    recomputes them in every classifier epoch. CLIP is frozen then: bit-identical on CPU."""
+    from benchmarks.reference import ReferenceMGCLIP
+    from models.mgclip import MGCLIP
+    from tests.conftest import tiny_args
+    from utils.clip_ops import encode_dataset
+
+    args = tiny_args(tmp_path)
+    dm = DataManager("synthetic", True, 1993, 2, 2, args)
+    learner = MGCLIP(args)
+    learner.incremental_train(dm)
+    feats, labels = encode_dataset(learner._network, learner.ordered_train_loader, learner._device)
+    for _ in range(3):  # one per classifier epoch
+        again, again_labels = ReferenceMGCLIP._classifier_features(learner, feats, labels)
+        assert torch.equal(again, feats) and torch.equal(again_labels, labels)
+    assert MGCLIP._classifier_features(learner, feats, labels)[0] is feats
+
+
+def test_reference_loss_equals_fast_loss(tmp_path):
+    """All 77-token prompts then slicing (released) vs the current task's trimmed prompts."""
+    from benchmarks.reference import ReferenceMGCLIP
+    from tests.conftest import tiny_args
+    from utils.lora import lora_layers
+
+    args = tiny_args(tmp_path)
+    dm = DataManager("synthetic", True, 1993, 2, 2, args)
+    learner = ReferenceMGCLIP(args)
+    for t in range(2):
+        learner.incremental_train(dm)
+        if t == 0:
+            learner.after_task()
+    with torch.no_grad():
+        for layer in lora_layers(learner._network):
+            layer.lora_B.normal_(0, 0.05)
+    _, x, y = next(iter(learner.train_loader))
+    from models.mgclip import MGCLIP
+
+    torch.testing.assert_close(MGCLIP._loss(learner, x, y), learner._loss(x, y), atol=1e-4, rtol=1e-5)
