@@ -153,3 +153,23 @@ def test_downloaded_file_with_wrong_sha_is_refused_and_removed(tmp_path, monkeyp
     with pytest.raises(BackboneError, match="SHA-256 .* expected 5806e77c"):
         fetch_openai_weights("ViT-B/16", str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.environ.get("MGCLIP_SLOW_TESTS") != "1", reason="compiles for ~40 s on a CPU; MGCLIP_SLOW_TESTS=1")
+def test_compiled_image_encoder_equals_eager():
+    from utils.clip_ops import compile_image_encoder
+    from utils.lora import apply_lora, load_lora_state_dict, lora_disabled, lora_layers, lora_state_dict
+
+    eager, compiled = load_clip("tiny-random"), load_clip("tiny-random")
+    apply_lora(eager)
+    apply_lora(compiled)
+    for layer in lora_layers(eager):
+        torch.nn.init.normal_(layer.lora_B, std=0.05)
+    load_lora_state_dict(compiled, lora_state_dict(eager))
+    compile_image_encoder(compiled)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.encode_image(x), eager.encode_image(x), atol=1e-4, rtol=1e-4)
+        with lora_disabled(compiled), lora_disabled(eager):
+            torch.testing.assert_close(compiled.encode_image(x[:3]), eager.encode_image(x[:3]), atol=1e-4, rtol=1e-4)
+    assert set(compiled.state_dict()) == set(eager.state_dict())

@@ -99,7 +99,17 @@ def build_backbone(cfg: Config, device: torch.device, with_lora: bool) -> ClipBa
         apply_lora(backbone, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_encoders)
     else:
         backbone.requires_grad_(False)
+    if cfg.compile:
+        compile_image_encoder(backbone)
     return backbone.to(device)
+
+
+def compile_image_encoder(backbone: ClipBackbone) -> None:
+    """``torch.compile`` the image encoder's forward in place (module and state-dict names
+    stay as they are, so LoRA checkpoints still fit). Dynamic shapes: a short last batch
+    does not trigger a recompile; switching LoRA off compiles a second graph once."""
+    visual = backbone.model.visual
+    visual.forward = torch.compile(visual.forward, dynamic=True)
 
 
 @torch.no_grad()

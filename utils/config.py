@@ -41,6 +41,7 @@ class Config:
     preprocess: str = "device"  # "device": batched resize/normalize on the device; "pil": per image with PIL
     cache_images: str = "auto"  # JPEG datasets: decode + resize once per run ("auto": if under cache_max_gb)
     cache_max_gb: float = 8.0
+    compile: bool = False  # torch.compile the image encoder (warm-up costs tens of seconds)
 
     # --- data ---
     dataset: str = "cifar100"
