@@ -103,7 +103,7 @@ class MGCLIP(BaseLearner):
         if self.cfg.compensation:
             self._timed("classifier", self._train_visual, feats, labels)
 
-    def after_task(self) -> None:
+    def after_task(self) -> None:  # defined here too: PyCIL's BaseLearner.after_task does nothing
         self._known_classes = self._total_classes
 
     # ------------------------------------------------------------------ LoRA training
