@@ -55,12 +55,22 @@ def main(argv: Optional[List[str]] = None) -> int:
             run(build_config(args.config, args.overrides), resume=bool(args.resume))
     except (ConfigError, DatasetError, BackboneError, CheckpointError) as e:
         # Problems with the user's input: one clear line, no traceback.
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_message(e)}", file=sys.stderr)
         return 2
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     return 0
+
+
+def _message(e: Exception) -> str:
+    """The error's own words. An error raised in a DataLoader worker comes back with the
+    worker's traceback inside its message; keep only its last line, minus the type name."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 if __name__ == "__main__":

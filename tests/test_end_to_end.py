@@ -144,17 +144,20 @@ def test_missing_weights_offline_is_one_clear_error(tmp_path, capsys, monkeypatc
     assert "ViT-B-16.pt" in err and "clip_cache" in err and "Traceback" not in err
 
 
-def test_undecodable_image_stops_the_run_naming_the_file(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_undecodable_image_stops_the_run_naming_the_file(tmp_path, capsys, workers):
     from tests.test_data import write_jpeg_split
 
     write_jpeg_split(tmp_path / "imagenet-r", ["a", "b", "c", "d"])
     (tmp_path / "imagenet-r" / "train" / "b" / "1.jpg").write_bytes(b"broken")
     code = main(["--config", os.path.join(ROOT, "exps", "zs_clip_demo.json"), "--set", "dataset=imagenet_r",
                  "--set", f"data_path={tmp_path}", "--set", "init_cls=2", "--set", "increment=2",
-                 "--set", "model_name=mgclip", "--set", "epochs=1", "--set", f"logdir={tmp_path / 'logs'}", "-q"])
+                 "--set", "model_name=mgclip", "--set", "epochs=1", "--set", f"num_workers={workers}",
+                 "--set", f"logdir={tmp_path / 'logs'}", "-q"])
     assert code == 2
     err = capsys.readouterr().err
     assert os.path.join("train", "b", "1.jpg") in err and "Traceback" not in err
+    assert err.startswith("error: image file could not be read") and err.count("\n") == 1
 
 
 def test_zero_shot_predictions_equal_a_hand_computation(tmp_path):
