@@ -107,6 +107,7 @@ class _Progress:
 
 
 def _run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) -> str:
+    began = time.perf_counter()
     resolved = {**cfg.to_dict(), "seed": seed}
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
     state = _load_resume_state(ckpt_path, resume, resolved)
@@ -127,7 +128,7 @@ def _run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) -> str:
         learner.load_state_dict(state["learner"])
         set_rng_state(state["rng"])
         logger.info("resuming %s after %d completed task(s)", run_dir, state["completed_tasks"])
-    start_run = time.perf_counter() - elapsed_before
+    start_run = began - elapsed_before  # total time includes building data and model, and earlier sessions
 
     def save_checkpoint_now() -> None:
         save_checkpoint(ckpt_path, {
@@ -173,13 +174,7 @@ def _run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) -> str:
         write_text(os.path.join(run_dir, "metrics.csv"), _metrics_csv(progress.rows))
         save_checkpoint_now()
     logger.info("summary:\n%s", summary_markdown([summary_row(group_key(results), [results])]).rstrip())
-    s = summarize(progress.accuracies, progress.matrix)
-    extra = learner.results_extra()
-    parts = [f"{label} last {_fmt(extra[key][-1])}" for key, label in
-             (("text_accuracy", "text-only"), ("visual_accuracy", "visual-only")) if extra.get(key)]
-    logger.info("done: Avg %.2f, Last %.2f, forgetting %s, BWT %s%s (%.1f s) -> %s", s["avg"], s["last"],
-                _fmt(s["forgetting"]), _fmt(s["bwt"]), "".join(", " + p for p in parts),
-                time.perf_counter() - start_run, run_dir)
+    logger.info("done in %.1f s -> %s", time.perf_counter() - start_run, run_dir)
     return run_dir
 
 
@@ -213,10 +208,6 @@ def _record_task(progress: _Progress, task: int, learner, cnn_accy: Dict[str, An
 
 def _round(x: Optional[float]) -> Optional[float]:
     return None if x is None else round(float(x), 2)
-
-
-def _fmt(x: Optional[float]) -> str:
-    return "-" if x is None else f"{x:.2f}"
 
 
 def run(cfg: Config, resume: bool = False) -> List[str]:
