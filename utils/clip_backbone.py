@@ -70,14 +70,21 @@ def import_clip():
     return clip
 
 
+def clip_resize_crop(resolution: int) -> Callable:
+    """The geometric part of CLIP's preprocessing: shorter side to ``resolution`` (bicubic),
+    center crop; PIL image in, PIL image out."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(resolution, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(resolution)])
+
+
 def clip_transform(resolution: int) -> Callable:
-    """CLIP's preprocessing (SPEC 3): shorter side to ``resolution`` (bicubic), center crop,
-    RGB, tensor, CLIP normalization. Train and test alike, no augmentation."""
+    """CLIP's preprocessing (SPEC 3): ``clip_resize_crop``, RGB, tensor, CLIP normalization.
+    Train and test alike, no augmentation."""
     from torchvision import transforms as T
 
     return T.Compose([
-        T.Resize(resolution, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(resolution),
+        clip_resize_crop(resolution),
         T.Lambda(lambda im: im.convert("RGB")),
         T.ToTensor(),
         T.Normalize(CLIP_MEAN, CLIP_STD),

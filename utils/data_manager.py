@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.clip_backbone import clip_transform
+from utils.clip_backbone import clip_resize_crop, clip_transform
 from utils.config import Config
 from utils.data import DatasetError, RawData, build_raw_data
 
@@ -101,11 +101,8 @@ class _DecodeDataset(Dataset):
     """Decode + CLIP resize/crop with PIL, as uint8 (R, R, 3): done once per run."""
 
     def __init__(self, paths: List[str], resolution: int):
-        from torchvision import transforms as T
-
         self.paths = paths
-        self.resize = T.Compose([T.Resize(resolution, interpolation=T.InterpolationMode.BICUBIC),
-                                 T.CenterCrop(resolution)])
+        self.resize = clip_resize_crop(resolution)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -26,7 +26,7 @@ from utils.errors import NonFiniteError
 from utils.factory import get_model
 from utils.io import write_json, write_text
 from utils.metrics import summarize
-from utils.report import group_key, summary_markdown, summary_row
+from utils.report import group_key, load_run, summary_markdown, summary_row
 
 logger = logging.getLogger(__name__)
 
@@ -216,20 +216,12 @@ def run(cfg: Config, resume: bool = False) -> List[str]:
     beside the run directories."""
     run_dirs = [run_one(cfg, seed, resume=resume) for seed in cfg.seeds()]
     if len(run_dirs) > 1:
-        import json
-
-        finals = []
-        for d in run_dirs:
-            with open(os.path.join(d, "results.json")) as f:
-                finals.append(json.load(f))
+        finals = [load_run(d) for d in run_dirs]
+        row = summary_row(group_key(finals[0]), finals)  # the same figures the report prints
         summary = {"runs": run_dirs, "seeds": cfg.seeds()}
         for key in ("avg", "last"):
-            vals = np.array([r[key] for r in finals], dtype=float)
-            summary[key] = {"mean": float(vals.mean()), "std": float(vals.std()), "values": vals.tolist()}
+            summary[key] = {"mean": row[f"{key}_mean"], "std": row[f"{key}_std"], "values": [r[key] for r in finals]}
         path = os.path.join(os.path.dirname(run_dirs[0]), f"{cfg.prefix}_summary.json")
         write_json(path, summary)
-        logger.info("%d seeds: Avg %.2f +- %.2f, Last %.2f +- %.2f -> %s", len(run_dirs), summary["avg"]["mean"],
-                    summary["avg"]["std"], summary["last"]["mean"], summary["last"]["std"], path)
-        logger.info("summary over seeds:\n%s",
-                    summary_markdown([summary_row(group_key(finals[0]), finals)]).rstrip())
+        logger.info("summary over %d seeds -> %s:\n%s", len(run_dirs), path, summary_markdown([row]).rstrip())
     return run_dirs
