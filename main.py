@@ -38,8 +38,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from utils.clip_backbone import BackboneError
     from utils.config import ConfigError, build_config
     from utils.data import DatasetError
-    from utils.errors import NonFiniteError
-    from utils.trainer import run, run_one
+    from utils.errors import NonFiniteError, user_message
+    from utils.run_lock import RunLockedError
+    from utils.trainer import RunInterrupted, run, run_one
 
     try:
         if isinstance(args.resume, str):
@@ -53,24 +54,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             run_one(cfg, cfg.seeds()[0], resume="required", run_dir=run_dir)
         else:
             run(build_config(args.config, args.overrides), resume=bool(args.resume))
-    except (ConfigError, DatasetError, BackboneError, CheckpointError) as e:
-        # Problems with the user's input: one clear line, no traceback.
-        print(f"error: {_message(e)}", file=sys.stderr)
+    except (ConfigError, DatasetError, BackboneError, CheckpointError, RunLockedError) as e:
+        # Problems with the user's input, or a run folder in use: one clear line, no traceback.
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except RunInterrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("error: interrupted before the run started; nothing was written", file=sys.stderr)
+        return 130
+    except OSError as e:  # the machine's world: a full disk, a read-only folder (path and reason)
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        return 1
     return 0
-
-
-def _message(e: Exception) -> str:
-    """The error's own words. An error raised in a DataLoader worker comes back with the
-    worker's traceback inside its message; keep only its last line, minus the type name."""
-    text = str(e).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text
 
 
 if __name__ == "__main__":

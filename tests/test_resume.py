@@ -154,14 +154,37 @@ def test_missing_or_corrupt_checkpoint(tmp_path, capsys, content, message):
     cfg_path, run_dir = write_cfg(tmp_path)
     os.makedirs(run_dir)
     shutil.copy(cfg_path, os.path.join(run_dir, "config.json"))
+    with open(os.path.join(run_dir, "results.json"), "w") as f:  # a run that had completed tasks
+        f.write("{}")
     if content is not None:
         with open(os.path.join(run_dir, "checkpoint.pt"), "wb") as f:
             f.write(content)
+    before = snapshot(run_dir)
     assert main(["--resume", run_dir, "-q"]) == 2
     err = capsys.readouterr().err
     assert message in err and "checkpoint.pt" in err and "Traceback" not in err
+    assert snapshot(run_dir) == before  # refused before anything in the folder was touched
     assert main(["--resume", str(tmp_path / "nope"), "-q"]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(tmp_path):
+    cfg_path, run_dir = write_cfg(tmp_path)
+    os.makedirs(run_dir)
+    shutil.copy(cfg_path, os.path.join(run_dir, "config.json"))  # all a run leaves before its probe ends
+    assert main(["--resume", run_dir, "-q"]) == 0
+    assert read(run_dir)["finished"]
+
+
+def snapshot(folder):
+    """Every file below ``folder`` with its bytes (the lock file aside)."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name != ".run.lock":
+                with open(os.path.join(root, name), "rb") as f:
+                    out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+    return out
 
 
 def test_non_finite_loss_stops_with_where_and_checkpoint_survives(tmp_path, capsys, monkeypatch):

@@ -9,6 +9,7 @@ during the write. Only plain types and tensors are stored, so it loads with
 """
 from __future__ import annotations
 
+import io
 import random
 from typing import Any, Dict, List
 
@@ -53,7 +54,11 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
-    atomic_write(path, lambda f: torch.save({"format": FORMAT_VERSION, **payload}, f), mode="wb")
+    # Serialized in memory first: torch's zip writer reports a full disk as a RuntimeError
+    # from C++; a plain file write reports it as an OSError with the path.
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **payload}, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), mode="wb")
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:

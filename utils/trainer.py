@@ -12,7 +12,9 @@ import io
 import logging
 import os
 import random
+import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
@@ -22,11 +24,12 @@ from utils.checkpoint import (CheckpointError, config_differences, load_checkpoi
                               set_rng_state)
 from utils.config import Config
 from utils.data_manager import DataManager
-from utils.errors import NonFiniteError
+from utils.errors import NonFiniteError, user_message
 from utils.factory import get_model
-from utils.io import remove_stale_temps, write_json, write_text
+from utils.io import WriteError, remove_stale_temps, write_error, write_json, write_text
 from utils.metrics import summarize
 from utils.report import group_key, load_run, summary_markdown, summary_row
+from utils.run_lock import RunLock
 
 logger = logging.getLogger(__name__)
 
@@ -56,33 +59,92 @@ def _metrics_csv(rows: List[Dict[str, Any]]) -> str:
 
 
 CHECKPOINT = "checkpoint.pt"
+OUTPUTS = ("results.json", "metrics.csv", CHECKPOINT)  # what a fresh run replaces
+
+
+class RunInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) during a run; the message says where and how to resume."""
+
+
+@dataclass
+class _Prepared:
+    """A run whose inputs have all been checked; nothing in its folder touched yet."""
+    cfg: Config
+    seed: int
+    run_dir: str
+    resolved: Dict[str, Any]
+    dm: DataManager
+    learner: Any
+    resume: Union[bool, str]
 
 
 def run_one(cfg: Config, seed: int, resume: Union[bool, str] = False, run_dir: Optional[str] = None) -> str:
     """Run every task for one seed; returns the run directory.
 
-    ``resume``: False = start over (an old checkpoint in the run directory is removed);
-    True = continue from the checkpoint if there is one, else start; "required" = continue
-    or fail. ``run_dir`` defaults to the one the config names."""
+    ``resume``: False = start over (an earlier run's results and checkpoint in the run
+    directory are replaced); True = continue from the checkpoint if there is one, else
+    start; "required" = continue, or start if the directory holds only the config of a
+    run stopped before its first checkpoint. ``run_dir`` defaults to the one the config names.
+
+    Every input is checked first (config, folder writable, data, device, backbone, resume
+    compatibility); only then is the folder locked for this process, and only then is
+    anything in it created, removed or rewritten. A failed check leaves it as it was."""
     run_dir = run_dir or run_dir_for(cfg, seed)
-    os.makedirs(run_dir, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(run_dir, "run.log"), mode="a" if resume else "w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    try:
-        return _run(cfg, seed, run_dir, resume)
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+    prepared = prepare_run(cfg, seed, run_dir, resume)
+    with RunLock(run_dir):
+        handler = _RunLogHandler(os.path.join(run_dir, "run.log"), mode="a" if resume else "w")
+        logging.getLogger().addHandler(handler)
+        where: Dict[str, Any] = {}
+        try:
+            return _run(prepared, where)
+        except KeyboardInterrupt:
+            message = _interrupted_message(run_dir, where)
+            handler.write_line(f"error: {message}")
+            raise RunInterrupted(message) from None
+        except BaseException as e:
+            handler.write_line(f"error: {user_message(e)}")
+            raise
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) -> _Prepared:
+    """All checks of a run, reading only: the run folder can be written, the checkpoint
+    (when resuming) belongs to this config and data, the data (every class with training
+    and test images, names, class order), the device and the backbone."""
+    resolved = {**cfg.to_dict(), "seed": seed}
+    check_writable(run_dir)
+    state = _load_resume_state(os.path.join(run_dir, CHECKPOINT), resume, resolved)
+    seed_everything(seed)
+    dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg)
+    learner = get_model(cfg.model_name, resolved)  # builds the backbone on the device
+    if state is not None:
+        _check_same_data(state, dm, os.path.join(run_dir, CHECKPOINT))
+    return _Prepared(cfg, seed, run_dir, resolved, dm, learner, resume)
+
+
+def check_writable(run_dir: str) -> None:
+    """The run folder exists and is writable, or can be made in a writable folder."""
+    path = os.path.abspath(run_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise WriteError(f"cannot make run folder {run_dir}: {path} is a file, not a folder; "
+                         f"remove it or change config key 'logdir' / 'prefix'")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write run folder {run_dir}: {path} is not writable (read-only or no "
+                         f"permission); point config key 'logdir' at a writable folder")
 
 
 def _load_resume_state(ckpt_path: str, resume: Union[bool, str], resolved: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    if not resume or (resume is True and not os.path.exists(ckpt_path)):
-        if os.path.exists(ckpt_path):
-            os.remove(ckpt_path)  # a fresh run never continues an old checkpoint
-            logger.warning("removed the checkpoint of an earlier run in %s (use --resume to continue it)",
-                           os.path.dirname(ckpt_path))
+    """The checkpoint to continue from, checked against the config; None to start over."""
+    if not resume:
         return None
+    if not os.path.exists(ckpt_path):
+        run_dir = os.path.dirname(ckpt_path)
+        if resume is True or not os.path.exists(os.path.join(run_dir, "results.json")):
+            return None  # nothing completed yet (or --resume of a config): start from the first task
     state = load_checkpoint(ckpt_path)
     diffs = config_differences(state["config"], resolved)
     if diffs:
@@ -91,6 +153,39 @@ def _load_resume_state(ckpt_path: str, resume: Union[bool, str], resolved: Dict[
                               f"the results ({detail}). Use the original values, or start a new run "
                               f"(another prefix) without --resume.")
     return state
+
+
+def _interrupted_message(run_dir: str, where: Dict[str, Any]) -> str:
+    task = f"in task {where['task']}/{where['nb_tasks']}" if "task" in where else "before the first task"
+    kept = (f"completed tasks are kept in {os.path.join(run_dir, CHECKPOINT)}"
+            if os.path.exists(os.path.join(run_dir, CHECKPOINT)) else "no task had completed")
+    return f"interrupted {task} ({kept}); resume with `python main.py --resume {run_dir}`"
+
+
+class _RunLogHandler(logging.FileHandler):
+    """run.log. A failing write (full disk) is reported once as one line, not as a
+    traceback per log record; the run's own writes then fail with the path and reason."""
+
+    def __init__(self, path: str, mode: str):
+        try:
+            super().__init__(path, mode=mode)
+        except OSError as e:
+            raise write_error(path, e) from None
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._failed:
+            self._failed = True
+            print(f"warning: cannot write {self.baseFilename}; run.log stops here", file=sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._failed:
+            super().emit(record)
+
+    def write_line(self, message: str) -> None:
+        """Put ``message`` in run.log only (the console gets it from main)."""
+        self.emit(logging.LogRecord("main", logging.ERROR, __file__, 0, message, None, None))
 
 
 class _Progress:
@@ -106,26 +201,26 @@ class _Progress:
         return {f: getattr(self, f) for f in self.FIELDS}
 
 
-def _run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) -> str:
+def _run(p: _Prepared, where: Dict[str, Any]) -> str:
+    """The run itself, in its locked folder: from here on its files are ours to write."""
     began = time.perf_counter()
-    resolved = {**cfg.to_dict(), "seed": seed}
+    cfg, seed, run_dir, resolved, dm, learner = p.cfg, p.seed, p.run_dir, p.resolved, p.dm, p.learner
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
-    remove_stale_temps(run_dir)  # left by a run killed while writing
-    state = _load_resume_state(ckpt_path, resume, resolved)
-    if state is None and os.path.exists(os.path.join(run_dir, "results.json")):
-        logger.warning("%s already holds a run; its files are overwritten", run_dir)
+    remove_stale_temps(run_dir)  # left by a run killed while writing (no other process is here: we hold the lock)
+    state = _load_resume_state(ckpt_path, p.resume, resolved)  # again, under the lock: it may have moved on
+    if state is not None:
+        _check_same_data(state, dm, ckpt_path)
+    else:
+        _clear_outputs(run_dir)
     write_json(os.path.join(run_dir, "config.json"), resolved)
     logger.info("run %s: %s on %s, seed %d", run_dir, cfg.model_name, cfg.dataset, seed)
-    seed_everything(seed)
-    dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg)
-    learner = get_model(cfg.model_name, resolved)
     logger.info("%d tasks of %s classes; class order %s", dm.nb_tasks,
                 [dm.get_task_size(t) for t in range(dm.nb_tasks)], dm.class_order)
+    where["nb_tasks"] = dm.nb_tasks
 
     progress = _Progress(state["results"] if state else None)
     elapsed_before = state["elapsed_s"] if state else 0.0
     if state is not None:
-        _check_same_data(state, dm, ckpt_path)
         learner.load_state_dict(state["learner"])
         set_rng_state(state["rng"])
         logger.info("resuming %s after %d completed task(s)", run_dir, state["completed_tasks"])
@@ -145,6 +240,7 @@ def _run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) -> str:
         logger.info("%s is already complete (%d tasks)", run_dir, first)
         return run_dir
     for task in range(first, dm.nb_tasks):
+        where["task"] = task + 1
         t0 = time.perf_counter()
         try:
             learner.incremental_train(dm)
@@ -177,6 +273,17 @@ def _run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) -> str:
     logger.info("summary:\n%s", summary_markdown([summary_row(group_key(results), [results])]).rstrip())
     logger.info("done in %.1f s -> %s", time.perf_counter() - start_run, run_dir)
     return run_dir
+
+
+def _clear_outputs(run_dir: str) -> None:
+    """A fresh run replaces an earlier run's outputs (only once its inputs are checked),
+    so the folder never mixes the new config with the old results."""
+    old = [name for name in OUTPUTS if os.path.exists(os.path.join(run_dir, name))]
+    if old:
+        logger.warning("%s held an earlier run: replacing its %s (use --resume to continue a run instead)",
+                       run_dir, ", ".join(old))
+        for name in old:
+            os.remove(os.path.join(run_dir, name))
 
 
 def _check_same_data(state: Dict[str, Any], dm: DataManager, ckpt_path: str) -> None:
@@ -214,7 +321,12 @@ def _round(x: Optional[float]) -> Optional[float]:
 def run(cfg: Config, resume: bool = False) -> List[str]:
     """All seeds of ``cfg`` (each continued from its checkpoint with ``resume``); with
     several seeds also writes ``<prefix>_summary.json`` (mean and std of Avg and Last)
-    beside the run directories."""
+    beside the run directories. Each seed's folder must be writable and, with ``resume``,
+    each checkpoint must fit the config before the first seed starts."""
+    resolved = cfg.to_dict()
+    for seed in cfg.seeds():
+        check_writable(run_dir_for(cfg, seed))
+        _load_resume_state(os.path.join(run_dir_for(cfg, seed), CHECKPOINT), resume, {**resolved, "seed": seed})
     run_dirs = [run_one(cfg, seed, resume=resume) for seed in cfg.seeds()]
     if len(run_dirs) > 1:
         finals = [load_run(d) for d in run_dirs]

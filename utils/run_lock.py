@@ -1,0 +1,69 @@
+"""One process per run directory: an OS file lock held for the whole run.
+
+The lock is ``filelock``'s: the kernel holds it for the process, so a process that is
+killed (SIGKILL, a crash, a lost machine) leaves no lock behind that could block
+``--resume``; the lock file itself may remain and is harmless. Beside it an owner file
+names the holder (process id, host, start time) so that a second run can say who holds
+the folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Optional
+
+from filelock import FileLock, Timeout
+
+from utils.io import remove_quietly, write_json
+
+LOCK_NAME = ".run.lock"
+OWNER_NAME = ".run.owner.json"
+
+
+class RunLockedError(RuntimeError):
+    """Another process is running in this run directory."""
+
+
+class RunLock:
+    """``with RunLock(run_dir):`` creates ``run_dir`` if needed and holds it for this
+    process; a second holder fails at once with :class:`RunLockedError`."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self._lock = FileLock(os.path.join(run_dir, LOCK_NAME), timeout=0)
+        self._owner_path = os.path.join(run_dir, OWNER_NAME)
+
+    def __enter__(self) -> "RunLock":
+        os.makedirs(self.run_dir, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunLockedError(f"run folder {self.run_dir} is in use by {describe_owner(self.run_dir)}; wait "
+                                 f"for it to finish or stop it, or run into another folder (config key "
+                                 f"'prefix' or 'logdir')") from None
+        write_json(self._owner_path, {"pid": os.getpid(), "host": socket.gethostname(),
+                                      "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        return self
+
+    def __exit__(self, *exc) -> None:
+        remove_quietly(self._owner_path)
+        self._lock.release()
+
+
+def describe_owner(run_dir: str) -> str:
+    """'process 1234 on host (since ...)' from the owner file, or a plain phrase."""
+    owner = read_owner(run_dir)
+    if owner is None:
+        return "another process"
+    return f"process {owner.get('pid')} on {owner.get('host')} (since {owner.get('since')})"
+
+
+def read_owner(run_dir: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(run_dir, OWNER_NAME), "r", encoding="utf-8") as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
