@@ -5,7 +5,8 @@ setup(
     version="0.1.0",
     description="MG-CLIP (Mind the Gap, ICCV 2025) and CLIP baselines for class-incremental learning, PyCIL style",
     python_requires=">=3.9",
-    packages=["models", "utils"],
+    packages=["models", "utils", "exps"],
+    package_data={"exps": ["*.json", "*.yaml", "*.yml"]},
     py_modules=["main"],
     install_requires=[
         "torch>=2.1",
@@ -20,6 +21,7 @@ setup(
         # utils/clip_backbone.import_clip() also shims it, for forks that copy our files.
         "setuptools<81",
         "packaging",
+        "filelock>=3.12",
     ],
     extras_require={
         "test": ["pytest>=7"],

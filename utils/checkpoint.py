@@ -16,15 +16,10 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from utils.config import RUN_ONLY_KEYS
 from utils.io import atomic_write
 
 FORMAT_VERSION = 1
-
-# Keys that may differ between a run and its resumption: where things are and how fast
-# they run, not what is computed. Path-valued data keys are compared by what they resolve
-# to (class order and class names are checked separately).
-RUN_ONLY_KEYS = frozenset({"device", "num_workers", "logdir", "data_path", "clip_cache", "class_names",
-                           "imagenet100_classes", "class_order", "cache_images", "cache_max_gb"})
 
 
 class CheckpointError(RuntimeError):

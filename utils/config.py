@@ -26,6 +26,13 @@ DATASETS = ("cifar100", "imagenet_r", "imagenet100", "cub200", "synthetic")
 DATASET_CLASSES = {"cifar100": 100, "imagenet_r": 200, "imagenet100": 100, "cub200": 200}
 LORA_TARGETS = ("q", "k", "v", "out")
 LORA_ENCODERS = ("visual", "text")
+CLASS_ORDER_KEYWORDS = ("shuffle", "default")
+
+# Keys that may differ between a run and its resumption: where things are and how fast
+# they run, not what is computed. Path-valued data keys are compared by what they resolve
+# to (class order and class names are checked separately).
+RUN_ONLY_KEYS = frozenset({"device", "num_workers", "logdir", "data_path", "clip_cache", "class_names",
+                           "imagenet100_classes", "class_order", "cache_images", "cache_max_gb"})
 
 
 @dataclass
@@ -165,9 +172,16 @@ class Config:
              "an integer when gap_preservation is false (the probe is the gap preservation)")
         need(all(isinstance(s, int) and s >= 0 for s in self.seeds()) and len(self.seeds()) > 0,
              "seed", "an integer >= 0 or a non-empty list of them")
+        repeated = sorted({s for s in self.seeds() if self.seeds().count(s) > 1})
+        need(not repeated, "seed", f"a list of different seeds (repeated: {repeated}); a repeated seed would "
+                                   f"run the same run twice and count it twice in the summary")
         need("{}" in self.prompt_template, "prompt_template", "a string with one '{}' for the class name")
         if isinstance(self.class_order, list):
             need(all(isinstance(c, int) for c in self.class_order), "class_order", "a list of integer class ids")
+        elif self.class_order not in CLASS_ORDER_KEYWORDS and not os.path.exists(self.class_order):
+            close = difflib.get_close_matches(self.class_order, CLASS_ORDER_KEYWORDS, n=1, cutoff=0.6)
+            need(not close, "class_order", f"did you mean '{close[0] if close else ''}'? (one of "
+                                           f"{', '.join(CLASS_ORDER_KEYWORDS)}, a list of class ids or a file)")
         for key in ("synthetic_classes", "synthetic_train_per_class", "synthetic_test_per_class"):
             need(self.__dict__[key] >= 1, key, "an integer >= 1")
         need(self.synthetic_image_size >= 8, "synthetic_image_size", "an integer >= 8 (pixels)")
@@ -181,9 +195,46 @@ class Config:
                 f"of dataset '{self.dataset}': use at most {num_classes}")
 
 
+# Names researchers bring from other codebases (PyCIL, C3Box, common habits) -> our key.
+KEY_ALIASES = {
+    "learning_rate": "lr", "init_lr": "lr", "base_lr": "lr", "batch": "batch_size", "bs": "batch_size",
+    "epoch": "epochs", "num_epochs": "epochs", "n_epochs": "epochs", "model": "model_name", "method": "model_name",
+    "convnet_type": "backbone", "backbone_type": "backbone", "net": "backbone", "seeds": "seed",
+    "rank": "lora_rank", "alpha": "gap_alpha", "beta": "fusion_beta", "workers": "num_workers",
+    "output_dir": "logdir", "log_dir": "logdir", "data_dir": "data_path", "data_root": "data_path",
+}
+
+
+def suggest_key(key: str, names: Iterable[str]) -> Optional[str]:
+    """The valid key a mistyped ``key`` most likely meant, or None. In order: a known
+    alias (or a near-spelling of one: ``lerning_rate`` -> ``lr``); a valid key spelled
+    close to it; a valid key made of the typo's word initials (``l_r``); a valid key
+    that the typo contains as whole words (``visual_lr_rate`` -> ``visual_lr``)."""
+    names = list(names)
+    low = key.lower().replace("-", "_")
+    if low in names:
+        return low
+    alias = KEY_ALIASES.get(low) or next(iter(KEY_ALIASES[a] for a in difflib.get_close_matches(
+        low, list(KEY_ALIASES), n=1, cutoff=0.8)), None)
+    if alias in names:
+        return alias
+    close = difflib.get_close_matches(low, names, n=1, cutoff=0.75)
+    if close:
+        return close[0]
+    words = [w for w in low.split("_") if w]
+    initials = "".join(w[0] for w in words)
+    if len(words) > 1 and initials in names:
+        return initials
+    contained = [n for n in names if f"_{n}_" in f"_{low}_"]
+    if contained:
+        return max(contained, key=len)
+    close = difflib.get_close_matches(low, names, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
 def _unknown_key_message(key: str, names: Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(names))}"
+    close = suggest_key(key, names)
+    hint = f"; did you mean '{close}'?" if close else f"; valid keys: {', '.join(sorted(names))}"
     return f"unknown config key '{key}'{hint}"
 
 
@@ -261,10 +312,38 @@ def _coerce(key: str, value: Any) -> Any:
     raise AssertionError(f"no coercion for field {key} of type {kind}")  # programming error
 
 
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def shipped_configs_dir() -> str:
+    """The folder of the configs shipped with the toolbox (``exps/``, installed as a package)."""
+    import exps
+
+    return os.path.dirname(os.path.abspath(exps.__file__))
+
+
+def resolve_config_path(path: str) -> str:
+    """``path`` as given (relative to the current folder), else a shipped config of that
+    name (``mgclip_cifar``, ``mgclip_cifar.json`` or ``exps/mgclip_cifar.json``)."""
+    if os.path.isfile(path):
+        return path
+    shipped = shipped_configs_dir()
+    name = os.path.basename(path) if os.path.dirname(path) in ("exps", "./exps") else path
+    if os.path.dirname(name) == "":
+        for candidate in [name] + [name + s for s in CONFIG_SUFFIXES]:
+            if os.path.isfile(os.path.join(shipped, candidate)):
+                return os.path.join(shipped, candidate)
+    names = sorted(os.path.splitext(n)[0] for n in os.listdir(shipped) if n.endswith(CONFIG_SUFFIXES))
+    close = difflib.get_close_matches(os.path.splitext(name)[0], names, n=1, cutoff=0.6)
+    hint = f"; did you mean the shipped config '{close[0]}'?" if close else f"; shipped configs: {', '.join(names)}"
+    raise ConfigError(f"config file not found: {path} (looked in {os.getcwd()} and among the shipped configs "
+                      f"in {shipped}){hint}")
+
+
 def load_config_file(path: str) -> Dict[str, Any]:
-    """Read a JSON or YAML config file into a dict (error names the path on failure)."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+    """Read a JSON or YAML config file into a dict (error names the path on failure);
+    ``path`` may also name a shipped config (see :func:`resolve_config_path`)."""
+    path = resolve_config_path(path)
     with open(path, "r", encoding="utf-8") as f:
         text = f.read()
     try:
@@ -274,8 +353,9 @@ def load_config_file(path: str) -> Dict[str, Any]:
             data = json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"config file {path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {e}") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise ConfigError(f"config file {path} is empty: give at least the keys that differ from the defaults "
+                          f"(e.g. dataset, model_name); see exps/ for complete configs")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}")
     return data
@@ -291,8 +371,15 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
         key = key.strip()
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        except yaml.YAMLError as e:
+            if _KINDS.get(key) in ("str", "Optional[str]") and not raw.lstrip().startswith(("[", "{", "'", '"')):
+                value = raw  # a free-text value such as a prompt template
+            else:
+                problem = str(getattr(e, "problem", "") or e).strip()
+                raise ConfigError(f"--set {item}: the value {raw!r} cannot be read ({problem}); write lists as "
+                                  f"[1,2], strings with ':' or '#' in quotes") from None
+        if isinstance(value, (dict, list)) and _KINDS.get(key) in ("str", "Optional[str]"):
+            value = raw  # 'a photo: {}' is a string here, not a YAML mapping
         out[key] = value
     return out
 

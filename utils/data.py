@@ -130,6 +130,10 @@ def _scan_split(split_dir: str, class_dirs: Sequence[str]) -> Tuple[List[str], n
         if not os.path.isdir(folder):
             raise DatasetError(f"class folder missing: {folder} (every split needs the same class folders)")
         files = sorted(f for f in os.listdir(folder) if f.endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise DatasetError(f"class folder {folder} holds no images ({'/'.join(IMAGE_EXTENSIONS[:5])}): every "
+                               f"class needs training and test images; add some, or remove the class from "
+                               f"every split")
         paths += [os.path.join(folder, f) for f in files]
         labels += [label] * len(files)
     return paths, np.asarray(labels, dtype=np.int64)

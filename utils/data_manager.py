@@ -76,6 +76,18 @@ def check_class_order(order: Sequence[int], num_classes: int, source: str) -> Li
     return order
 
 
+def check_every_class_has_images(raw: RawData, dataset: str) -> None:
+    """A class without training images cannot be learned, one without test images cannot
+    be evaluated: both are refused before any training, naming the class."""
+    for split, targets in (("training", raw.train_targets), ("test", raw.test_targets)):
+        counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=raw.num_classes)
+        empty = np.nonzero(counts == 0)[0]
+        if len(empty):
+            named = ", ".join(f"{c} ({raw.class_names[c]})" for c in empty[:5])
+            raise DatasetError(f"dataset '{dataset}': class(es) {named} have no {split} images; every class needs "
+                               f"training and test images (check the dataset's files under config key 'data_path')")
+
+
 def few_shot(raw: RawData, shots: int, seed: int) -> RawData:
     """Keep ``shots`` training images per class (all of a class that has fewer), drawn
     with ``seed`` and kept in dataset order; the test set is unchanged."""
@@ -147,6 +159,7 @@ class DataManager:
         self.dataset_name = dataset_name
         self.image_size = 224
         raw: RawData = build_raw_data(cfg)
+        check_every_class_has_images(raw, dataset_name)
         n = raw.num_classes
         if cfg.shots_per_class is not None:
             raw = few_shot(raw, cfg.shots_per_class, seed)

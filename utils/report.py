@@ -36,17 +36,21 @@ class ReportError(RuntimeError):
 # ----------------------------------------------------------------------------- loading
 def find_runs(paths: Sequence[str]) -> List[str]:
     """Run directories named by ``paths`` (a run directory, or a folder holding some)."""
-    runs = []
+    runs, seen = [], set()
     for p in paths:
         if not os.path.isdir(p):
             raise ReportError(f"{p}: no such run directory")
         if os.path.isfile(os.path.join(p, "results.json")):
-            runs.append(p)
-            continue
-        found = sorted(root for root, _, files in os.walk(p) if "results.json" in files)
+            found = [p]
+        else:
+            found = sorted(root for root, _, files in os.walk(p) if "results.json" in files)
         if not found:
             raise ReportError(f"{p}: no results.json in it or below it (is it a run directory?)")
-        runs += found
+        for run in found:  # a run named twice (overlapping paths, links) counts once
+            real = os.path.realpath(run)
+            if real not in seen:
+                seen.add(real)
+                runs.append(run)
     return runs
 
 
@@ -72,12 +76,34 @@ def group_key(r: Dict[str, Any]) -> Tuple[str, str, str, str]:
     return (r["model_name"], c.get("prefix", ""), r["dataset"], f"{c.get('init_cls')}/{c.get('increment')}")
 
 
+# Keys that may differ between the seeds of one group: the seed, and where and how fast a
+# run ran. (Class-order and name files are compared by their config value.)
+NOT_COMPARED = frozenset({"seed", "device", "num_workers", "logdir", "data_path", "clip_cache", "cache_images",
+                          "cache_max_gb"})
+
+
 def group_runs(runs: List[Dict[str, Any]]) -> Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]:
-    groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]] = {}
+    """Runs of one method, prefix, dataset and split, over seeds. Runs whose configs differ
+    in anything but the seed (and run-only keys such as ``device``) are never pooled: they
+    form separate groups whose prefix names the differing values (``demo [lr=0.01]``). Two
+    runs of the same seed and config in one group are refused, naming both folders."""
+    by_key: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault(group_key(r), []).append(r)
-    for g in groups.values():
+        by_key.setdefault(group_key(r), []).append(r)
+    groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]] = {}
+    for key, members in by_key.items():
+        differing = sorted(k for k in set().union(*(r["config"] for r in members)) - NOT_COMPARED
+                           if len({json.dumps(r["config"].get(k), sort_keys=True) for r in members}) > 1)
+        for r in members:
+            label = ", ".join(f"{k}={r['config'].get(k)}" for k in differing)
+            sub = key if not differing else (key[0], f"{key[1]} [{label}]", key[2], key[3])
+            groups.setdefault(sub, []).append(r)
+    for key, g in groups.items():
         g.sort(key=lambda r: r["seed"])
+        for a, b in zip(g, g[1:]):
+            if a["seed"] == b["seed"]:
+                raise ReportError(f"{a['run_dir']} and {b['run_dir']} are two runs of seed {a['seed']} with the same "
+                                  f"config ({_label(key)}): give only one of them (a copy of a run counts once)")
     return groups
 
 

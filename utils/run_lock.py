@@ -16,7 +16,7 @@ from typing import Optional
 
 from filelock import FileLock, Timeout
 
-from utils.io import remove_quietly, write_json
+from utils.io import remove_quietly, write_error, write_json
 
 LOCK_NAME = ".run.lock"
 OWNER_NAME = ".run.owner.json"
@@ -36,15 +36,21 @@ class RunLock:
         self._owner_path = os.path.join(run_dir, OWNER_NAME)
 
     def __enter__(self) -> "RunLock":
-        os.makedirs(self.run_dir, exist_ok=True)
         try:
+            os.makedirs(self.run_dir, exist_ok=True)
             self._lock.acquire()
         except Timeout:
             raise RunLockedError(f"run folder {self.run_dir} is in use by {describe_owner(self.run_dir)}; wait "
                                  f"for it to finish or stop it, or run into another folder (config key "
                                  f"'prefix' or 'logdir')") from None
-        write_json(self._owner_path, {"pid": os.getpid(), "host": socket.gethostname(),
-                                      "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        except OSError as e:  # after Timeout, which is an OSError too
+            raise write_error(self.run_dir, e) from None
+        try:
+            write_json(self._owner_path, {"pid": os.getpid(), "host": socket.gethostname(),
+                                          "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        except BaseException:
+            self._lock.release()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
