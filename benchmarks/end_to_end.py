@@ -144,7 +144,7 @@ def workload_configs(name: str, args) -> Dict[str, Dict[str, Any]]:
                 "init_cls": 2 if smoke else 20, "increment": 2 if smoke else 20, "lr": 1e-3, "batch_size": 64,
                 "visual_lr": 5e-4, "visual_batch_size": 32, "bench_epochs": 2}
         ref_eval = 32
-    fast = {**base, "model_name": "bench_fast", "precision": "auto", "preprocess": "device",
+    fast = {**base, "model_name": "bench_fast", "precision": args.precision, "preprocess": "device",
             "eval_batch_size": 32 if smoke else 512, "cache_images": "true", "compile": bool(args.compile)}
     reference = {**base, "model_name": "bench_reference", "precision": "fp32", "preprocess": "pil",
                  "eval_batch_size": ref_eval, "cache_images": "false"}
@@ -207,6 +207,8 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--workloads", nargs="+", default=["cifar", "imagenet_r"], choices=["cifar", "imagenet_r"])
     p.add_argument("--backbone", default="vit-b16-random")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="numerics of the fast path: auto (fp32, TF32 on CUDA; the default) or bf16 (option)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--probe-epochs", type=int, default=2)
     p.add_argument("--no-reference", dest="reference", action="store_false")

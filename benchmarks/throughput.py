@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.clip_backbone import autocast, clip_transform, load_clip, resolve_device  # noqa: E402
+from utils.clip_backbone import autocast, clip_transform, load_clip, resolve_device, set_matmul_precision  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.lora import apply_lora, lora_parameters  # noqa: E402
 from utils.preprocess import DevicePreprocess  # noqa: E402
@@ -128,20 +128,24 @@ def measure(args) -> List[Dict]:
                 net.encode_image(batch)
         return step
 
-    variants = [("train step", "fast", args.batch,
-                 train_step(net.tokenize(task_prompts).to(device), "auto", slice(None))),
-                ("eval", "fast", args.eval_batch, eval_step(eval_images, "auto"))]
+    variants = []
+    for precision in args.precisions:  # the default numerics (auto: fp32, TF32 on CUDA) and the bf16 option
+        set_matmul_precision(device, precision)
+        variants += [("train step", f"fast {precision}", args.batch,
+                      train_step(net.tokenize(task_prompts).to(device), precision, slice(None))),
+                     ("eval", f"fast {precision}", args.eval_batch, eval_step(eval_images, precision))]
     if args.reference:
         variants += [("train step", "reference", args.batch,
                       train_step(net.tokenize(prompts, trim=False).to(device), "fp32", slice(-10, None))),
                      ("eval", "reference", args.batch, eval_step(images, "fp32"))]
     for what, path, batch, fn in variants:
+        set_matmul_precision(device, path.split()[-1] if path.startswith("fast") else "fp32")
         net.train(what == "train step")
         reset_peak(device)
         sec = timed(fn, args.steps, args.warmup, device)
         rows.append({"what": what, "path": path, "batch": batch, "images_per_s": batch / sec,
                      "peak_gb": peak_memory_gb(device)})
-        if args.profile and path == "fast":
+        if args.profile and path.startswith("fast"):
             rows[-1]["profile"] = profile_ops(fn, device)
 
     # preprocessing of small images
@@ -180,15 +184,17 @@ def _gb(x) -> str:
 
 
 def table(rows: List[Dict]) -> str:
-    by = {(r["what"], r["path"]): r for r in rows}
+    """One line per fast variant (numerics in brackets), against the reference of the same step."""
+    refs = {r["what"]: r for r in rows if r["path"] == "reference"}
     lines = ["| what | fast img/s | reference img/s | speed-up | fast peak GB | reference peak GB |",
              "|---|---|---|---|---|---|"]
-    for what in dict.fromkeys(r["what"] for r in rows):
-        f, ref = by.get((what, "fast")), by.get((what, "reference"))
-        ratio = f"{f['images_per_s'] / ref['images_per_s']:.2f}x" if f and ref else "-"
-        lines.append(f"| {what} | {f['images_per_s']:,.0f} | {ref['images_per_s']:,.0f} | {ratio} | "
+    for f in (r for r in rows if r["path"].startswith("fast")):
+        ref = refs.get(f["what"])
+        label = f["what"] + (f" ({f['path'].split()[1]})" if " " in f["path"] else "")
+        ratio = f"{f['images_per_s'] / ref['images_per_s']:.2f}x" if ref else "-"
+        lines.append(f"| {label} | {f['images_per_s']:,.0f} | {ref['images_per_s']:,.0f} | {ratio} | "
                      f"{_gb(f['peak_gb'])} | {_gb(ref['peak_gb'])} |" if ref else
-                     f"| {what} | {f['images_per_s']:,.0f} | - | - | {_gb(f['peak_gb'])} | - |")
+                     f"| {label} | {f['images_per_s']:,.0f} | - | - | {_gb(f['peak_gb'])} | - |")
     return "\n".join(lines)
 
 
@@ -196,6 +202,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="vit-b16-random")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precisions", nargs="+", default=["auto", "bf16"], choices=["auto", "fp32", "bf16"],
+                   help="numerics of the fast path: auto (fp32, TF32 on CUDA; the default), bf16 (option)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--eval-batch", type=int, default=512)
     p.add_argument("--prompts", type=int, default=100)

@@ -30,6 +30,7 @@ from utils.errors import NonFiniteError
 from utils.gap import EpochProbe, GapAccumulator
 from utils.lora import load_lora_state_dict, lora_disabled, lora_parameters, lora_state_dict
 from utils.replay import replay_loss, update_memory
+from utils.rng import rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +47,26 @@ def fuse(text_logits: torch.Tensor, visual_logits: Optional[torch.Tensor], beta:
 
 
 def gap_statistic(image_feats: torch.Tensor, labels: torch.Tensor, text_feats: torch.Tensor,
-                  logit_scale: float, batch_size: int) -> Tuple[float, float]:
+                  logit_scale: float, batch_size: int, order: Optional[torch.Tensor] = None) -> Tuple[float, float]:
     """(mean non-target logit, mean target logit) of normalized features, batch by batch
-    in dataset order (SPEC 9). ``labels`` index the columns of ``text_feats``."""
+    (SPEC 9): in the image order ``order`` (a permutation; dataset order if None).
+    ``labels`` index the columns of ``text_feats``."""
+    if order is not None:
+        order = order.to(labels.device)
+        image_feats, labels = image_feats[order], labels[order]
     acc = GapAccumulator()
     for i in range(0, len(labels), batch_size):
         acc.add(logit_scale * image_feats[i:i + batch_size] @ text_feats.t(), labels[i:i + batch_size])
     return acc.negative, acc.positive
+
+
+def gap_order(n: int, seed: int, task: int) -> torch.Tensor:
+    """The shuffled image order of task ``task``'s gap statistic: the released code draws
+    its batches from a shuffled loader (so a short last batch is a random mix of classes,
+    not one class of a folder dataset). Drawn from its own generator, so the global random
+    stream is untouched; one order per task, shared by all of that task's measurements, so
+    the probe's changes measure the model, not the batch order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + task))
 
 
 class MGCLIP(BaseLearner):
@@ -68,6 +82,8 @@ class MGCLIP(BaseLearner):
         self._gap_ref: Optional[Dict[str, float]] = None  # neg0 of the last probe (for a task resumed after it)
         self._probed_task: Optional[int] = None  # the task whose probe chose self.epochs
         self.on_checkpoint = None  # set by the trainer: called once the probe has chosen E
+        seed = args.get("seed", 0)
+        self._seed = int(seed[0] if isinstance(seed, (list, tuple)) else seed)  # for the gap's batch order
         mode = "fixed" if self.epochs is not None else "probe_per_task" if self.cfg.epochs_per_task else "probe"
         self.record: Dict[str, Any] = {"epochs": {"mode": mode,
                                                   "chosen": self.epochs},
@@ -185,6 +201,9 @@ class MGCLIP(BaseLearner):
         each task's probe also gets an entry in ``record["epochs"]["per_task"]`` (its
         reference is zero-shot CLIP on that task's images and classes)."""
         net = self._network
+        # The released probe is a separate process, so its main run starts from a fresh random
+        # state: the real run continues from the state before the probe, exactly as a run given E.
+        random_state = rng_state()
         with lora_disabled(net):
             ref = self._task_gap()
         logger.info("task %d gap reference neg0 (LoRA off): %.4f (mean target logit %.4f)", self._cur_task,
@@ -203,6 +222,7 @@ class MGCLIP(BaseLearner):
         logger.info("task %d epoch budget E = %d (from %d probe epochs)", self._cur_task, self.epochs,
                     len(probe.values))
         load_lora_state_dict(net, start_state)  # back to the task's starting point for the real run
+        set_rng_state(random_state)
         self._gap_ref, self._probed_task = ref, self._cur_task
         if self.on_checkpoint is not None:
             self.on_checkpoint()
@@ -223,14 +243,17 @@ class MGCLIP(BaseLearner):
 
     def _task_gap(self, feats: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> Dict[str, float]:
         """Gap statistic on the current task's training images over its classes (SPEC 9),
-        in eval mode; reuses ``feats`` when the caller already has them."""
+        in eval mode, batches in the task's seeded shuffled order; reuses ``feats`` when the
+        caller already has them."""
         start = time.perf_counter()
         net = self._network
         if feats is None:
             feats, labels = encode_dataset(net, self.ordered_train_loader, self._device, self.cfg.precision, "gap")
         with torch.no_grad():
             txt = text_features(net.eval(), self._task_tokens, self._device, self.cfg.precision)
-        neg, pos = gap_statistic(feats, labels - self._known_classes, txt, float(net.logit_scale), self.cfg.batch_size)
+        order = gap_order(len(labels), self._seed, self._cur_task)
+        neg, pos = gap_statistic(feats, labels - self._known_classes, txt, float(net.logit_scale), self.cfg.batch_size,
+                                 order)
         if not (math.isfinite(neg) and math.isfinite(pos)):
             raise NonFiniteError(f"non-finite gap statistic ({neg}, {pos}) in task {self._cur_task}")
         self.timings["gap"] += time.perf_counter() - start

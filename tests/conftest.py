@@ -35,3 +35,31 @@ def tiny_clip():
     from utils.clip_backbone import load_clip
 
     return load_clip("tiny-random")
+
+
+SHARED_RELEASED = os.path.join(os.path.dirname(ROOT), "shared", "released")
+
+
+def shared_released(name):
+    """Path of the official file ``name`` (e.g. ``mgclip/class_orders/cifar100.yaml``) in
+    ``../shared/released``; skips the test where that folder is absent (a user's clone)."""
+    path = os.path.join(SHARED_RELEASED, *name.split("/"))
+    if not os.path.isfile(path):
+        pytest.skip(f"needs ../shared/released/{name} (the official data files; absent outside the project)")
+    return path
+
+
+@pytest.fixture
+def released_cache(tmp_path):
+    """A ``released_cache`` folder holding local copies of every pinned official file, as
+    if each had been downloaded once (copied from ../shared/released)."""
+    import shutil
+
+    from utils.released import SHA256, cache_path
+
+    cache = tmp_path / "released-cache"
+    for name in SHA256:
+        target = cache_path(name, str(cache))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy(shared_released(name), target)
+    return str(cache)

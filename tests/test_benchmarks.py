@@ -11,13 +11,14 @@ def test_throughput_smoke(tmp_path, capsys):
     assert throughput.main(["--smoke", "--profile", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     profiled = [r for r in data["rows"] if "profile" in r]
-    assert {r["what"] for r in profiled} == {"train step", "eval"}
+    assert {(r["what"], r["path"]) for r in profiled} == {(w, f"fast {p}") for w in ("train step", "eval")
+                                                           for p in ("auto", "bf16")}
     for r in profiled:
         shares = [p["share"] for p in r["profile"]]
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
     paths = {(r["what"].split(" ")[0], r["path"]) for r in data["rows"]}
-    assert {("train", "fast"), ("train", "reference"), ("eval", "fast"), ("eval", "reference"),
-            ("preprocess", "fast"), ("preprocess", "reference")} <= paths
+    assert {("train", "fast auto"), ("train", "fast bf16"), ("train", "reference"), ("eval", "fast auto"),
+            ("eval", "fast bf16"), ("eval", "reference"), ("preprocess", "fast"), ("preprocess", "reference")} <= paths
     assert all(r["images_per_s"] > 0 for r in data["rows"])
     printed = capsys.readouterr().out
     assert "speed-up" in printed and "top operators" in printed

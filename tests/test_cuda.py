@@ -1,4 +1,4 @@
-"""The CUDA paths: bf16 autocast, device preprocessing on the GPU, pinned loaders, a whole
+"""The CUDA paths: the default numerics (fp32, TF32 matmuls), the bf16 option, device preprocessing on the GPU, pinned loaders, a whole
 run, torch.compile. Skipped where there is no GPU (CI); ``benchmarks/gpu.sh`` runs them on a
 lent GPU machine before it measures anything.
 
@@ -38,12 +38,53 @@ def test_bf16_features_agree_with_fp32_on_vit_b16_shapes():
     tokens = net.tokenize(["a good photo of a cat.", "a good photo of a tractor."]).to(CUDA)
     with torch.no_grad():
         img32, txt32 = net.encode_image(x).float(), net.encode_text(tokens).float()
-        with autocast(CUDA, "auto"):
+        with autocast(CUDA, "bf16"):
             img16, txt16 = net.encode_image(x), net.encode_text(tokens)
     assert img16.dtype == torch.bfloat16  # autocast really ran the encoder in bf16
     cos_img = torch.nn.functional.cosine_similarity(img16.float(), img32, dim=1)
     cos_txt = torch.nn.functional.cosine_similarity(txt16.float(), txt32, dim=1)
+    print(f"bf16 vs fp32 features: cos image min {cos_img.min():.5f}, text min {cos_txt.min():.5f}")
     assert cos_img.min() > 0.99 and cos_txt.min() > 0.99
+
+
+def test_default_numerics_are_fp32_with_tf32_and_match_strict_fp32():
+    from utils.clip_backbone import autocast, load_clip, set_matmul_precision
+
+    net = load_clip("vit-b16-random").to(CUDA).eval()
+    x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(CUDA)
+    out = {}
+    for precision in ("fp32", "auto"):
+        set_matmul_precision(CUDA, precision)
+        with torch.no_grad(), autocast(CUDA, precision):
+            out[precision] = net.encode_image(x)
+    assert torch.backends.cuda.matmul.allow_tf32  # auto: TF32 matrix products, as released
+    assert out["auto"].dtype == torch.float32  # and fp32 activations (no autocast)
+    cos = torch.nn.functional.cosine_similarity(out["auto"], out["fp32"], dim=1)
+    print(f"TF32 vs strict fp32 features: cos min {cos.min():.6f}")
+    assert cos.min() > 0.999
+    set_matmul_precision(CUDA, "auto")
+
+
+def test_bf16_gap_statistic_agrees_with_fp32():
+    from models.mgclip import gap_statistic
+    from utils.clip_backbone import autocast, load_clip, set_matmul_precision
+
+    net = load_clip("vit-b16-random").to(CUDA).eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(48, 3, 224, 224, generator=g).to(CUDA)
+    y = torch.arange(48, device=CUDA) % 6
+    tokens = net.tokenize([f"a good photo of a class {i}." for i in range(6)]).to(CUDA)
+    stats = {}
+    for precision in ("auto", "bf16"):
+        set_matmul_precision(CUDA, precision)
+        with torch.no_grad(), autocast(CUDA, precision):
+            img = torch.nn.functional.normalize(net.encode_image(x).float(), dim=1)
+            txt = torch.nn.functional.normalize(net.encode_text(tokens).float(), dim=1)
+        stats[precision] = gap_statistic(img, y, txt, 100.0, 16)
+    rel = abs(stats["bf16"][0] - stats["auto"][0]) / abs(stats["auto"][0])
+    print(f"gap statistic: default {stats['auto'][0]:.5f}, bf16 {stats['bf16'][0]:.5f}, relative difference {rel:.2e}")
+    assert rel < 0.01  # far inside the 10 % rule
+    set_matmul_precision(CUDA, "auto")
 
 
 def test_bf16_lora_training_step_matches_fp32_gradients():
@@ -51,7 +92,7 @@ def test_bf16_lora_training_step_matches_fp32_gradients():
     from utils.lora import apply_lora, lora_parameters
 
     grads = {}
-    for precision in ("fp32", "auto"):
+    for precision in ("auto", "bf16"):
         net = load_clip("tiny-random")
         apply_lora(net, 8, 1.0, ["k", "v"], ["visual", "text"])
         with torch.no_grad():  # B != 0 so that the A gradients are not all zero
@@ -68,8 +109,9 @@ def test_bf16_lora_training_step_matches_fp32_gradients():
         loss = torch.nn.functional.cross_entropy(net.logit_scale * img @ txt.t(), y)
         loss.backward()
         grads[precision] = torch.cat([p.grad.flatten().float() for p in lora_parameters(net)])
-    cos = torch.nn.functional.cosine_similarity(grads["auto"], grads["fp32"], dim=0)
-    assert torch.isfinite(grads["auto"]).all() and cos > 0.95
+    cos = torch.nn.functional.cosine_similarity(grads["bf16"], grads["auto"], dim=0)
+    print(f"one LoRA training step, bf16 vs default gradients: cos {cos:.5f}")
+    assert torch.isfinite(grads["bf16"]).all() and cos > 0.95
 
 
 def test_a_whole_run_on_the_gpu(tmp_path):
@@ -94,7 +136,7 @@ def test_compiled_image_encoder_equals_eager_on_the_gpu():
 
     net = load_clip("tiny-random").to(CUDA).eval()
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(CUDA)
-    with torch.no_grad(), autocast(CUDA, "auto"):
+    with torch.no_grad(), autocast(CUDA, "bf16"):
         eager = net.encode_image(x).float()
         compile_image_encoder(net)
         compiled = net.encode_image(x).float()

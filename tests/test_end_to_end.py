@@ -107,11 +107,11 @@ def test_demo_config_is_offline_and_small():
 @pytest.mark.parametrize("config, message", [
     ("mgclip_imagenet_r.json", "dataset 'imagenet_r' not found"),
     ("mgclip_cub.json", "dataset 'cub200' not found"),
-    ("mgclip_imagenet100.json", "imagenet100 class-id file not found"),
+    ("mgclip_imagenet100.json", "dataset 'imagenet100' not found"),
 ])
-def test_paper_configs_fail_only_on_missing_data(tmp_path, capsys, config, message):
+def test_paper_configs_fail_only_on_missing_data(tmp_path, capsys, released_cache, config, message):
     code = main(["--config", os.path.join(ROOT, "exps", config), "--set", f"data_path={tmp_path}",
-                 "--set", f"logdir={tmp_path / 'logs'}", "-q"])
+                 "--set", f"logdir={tmp_path / 'logs'}", "--set", f"released_cache={released_cache}", "-q"])
     assert code == 2
     assert message in capsys.readouterr().err
 

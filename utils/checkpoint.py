@@ -10,42 +10,19 @@ during the write. Only plain types and tensors are stored, so it loads with
 from __future__ import annotations
 
 import io
-import random
 from typing import Any, Dict, List
 
-import numpy as np
 import torch
 
 from utils.config import RUN_ONLY_KEYS
 from utils.io import atomic_write
+from utils.rng import rng_state, set_rng_state  # noqa: F401  (part of the checkpoint API)
 
 FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not belong to this config."""
-
-
-def rng_state() -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:

@@ -11,21 +11,19 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
 import sys
-import tempfile
 import types
-import urllib.error
-import urllib.request
 import warnings
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils.download import fetch_verified
 
 logger = logging.getLogger(__name__)
 
@@ -210,51 +208,15 @@ def _random_clip(shape: dict) -> nn.Module:
     return model
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_openai_weights(name: str, cache_dir: str) -> str:
-    """Path of the verified checkpoint for an OpenAI model name, downloading it if needed.
-
-    The download goes to a temp file in ``cache_dir`` and is renamed only after its
-    SHA-256 matches, so an interrupted download never leaves a bad file behind."""
+    """Path of the verified checkpoint for an OpenAI model name, downloading it if needed
+    (SHA-256 checked; an interrupted download never leaves a bad file behind)."""
     clip = import_clip()
     url = clip.clip._MODELS[name]
-    expected = url.split("/")[-2]
     cache_dir = os.path.expanduser(cache_dir)
-    target = os.path.join(cache_dir, os.path.basename(url))
-    if os.path.isfile(target):
-        actual = _sha256(target)
-        if actual == expected:
-            return target
-        logger.warning("%s has SHA-256 %s, expected %s; downloading it again", target, actual, expected)
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as src:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                out.write(chunk)
-        actual = _sha256(tmp)
-        if actual != expected:
-            raise BackboneError(
-                f"downloaded CLIP weights for '{name}' have SHA-256 {actual}, expected {expected}; "
-                f"try again, or place a verified copy at {target}")
-        os.replace(tmp, target)
-        return target
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise BackboneError(
-            f"CLIP weights for '{name}' are not in {cache_dir} and could not be downloaded ({e}). "
-            f"Download {url} on a machine with internet and put it at {target} "
-            f"(SHA-256 {expected}), or set config key 'clip_cache' to the folder that holds it, "
-            f"or set 'backbone' to the checkpoint's path.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return fetch_verified(url, os.path.join(cache_dir, os.path.basename(url)), url.split("/")[-2], BackboneError,
+                          f"or set config key 'clip_cache' to the folder that holds it, or set 'backbone' to the "
+                          f"checkpoint's path (CLIP weights for '{name}').")
 
 
 def _load_checkpoint(path: str) -> nn.Module:
@@ -302,9 +264,19 @@ def resolve_device(device: str) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str = "auto"):
-    """bf16 autocast on CUDA ("auto" or "bf16"); full fp32 otherwise."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    """bf16 autocast with ``precision: bf16`` (an option: faster, a deviation from the
+    released numerics); full fp32 otherwise ("auto", "fp32")."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def set_matmul_precision(device: torch.device, precision: str = "auto") -> None:
+    """The released numerics (``precision: auto``): fp32 weights and activations, with
+    matrix products and convolutions in TF32 on CUDA GPUs that have it (what the released
+    code's PyTorch 1.8 did by default on Ampere and newer). ``fp32``: strict fp32 (TF32
+    off). Process-wide flags, set when a learner builds its backbone."""
+    if device.type == "cuda":
+        tf32 = precision in ("auto", "bf16")
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32

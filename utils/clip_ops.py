@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from utils.class_names import CIFAR100_CLASSES
-from utils.clip_backbone import ClipBackbone, autocast, clip_transform, load_clip, resolve_device
+from utils.clip_backbone import ClipBackbone, autocast, clip_transform, load_clip, resolve_device, set_matmul_precision
 from utils.config import DATASETS, Config
 from utils.preprocess import DevicePreprocess
 
@@ -104,6 +104,7 @@ def build_backbone(cfg: Config, device: torch.device, with_lora: bool) -> ClipBa
         backbone.requires_grad_(False)
     if cfg.compile:
         compile_image_encoder(backbone)
+    set_matmul_precision(device, cfg.precision)
     return backbone.to(device)
 
 

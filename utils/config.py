@@ -26,13 +26,14 @@ DATASETS = ("cifar100", "imagenet_r", "imagenet100", "cub200", "synthetic")
 DATASET_CLASSES = {"cifar100": 100, "imagenet_r": 200, "imagenet100": 100, "cub200": 200}
 LORA_TARGETS = ("q", "k", "v", "out")
 LORA_ENCODERS = ("visual", "text")
-CLASS_ORDER_KEYWORDS = ("shuffle", "default")
+CLASS_ORDER_KEYWORDS = ("shuffle", "default", "released")
 
 # Keys that may differ between a run and its resumption: where things are and how fast
 # they run, not what is computed. Path-valued data keys are compared by what they resolve
 # to (class order and class names are checked separately).
 RUN_ONLY_KEYS = frozenset({"device", "num_workers", "logdir", "data_path", "clip_cache", "class_names",
-                           "imagenet100_classes", "class_order", "cache_images", "cache_max_gb"})
+                           "imagenet100_classes", "class_order", "cache_images", "cache_max_gb",
+                           "released_cache"})
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Config:
     model_name: str = "mgclip"
     seed: Union[int, List[int]] = 1993
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
+    precision: str = "auto"  # "auto": fp32, TF32 matmuls on CUDA (released) | "fp32": strict | "bf16": autocast
     logdir: str = "logs"
     num_workers: int = 0
     preprocess: str = "device"  # "device": batched resize/normalize on the device; "pil": per image with PIL
@@ -53,9 +54,10 @@ class Config:
     # --- data ---
     dataset: str = "cifar100"
     data_path: str = "data"
-    class_order: Union[str, List[int]] = "shuffle"  # "shuffle" | "default" | list | file path
-    class_names: Optional[str] = None  # file: one name per line, or tab-separated (name last)
-    imagenet100_classes: Optional[str] = None  # file of the 100 wnids (imagenet100 only)
+    class_order: Union[str, List[int]] = "shuffle"  # "shuffle" | "default" | "released" | list | file path
+    class_names: Optional[str] = None  # file: one name per line, or tab-separated (name last); or "released"
+    imagenet100_classes: Optional[str] = None  # file of the 100 wnids (imagenet100 only); or "released"
+    released_cache: str = "~/.cache/mgclip-toolbox/released"  # official data files (utils/released.py)
     init_cls: int = 10
     increment: int = 10
     shots_per_class: Optional[int] = None  # few-shot: keep k training images per class (seeded)
@@ -182,6 +184,13 @@ class Config:
             close = difflib.get_close_matches(self.class_order, CLASS_ORDER_KEYWORDS, n=1, cutoff=0.6)
             need(not close, "class_order", f"did you mean '{close[0] if close else ''}'? (one of "
                                            f"{', '.join(CLASS_ORDER_KEYWORDS)}, a list of class ids or a file)")
+        for key in ("class_order", "class_names", "imagenet100_classes"):
+            if getattr(self, key) == "released":
+                from utils.released import MGCLIP_FILES
+
+                has = sorted(MGCLIP_FILES[key])
+                need(self.dataset in has, key, f"'released' only for datasets whose official release has that file "
+                                               f"({', '.join(has)}); give a file instead")
         for key in ("synthetic_classes", "synthetic_train_per_class", "synthetic_test_per_class"):
             need(self.__dict__[key] >= 1, key, "an integer >= 1")
         need(self.synthetic_image_size >= 8, "synthetic_image_size", "an integer >= 8 (pixels)")

@@ -44,17 +44,43 @@ class RawData:
 
 
 # ----------------------------------------------------------------------------- name files
-def read_class_names(path: str, expected: Optional[int] = None) -> List[str]:
-    """One class name per line, or tab-separated lines with the name in the last field
-    (the released MG-CLIP files). Blank lines are skipped."""
+WNID = re.compile(r"^n\d{8}$")
+
+
+def read_class_table(path: str, key: str = "class_names") -> List[List[str]]:
+    """The tab-separated fields of each non-blank line of a class file (one field for a
+    plain list of names)."""
     if not os.path.isfile(path):
-        raise DatasetError(f"class-name file not found: {path} (config key 'class_names')")
+        raise DatasetError(f"class file not found: {path} (config key '{key}')")
     with open(path, "r", encoding="utf-8") as f:
-        names = [line.rstrip("\n\r").split("\t")[-1].strip() for line in f if line.strip()]
+        return [[field.strip() for field in line.rstrip("\n\r").split("\t")] for line in f if line.strip()]
+
+
+def table_wnids(rows: List[List[str]]) -> Optional[List[str]]:
+    """The ImageNet ids of a class table whose lines are ``index, wnid, name`` (the released
+    ImageNet-100 / ImageNet-R files), else None."""
+    if rows and all(len(r) >= 3 and WNID.match(r[1]) for r in rows):
+        return [r[1] for r in rows]
+    return None
+
+
+def read_class_names(path: str, expected: Optional[int] = None, folders: Optional[Sequence[str]] = None) -> List[str]:
+    """One class name per line, or tab-separated lines with the name in the last field
+    (the released MG-CLIP files). Blank lines are skipped. Where the lines also hold
+    ImageNet ids (``index, wnid, name``) and the classes are ``folders`` named by wnid,
+    the ids must be those folders, in the same order."""
+    rows = read_class_table(path)
+    names = [r[-1] for r in rows]
     if expected is not None and len(names) != expected:
         raise DatasetError(
             f"class-name file {path} has {len(names)} names but the dataset has {expected} classes "
             f"(config key 'class_names'): give one name per class, in class-id order")
+    wnids = table_wnids(rows)
+    if wnids is not None and folders is not None and all(WNID.match(f) for f in folders) and wnids != list(folders):
+        first = next(i for i, (a, b) in enumerate(zip(wnids, folders)) if a != b)
+        raise DatasetError(f"class-name file {path} does not match the class folders: line {first + 1} is for "
+                           f"{wnids[first]}, class folder {first + 1} is {folders[first]} (config key "
+                           f"'class_names'): use the file that belongs to these folders")
     return names
 
 
@@ -143,7 +169,7 @@ def _names_for(class_dirs: List[str], root: str, class_names: Optional[str], dat
     if class_names is None and os.path.isfile(os.path.join(root, "classnames.txt")):
         class_names = os.path.join(root, "classnames.txt")
     if class_names is not None:
-        return read_class_names(class_names, expected=len(class_dirs))
+        return read_class_names(class_names, expected=len(class_dirs), folders=class_dirs)
     logger.warning("%s: no class-name file (config key 'class_names'); prompts use the folder names", dataset)
     return [_folder_name_to_class_name(d) for d in class_dirs]
 
@@ -202,12 +228,13 @@ def load_imagenet100(data_path: str, class_list: Optional[str], class_names: Opt
     if class_list is None:
         raise DatasetError("dataset 'imagenet100' needs config key 'imagenet100_classes': a file with the "
                            "100 ImageNet class ids (wnids), one per line. " + HOW_TO_GET["imagenet100"])
-    if not os.path.isfile(class_list):
-        raise DatasetError(f"imagenet100 class-id file not found: {class_list} (config key 'imagenet100_classes')")
-    with open(class_list, "r", encoding="utf-8") as f:
-        wnids = [line.split()[0] for line in f if line.strip()]
+    rows = read_class_table(class_list, "imagenet100_classes")
+    # one wnid per line, or the released file's "index, wnid, name" lines (which also give names)
+    wnids = table_wnids(rows) or [r[0].split()[0] for r in rows]
     if len(set(wnids)) != len(wnids):
         raise DatasetError(f"imagenet100 class-id file {class_list} repeats ids")
+    if class_names is None and table_wnids(rows) is not None:
+        class_names = class_list
     return load_split_folders("imagenet100", data_path, ["imagenet", "ImageNet", "imagenet100"], "val",
                               class_names, HOW_TO_GET["imagenet100"], class_dirs=wnids)
 

@@ -5,6 +5,7 @@ task ``t`` owns labels ``[sum(increments[:t]), sum(increments[:t+1]))``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 from utils.clip_backbone import clip_resize_crop, clip_transform
 from utils.config import Config
 from utils.data import DatasetError, RawData, build_raw_data
+from utils.released import fetch_released, released_file
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,14 @@ def check_class_order(order: Sequence[int], num_classes: int, source: str) -> Li
         raise DatasetError(f"class order from {source} is not a permutation of the {num_classes} classes: "
                            + "; ".join(parts))
     return order
+
+
+def resolve_released(cfg: Config) -> Config:
+    """``cfg`` with ``class_names`` / ``imagenet100_classes`` = "released" replaced by the
+    local, verified copy of the official file (downloaded on first use)."""
+    changes = {key: fetch_released(released_file(key, cfg.dataset), cfg.released_cache)
+               for key in ("class_names", "imagenet100_classes") if getattr(cfg, key) == "released"}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def check_every_class_has_images(raw: RawData, dataset: str) -> None:
@@ -158,6 +168,7 @@ class DataManager:
                                     "increment": increment}, ignore_unknown=True)
         self.dataset_name = dataset_name
         self.image_size = 224
+        cfg = resolve_released(cfg)
         raw: RawData = build_raw_data(cfg)
         check_every_class_has_images(raw, dataset_name)
         n = raw.num_classes
@@ -170,6 +181,9 @@ class DataManager:
         elif spec in ("shuffle", "default"):
             # "shuffle": PyCIL's seeded permutation (when the caller's ``shuffle`` is true)
             order = shuffled_order(n, seed) if spec == "shuffle" and shuffle else list(range(n))
+        elif spec == "released":  # the official class-order file of the dataset (fetched, SHA-256 checked)
+            path = fetch_released(released_file("class_order", cfg.dataset), cfg.released_cache)
+            order = check_class_order(read_class_order(path), n, path)
         else:
             order = check_class_order(read_class_order(spec), n, spec)
         self._class_order = order

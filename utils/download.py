@@ -1,0 +1,59 @@
+"""Downloads checked by SHA-256: a file is used only when its checksum is the expected one,
+and an interrupted or wrong download never leaves a file behind (temp file, then rename)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from typing import Type
+
+logger = logging.getLogger(__name__)
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_verified(url: str, target: str, sha256: str, error: Type[Exception], offline_hint: str,
+                   redownload_mismatch: bool = True) -> str:
+    """``target`` if its SHA-256 is ``sha256``, else downloaded from ``url`` into it.
+
+    A file at ``target`` with another checksum is downloaded again
+    (``redownload_mismatch``) or refused with ``error``. Offline, ``error`` names the URL,
+    the checksum, where to put the file and ``offline_hint``."""
+    if os.path.isfile(target):
+        actual = sha256_of(target)
+        if actual == sha256:
+            return target
+        if not redownload_mismatch:
+            raise error(f"{target} has SHA-256 {actual}, expected {sha256}: it is not the file at {url}. "
+                        f"Delete it to download the right one, or replace it with that file")
+        logger.warning("%s has SHA-256 %s, expected %s; downloading it again", target, actual, sha256)
+    folder = os.path.dirname(os.path.abspath(target))
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as src:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                out.write(chunk)
+        actual = sha256_of(tmp)
+        if actual != sha256:
+            raise error(f"the download of {url} has SHA-256 {actual}, expected {sha256}; try again, or place a "
+                        f"verified copy at {target}")
+        os.replace(tmp, target)
+        return target
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise error(f"{os.path.basename(target)} is not in {folder} and could not be downloaded ({e}). Download "
+                    f"{url} on a machine with internet and put it at {target} (SHA-256 {sha256}), "
+                    f"{offline_hint}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,97 @@
+"""Data files of the methods' official releases (class orders, class-name tables), fetched
+at run time like CLIP weights: from the official repository at a pinned commit, SHA-256
+checked, cached. The project ships none of their contents.
+
+``fetch_released("mgclip/class_orders/cifar100.yaml", cache)`` returns a local, verified
+copy; the first path component names the release (see ``RELEASES``), the rest is the
+file's path in that repository. ``released_file(key, dataset)`` says which file a config
+value ``released`` stands for.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Tuple
+
+from utils.data import DatasetError
+from utils.download import fetch_verified
+
+# release -> (GitHub repository, pinned commit)
+RELEASES: Dict[str, Tuple[str, str]] = {
+    "mgclip": ("linlany/MindtheGap", "f40bfceae67395c54c75f5504841200cd217d4a0"),
+    "rapf": ("linlany/RAPF", "81d41dfb2e6f0c856c8ca520c1b35bd6ef0ba883"),
+    "proof": ("zhoudw-zdw/PROOF", "0bb20520a726ebf3ca8b0c32168d5d4c1f59f3b7"),
+}
+
+# SHA-256 of each file a run may need, at the pinned commit.
+SHA256: Dict[str, str] = {
+    "mgclip/class_orders/cifar100.yaml": "4fbdb278735ac6b2411d41ed3fd01733ec273504624eba1abb40f4c4ed6622f1",
+    "mgclip/class_orders/imagenet100.yaml": "1e52b22c10630a57165b18f8bc9ac4716c756a0a3812bd91caabad72f51b268b",
+    "mgclip/class_orders/imagenet_R.yaml": "03b5722a4159525d4dd57ae3956b51c54210c253a151ac2b545d28b4af25bb21",
+    "mgclip/dataset_reqs/imagenet100_classes.txt": "a646f0e6117e9061c4da5c9db46e858fcaf3aceb46443d436f2e4a35e9e2b8d6",
+    "mgclip/dataset_reqs/imagenet_R_classes.txt": "5e280b6eb4246282f3a10554b7c781a176e5962c5b48b24931796e8f55bd2fd2",
+    "mgclip/dataset_reqs/cub200_classes.txt": "48f08a36bdb8dfbaa13bc6041da2024902bbee0631810b54876310ebb6867f20",
+    "rapf/class_orders/cifar100_order.yaml": "4fbdb278735ac6b2411d41ed3fd01733ec273504624eba1abb40f4c4ed6622f1",
+    "rapf/class_orders/imagenet100.yaml": "e52575ccc3d6cbfeae6bbeb7f018fab389a083b640c0bf54230e3473833a598d",
+    "rapf/class_orders/imagenet_R_order.yaml": "1c750f30ad6cf9e791bba60fa656dfe691a34c0b9ed39e7443dbd07ab4125b04",
+    "rapf/class_orders/cub200_order.yaml": "5f6c87a4b206ccbe7d6e6df945f95807dce6b5945cab7b6266b99179e73919b2",
+    "rapf/imgr_split/imgr_train_test_split.txt": "ecf0b2e74696f38d0180ab60cf632a9cb417b5522df20d57bc587911e3b59f81",
+    "proof/utils/labels.json": "d54724e52a08b225d67eda5ef3cc392f7a3be8784b1d642e619b44cc5ed921e8",
+    "proof/utils/templates.json": "26854c1e3fb6456d21656197c85aa5180c268a6d75ba67c937d16529f3260152",
+}
+
+# What the config value "released" means for MG-CLIP, per key and dataset.
+MGCLIP_FILES: Dict[str, Dict[str, str]] = {
+    "class_order": {"cifar100": "mgclip/class_orders/cifar100.yaml",
+                    "imagenet100": "mgclip/class_orders/imagenet100.yaml",
+                    "imagenet_r": "mgclip/class_orders/imagenet_R.yaml"},
+    "class_names": {"imagenet100": "mgclip/dataset_reqs/imagenet100_classes.txt",
+                    "imagenet_r": "mgclip/dataset_reqs/imagenet_R_classes.txt",
+                    "cub200": "mgclip/dataset_reqs/cub200_classes.txt"},
+    "imagenet100_classes": {"imagenet100": "mgclip/dataset_reqs/imagenet100_classes.txt"},
+}
+
+
+class ReleasedFileError(DatasetError):
+    """An official data file is unknown, could not be fetched, or has the wrong checksum."""
+
+
+def url_of(name: str) -> str:
+    release, path = _split(name)
+    repo, commit = RELEASES[release]
+    return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
+
+
+def cache_path(name: str, cache_dir: str) -> str:
+    """Where the verified copy of ``name`` lives: ``<cache>/<release>/<commit>/<path>``."""
+    release, path = _split(name)
+    return os.path.join(os.path.expanduser(cache_dir), release, RELEASES[release][1][:12], *path.split("/"))
+
+
+def fetch_released(name: str, cache_dir: str) -> str:
+    """A local copy of the official file ``name`` (see module doc), SHA-256 checked. A
+    cached copy with another checksum is refused, never replaced."""
+    if name not in SHA256:
+        raise ReleasedFileError(f"no pinned official file '{name}' (known: {', '.join(sorted(SHA256))})")
+    inside = os.path.relpath(cache_path(name, "/"), "/")
+    return fetch_verified(url_of(name), cache_path(name, cache_dir), SHA256[name], ReleasedFileError,
+                          f"or set config key 'released_cache' to a folder that holds it as {inside}.",
+                          redownload_mismatch=False)
+
+
+def released_file(key: str, dataset: str, table: Optional[Dict[str, Dict[str, str]]] = None) -> str:
+    """The official file that config key ``key`` = "released" stands for on ``dataset``."""
+    table = MGCLIP_FILES if table is None else table
+    files = table.get(key, {})
+    if dataset not in files:
+        has = ", ".join(sorted(files)) or "none"
+        raise ReleasedFileError(f"config key '{key}' = 'released': the official release has no such file for "
+                                f"dataset '{dataset}' (it has one for: {has}); give a file or another value")
+    return files[dataset]
+
+
+def _split(name: str) -> Tuple[str, str]:
+    release, _, path = name.partition("/")
+    if release not in RELEASES or not path:
+        raise ReleasedFileError(f"'{name}' does not name an official file as <release>/<path> with release one of "
+                                f"{', '.join(RELEASES)}")
+    return release, path
