@@ -89,8 +89,12 @@ def task_data(data_manager, indices: Sequence[int], source: str, resolution: int
 def make_loader(data: Tuple[Dataset, Callable], batch_size: int, shuffle: bool, num_workers: int,
                 device: torch.device) -> Batches:
     dataset, prepare = data
+    # An ordered loader gets its own generator: iterating a DataLoader draws a seed, and
+    # evaluation passes (gap statistic, features, test) must not move the global random
+    # stream, so that the training shuffles do not depend on how often we measured.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+                        pin_memory=device.type == "cuda", persistent_workers=False,
+                        generator=None if shuffle else torch.Generator().manual_seed(0))
     return Batches(loader, prepare, device)
 
 
