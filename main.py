@@ -39,6 +39,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from utils.config import ConfigError, build_config
     from utils.data import DatasetError
     from utils.errors import NonFiniteError, user_message
+    from utils.released import ReleasedFileError
     from utils.run_lock import RunLockedError
     from utils.trainer import RunInterrupted, run, run_one
 
@@ -54,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             run_one(cfg, cfg.seeds()[0], resume="required", run_dir=run_dir)
         else:
             run(build_config(args.config, args.overrides), resume=bool(args.resume))
-    except (ConfigError, DatasetError, BackboneError, CheckpointError, RunLockedError) as e:
+    except (ConfigError, DatasetError, BackboneError, CheckpointError, RunLockedError, ReleasedFileError) as e:
         # Problems with the user's input, or a run folder in use: one clear line, no traceback.
         print(f"error: {user_message(e)}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from utils.metrics import accuracy, per_task_accuracy
+from utils.metrics import accuracy_dict
 
 
 class BaseLearner:
@@ -52,22 +52,7 @@ class BaseLearner:
 
     def _evaluate(self, y_pred: np.ndarray, y_true: np.ndarray) -> Dict[str, Any]:
         """PyCIL's accuracy dict. y_pred (N, topk) class ids, best first; y_true (N,)."""
-        y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
-        top1 = y_pred[:, 0]
-        grouped: Dict[str, float] = {"total": round(accuracy(top1, y_true), 2)}
-        per_task = per_task_accuracy(top1, y_true, self._task_ranges)
-        for r, acc in zip(self._task_ranges, per_task):
-            grouped[f"{r.start:02d}-{r.stop - 1:02d}"] = round(acc, 2)
-        old = y_true < self._known_classes
-        grouped["old"] = round(accuracy(top1[old], y_true[old]), 2) if old.any() else 0.0
-        grouped["new"] = round(accuracy(top1[~old], y_true[~old]), 2) if (~old).any() else 0.0
-        k = min(self.topk, y_pred.shape[1])
-        return {
-            "grouped": grouped,
-            "top1": accuracy(top1, y_true),
-            f"top{self.topk}": float(np.mean((y_pred[:, :k] == y_true[:, None]).any(axis=1)) * 100),
-            "per_task": per_task,  # unrounded accuracy on each task's classes (accuracy-matrix row)
-        }
+        return accuracy_dict(y_pred, y_true, self._task_ranges, self._known_classes, self.topk)
 
     def state_dict(self) -> Dict[str, Any]:
         """Counters of the completed tasks (for checkpoints; plain types only). A learner

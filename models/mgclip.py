@@ -23,12 +23,13 @@ import torch.nn.functional as F
 
 from models.base import BaseLearner
 from utils.clip_backbone import autocast
-from utils.clip_ops import (build_backbone, class_names, encode_dataset, make_loader, progress, prompts, read_args,
-                            task_data, text_features)
+from utils.clip_ops import (build_backbone, class_names, encode_dataset, eval_result, make_loader, progress, prompts,
+                            read_args, task_data, text_features)
 from utils.cosine_linear import CosineLinear
 from utils.errors import NonFiniteError
 from utils.gap import EpochProbe, GapAccumulator
 from utils.lora import load_lora_state_dict, lora_disabled, lora_parameters, lora_state_dict
+from utils.metrics import accuracy_dict
 from utils.replay import replay_loss, update_memory
 from utils.rng import rng_state, set_rng_state
 
@@ -72,6 +73,7 @@ def gap_order(n: int, seed: int, task: int) -> torch.Tensor:
 class MGCLIP(BaseLearner):
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
+        self.args = args  # the BaseLearners of PROOF's repository and C3Box do not set it
         self._task_ranges = []  # also set here for PyCIL forks whose BaseLearner lacks it
         self.cfg, self._device = read_args(args)
         self._network = build_backbone(self.cfg, self._device, with_lora=True)
@@ -305,7 +307,7 @@ class MGCLIP(BaseLearner):
         probs = fuse(text_logits, visual_logits, self.cfg.fusion_beta)
         y_true = labels.cpu().numpy()
         y_pred = torch.topk(probs, k=min(self.topk, probs.shape[1]), dim=1).indices.cpu().numpy()
-        cnn_accy = self._evaluate(y_pred, y_true)
+        cnn_accy = accuracy_dict(y_pred, y_true, self._task_ranges, self._known_classes, self.topk)
         text_acc = float((text_logits.argmax(1) == labels).float().mean() * 100)
         cnn_accy["text_top1"] = text_acc
         self.record["text_accuracy"].append(text_acc)
@@ -314,7 +316,7 @@ class MGCLIP(BaseLearner):
             cnn_accy["visual_top1"] = vis_acc
             self.record["visual_accuracy"].append(vis_acc)
         self.timings["eval"] += time.perf_counter() - start
-        return cnn_accy, None
+        return eval_result(self, cnn_accy)
 
     # ------------------------------------------------------------------ helpers
     def _timed(self, phase: str, fn, *args):

@@ -8,8 +8,9 @@ from typing import Any, Dict
 import torch
 
 from models.base import BaseLearner
-from utils.clip_ops import (build_backbone, class_names, encode_dataset, make_loader, prompts, read_args, task_data,
-                            text_features)
+from utils.clip_ops import (build_backbone, class_names, encode_dataset, eval_result, make_loader, prompts, read_args,
+                            task_data, text_features)
+from utils.metrics import accuracy_dict
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +18,7 @@ logger = logging.getLogger(__name__)
 class ZSCLIP(BaseLearner):
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
+        self.args = args  # the BaseLearners of PROOF's repository and C3Box do not set it
         self._task_ranges = []  # also set here for PyCIL forks whose BaseLearner lacks it
         self.cfg, self._device = read_args(args)
         self._network = build_backbone(self.cfg, self._device, with_lora=False).eval()
@@ -48,4 +50,5 @@ class ZSCLIP(BaseLearner):
         feats, labels = encode_dataset(net, self.test_loader, self._device, self.cfg.precision, desc="eval")
         scores = feats @ text.t()
         y_pred = torch.topk(scores, k=min(self.topk, scores.shape[1]), dim=1).indices
-        return self._evaluate(y_pred.cpu().numpy(), labels.cpu().numpy()), None
+        return eval_result(self, accuracy_dict(y_pred.cpu().numpy(), labels.cpu().numpy(), self._task_ranges,
+                                               self._known_classes, self.topk))

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from utils.class_names import CIFAR100_CLASSES
 from utils.clip_backbone import ClipBackbone, autocast, clip_transform, load_clip, resolve_device, set_matmul_precision
-from utils.config import DATASETS, Config
+from utils.config import DATASETS, Config, map_c3box_keys
 from utils.preprocess import DevicePreprocess
 
 logger = logging.getLogger(__name__)
@@ -22,24 +22,47 @@ logger = logging.getLogger(__name__)
 def read_args(args: Dict[str, Any]) -> Tuple[Config, torch.device]:
     """Typed config and device from a learner's ``args`` dict.
 
-    Works with this toolbox's args and with a PyCIL fork's (whose ``device`` is a list of
-    devices and whose extra keys and dataset names are not ours)."""
-    args = dict(args)
+    Works with this toolbox's args and with a PyCIL fork's: its ``device`` is a list of
+    devices (``cuda:<entry>`` whatever the machine: without CUDA the learner runs on the
+    CPU and says so), its extra keys and dataset names are not ours, and a C3Box user's
+    ``mind.json`` keys are read as ours (each mapping logged)."""
+    args, notes = map_c3box_keys(dict(args))
+    for note in notes:
+        logger.info("%s", note)
     device = args.pop("device", "auto")
-    if isinstance(device, (list, tuple)):
+    in_fork = isinstance(device, (list, tuple))
+    if in_fork:
         device = device[0]
     if args.get("dataset") not in DATASETS:  # a fork's dataset: its data manager owns data and split
         for key in ("dataset", "init_cls", "increment"):
             args.pop(key, None)
     cfg = Config.from_dict(args, ignore_unknown=True)
-    return cfg, device if isinstance(device, torch.device) else resolve_device(str(device))
+    device = device if isinstance(device, torch.device) else torch.device(str(device)) if in_fork else \
+        resolve_device(str(device))
+    if in_fork and device.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("the fork's trainer made device %s, but this machine has no CUDA: running on the CPU", device)
+        device = torch.device("cpu")
+    return cfg, device
+
+
+def eval_result(learner, cnn_accy: Dict[str, Any]) -> tuple:
+    """What the trainer unpacks from ``eval_task``: ``(cnn, nme)`` in this toolbox and
+    PyCIL; six values in PROOF's repository and C3Box (cnn, nme and four zero-shot results
+    their trainers ignore). Their BaseLearner is told apart by its zero-shot evaluation."""
+    if hasattr(learner, "_eval_zero_shot"):
+        return cnn_accy, None, None, None, None, None
+    return cnn_accy, None
 
 
 def class_names(data_manager, indices: Sequence[int], dataset_name: str = "") -> List[str]:
-    """Names of the (remapped) classes ``indices``, from the data manager; for a fork's
-    DataManager without names, from a table this toolbox knows (CIFAR-100)."""
+    """Names of the (remapped) classes ``indices``, from the data manager (ours, or a fork's
+    ``_class_to_label``); for a fork's DataManager without names, from a table this toolbox
+    knows (CIFAR-100)."""
     if hasattr(data_manager, "get_class_names"):
         return data_manager.get_class_names(indices)
+    labels = getattr(data_manager, "_class_to_label", None)  # PROOF's repository, C3Box: incremental order
+    if isinstance(labels, (list, tuple)) and len(labels) > max(indices, default=-1):
+        return [str(labels[i]) for i in indices]
     order = getattr(data_manager, "_class_order", None)
     if order is not None and "cifar" in (dataset_name or getattr(data_manager, "dataset_name", "")):
         return [CIFAR100_CLASSES[order[i]] for i in indices]
@@ -81,9 +104,28 @@ def task_data(data_manager, indices: Sequence[int], source: str, resolution: int
     try:
         ds = data_manager.get_dataset(indices, source=source, mode="test", transform=clip_transform(resolution),
                                       **extra)
-    except TypeError:  # a fork's DataManager without the transform argument
+    except TypeError:  # a fork's DataManager: no transform argument, its own transforms
         ds = data_manager.get_dataset(indices, source=source, mode="test", **extra)
+        _use_clip_preprocessing(ds, resolution)
     return ds, lambda x: x.to(device, non_blocking=True)
+
+
+_told: set = set()
+
+
+def _use_clip_preprocessing(dataset: Dataset, resolution: int) -> None:
+    """A fork's dataset (PyCIL's ``DummyDataset``: images, labels, ``trsf``) gets CLIP's
+    preprocessing in place of the fork's transforms (PyCIL's CIFAR: 32 px with CIFAR
+    statistics; PROOF's / C3Box's: a squashing 224 x 224 resize)."""
+    if hasattr(dataset, "trsf"):
+        dataset.trsf = clip_transform(resolution)
+        message = (f"the fork's datasets use CLIP's preprocessing (resize {resolution}, centre crop, CLIP "
+                   f"mean/std) instead of the fork's own transforms")
+    else:
+        message = "the fork's dataset has no 'trsf' transform to replace: its own transforms are used"
+    if message not in _told:
+        _told.add(message)
+        logger.info("%s", message)
 
 
 def make_loader(data: Tuple[Dataset, Callable], batch_size: int, shuffle: bool, num_workers: int,

@@ -214,6 +214,35 @@ KEY_ALIASES = {
 }
 
 
+# C3Box's own MG-CLIP port (its models/mind.py, exps/mind.json) names some options differently.
+C3BOX_KEYS = {"init_lr": "lr", "visual_clsf": "compensation", "visual_clsf_lr": "visual_lr",
+              "visual_clsf_batch_size": "visual_batch_size", "visual_clsf_epochs": "visual_epochs"}
+
+
+def map_c3box_keys(args: Dict[str, Any]) -> "tuple[Dict[str, Any], List[str]]":
+    """A C3Box ``mind.json``'s keys read as this toolbox's (for the plugin inside a fork).
+    There ``epochs`` is the epoch probe's maximum, not a fixed budget: it becomes
+    ``probe_max_epochs`` with ``epochs: auto``. Returns the mapped args and one line per
+    mapping; a key given both ways with different values is refused."""
+    present = [k for k in C3BOX_KEYS if k in args]
+    if not present:
+        return args, []
+    out, notes = dict(args), []
+    for key in present:
+        ours = C3BOX_KEYS[key]
+        if ours in args and args[ours] != args[key]:
+            raise ConfigError(f"config keys '{key}' (C3Box's) = {args[key]!r} and '{ours}' = {args[ours]!r} "
+                              f"disagree: keep one of them")
+        out[ours] = out.pop(key)
+        notes.append(f"C3Box config key '{key}' = {args[key]!r} read as '{ours}'")
+    epochs = args.get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and "probe_max_epochs" not in args:
+        out["epochs"], out["probe_max_epochs"] = "auto", epochs
+        notes.append(f"C3Box's 'epochs' = {epochs} is the epoch probe's maximum: read as probe_max_epochs = "
+                     f"{epochs} with epochs 'auto' (set probe_max_epochs to keep a fixed 'epochs')")
+    return out, notes
+
+
 def suggest_key(key: str, names: Iterable[str]) -> Optional[str]:
     """The valid key a mistyped ``key`` most likely meant, or None. In order: a known
     alias (or a near-spelling of one: ``lerning_rate`` -> ``lr``); a valid key spelled
@@ -242,6 +271,9 @@ def suggest_key(key: str, names: Iterable[str]) -> Optional[str]:
 
 
 def _unknown_key_message(key: str, names: Iterable[str]) -> str:
+    if key in C3BOX_KEYS:
+        return (f"config key '{key}' is C3Box's name (its mind.json): use '{C3BOX_KEYS[key]}' here; and where "
+                f"mind.json's 'epochs' meant the probe's maximum, write probe_max_epochs: N with epochs: auto")
     close = suggest_key(key, names)
     hint = f"; did you mean '{close}'?" if close else f"; valid keys: {', '.join(sorted(names))}"
     return f"unknown config key '{key}'{hint}"

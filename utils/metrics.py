@@ -18,6 +18,32 @@ def accuracy(y_pred: np.ndarray, y_true: np.ndarray) -> float:
     return float(np.mean(np.asarray(y_pred) == np.asarray(y_true)) * 100.0) if len(y_true) else 0.0
 
 
+def accuracy_dict(y_pred: np.ndarray, y_true: np.ndarray, task_ranges: Sequence[range], known_classes: int,
+                  topk: int = 5) -> Dict[str, object]:
+    """PyCIL's accuracy dict, grouped by task. ``y_pred`` (N, k) class ids best first,
+    ``y_true`` (N,). ``grouped`` holds ``total``, one ``"start-end"`` key per task (zero-padded
+    to the width of the largest label, so they sort as strings too: a fork's trainer builds
+    its accuracy matrix from them, one column per task), ``old`` and ``new``; also
+    ``top1``, ``top<topk>`` and ``per_task`` (unrounded, the accuracy-matrix row)."""
+    y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
+    top1 = y_pred[:, 0]
+    width = max(2, len(str(max((r.stop - 1 for r in task_ranges), default=0))))
+    grouped: Dict[str, float] = {"total": round(accuracy(top1, y_true), 2)}
+    per_task = per_task_accuracy(top1, y_true, task_ranges)
+    for r, acc in zip(task_ranges, per_task):
+        grouped[f"{r.start:0{width}d}-{r.stop - 1:0{width}d}"] = round(acc, 2)
+    old = y_true < known_classes
+    grouped["old"] = round(accuracy(top1[old], y_true[old]), 2) if old.any() else 0.0
+    grouped["new"] = round(accuracy(top1[~old], y_true[~old]), 2) if (~old).any() else 0.0
+    k = min(topk, y_pred.shape[1])
+    return {
+        "grouped": grouped,
+        "top1": accuracy(top1, y_true),
+        f"top{topk}": float(np.mean((y_pred[:, :k] == y_true[:, None]).any(axis=1)) * 100),
+        "per_task": per_task,
+    }
+
+
 def per_task_accuracy(y_pred: np.ndarray, y_true: np.ndarray, task_ranges: Sequence[range]) -> List[float]:
     """Accuracy (%) on each task's classes; a task without test images gives NaN."""
     y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)

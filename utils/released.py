@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Tuple
 
-from utils.data import DatasetError
 from utils.download import fetch_verified
 
 # release -> (GitHub repository, pinned commit)
@@ -51,7 +50,7 @@ MGCLIP_FILES: Dict[str, Dict[str, str]] = {
 }
 
 
-class ReleasedFileError(DatasetError):
+class ReleasedFileError(RuntimeError):
     """An official data file is unknown, could not be fetched, or has the wrong checksum."""
 
 
