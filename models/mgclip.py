@@ -101,12 +101,17 @@ class MGCLIP(BaseLearner):
         train_set = self._prepare_task(data_manager, new)
 
         gap: Dict[str, Any] = {"task": self._cur_task}
+        # the statistic averages non-target logits: a task of one class has none
+        measurable = len(new) >= 2
         probe_now = self.cfg.epochs == "auto" and (self._cur_task == 0 or self.cfg.epochs_per_task)
-        if probe_now and self._probed_task == self._cur_task:  # resumed right after this task's probe
+        if probe_now and not measurable:
+            logger.warning("task %d has one class: no gap statistic, so no probe; it trains the previous E = %d",
+                           self._cur_task, self.epochs)
+        elif probe_now and self._probed_task == self._cur_task:  # resumed right after this task's probe
             gap["before"] = dict(self._gap_ref)
         elif probe_now:
             gap["before"] = self._probe_epochs()
-        elif self.cfg.track_gap:
+        elif self.cfg.track_gap and measurable:
             gap["before"] = self._task_gap()
         start_lora = lora_state_dict(self._network) if self.cfg.lora_ema > 0 and self._cur_task > 0 else None
         self._train_lora(self.epochs)
@@ -114,10 +119,11 @@ class MGCLIP(BaseLearner):
             self._blend_lora(start_lora, self.cfg.lora_ema)
         feats, labels = self._timed("features", encode_dataset, self._network, self.ordered_train_loader,
                                     self._device, self.cfg.precision, "features")
-        gap["after"] = self._task_gap(feats, labels)
+        if measurable:
+            gap["after"] = self._task_gap(feats, labels)
+            logger.info("task %d gap (mean non-target logit): before %s, after %.4f", self._cur_task,
+                        f"{gap['before']['neg']:.4f}" if "before" in gap else "-", gap["after"]["neg"])
         self.record["gap"].append(gap)
-        logger.info("task %d gap (mean non-target logit): before %s, after %.4f", self._cur_task,
-                    f"{gap['before']['neg']:.4f}" if "before" in gap else "-", gap["after"]["neg"])
         if self.cfg.compensation:
             self._timed("classifier", self._train_visual, feats, labels)
         if self.cfg.memory_size > 0:

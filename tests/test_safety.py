@@ -272,3 +272,21 @@ def test_shipped_configs_by_name_from_any_folder(tmp_path, monkeypatch):
     assert main(["--config", "mgclip_demo", "-q", "--set", "epochs=1", "--set", "synthetic_classes=4",
                  "--set", "init_cls=2", "--set", "increment=2", "--set", "backbone=tiny-random"]) == 0
     assert os.path.isdir(tmp_path / "logs")  # relative run folders go under the current folder
+
+
+def test_a_last_task_of_one_class_runs_without_a_gap_statistic(tmp_path):
+    # 5 classes in tasks of 2: the last task has one class, whose gap statistic (a mean over
+    # non-target logits) does not exist; the run must not stop on a NaN there
+    cfg_path, run_dir = write_cfg(tmp_path, synthetic_classes=5, epochs="auto", probe_max_epochs=2)
+    assert main(["--config", str(cfg_path), "-q"]) == 0
+    with open(os.path.join(run_dir, "results.json")) as f:
+        r = json.load(f)
+    assert r["finished"] and len(r["accuracy"]) == 3
+    assert "after" in r["gap"][1] and r["gap"][2] == {"task": 2}
+
+
+def test_the_probe_needs_two_classes_in_the_first_task(tmp_path, capsys):
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(tiny_args(tmp_path, init_cls=1, epochs="auto")))
+    assert main(["--config", str(cfg_path), "-q"]) == 2
+    assert "'init_cls'" in capsys.readouterr().err

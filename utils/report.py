@@ -247,8 +247,9 @@ def plot_gap(runs: List[Dict[str, Any]], path: str, plt) -> None:
                 ax1.axvline(ep["chosen"], color=line.get_color(), linestyle=":")
         gaps = r.get("gap") or []
         if gaps:
-            tasks = [g["task"] + 1 for g in gaps]
-            line, = ax2.plot(tasks, [g["after"]["neg"] for g in gaps], marker="o", label=f"{name} after")
+            tasks = [g["task"] + 1 for g in gaps if "after" in g]
+            line, = ax2.plot(tasks, [g["after"]["neg"] for g in gaps if "after" in g], marker="o",
+                             label=f"{name} after")
             before = [(g["task"] + 1, g["before"]["neg"]) for g in gaps if "before" in g]
             if before:
                 ax2.plot(*zip(*before), marker="x", linestyle="--", color=line.get_color(), label=f"{name} before")
@@ -260,7 +261,8 @@ def plot_gap(runs: List[Dict[str, Any]], path: str, plt) -> None:
     for ax in (ax1, ax2):
         _integer_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
