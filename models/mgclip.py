@@ -25,6 +25,7 @@ from models.base import BaseLearner
 from utils.clip_backbone import autocast
 from utils.clip_ops import (build_backbone, class_names, encode_dataset, eval_result, make_loader, progress, prompts,
                             read_args, task_data, text_features)
+from utils.config import ConfigError
 from utils.cosine_linear import CosineLinear
 from utils.errors import NonFiniteError
 from utils.gap import EpochProbe, GapAccumulator
@@ -76,6 +77,10 @@ class MGCLIP(BaseLearner):
         self.args = args  # the BaseLearners of PROOF's repository and C3Box do not set it
         self._task_ranges = []  # also set here for PyCIL forks whose BaseLearner lacks it
         self.cfg, self._device = read_args(args)
+        if self.cfg.epochs == "auto" and int(args.get("init_cls", 2)) < 2:
+            raise ConfigError(f"config key 'init_cls' = {args['init_cls']} is not allowed with epochs 'auto': the "
+                              f"epoch probe's gap statistic averages the non-target logits of the first task's "
+                              f"classes, so it needs at least 2 (or give an integer 'epochs')")
         self._network = build_backbone(self.cfg, self._device, with_lora=True)
         self.visual = CosineLinear(self._network.embed_dim, scale=self.cfg.visual_scale).to(self._device)
         self._names: List[str] = []

@@ -170,9 +170,6 @@ class Config:
              "device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
         need(self.epochs == "auto" or (isinstance(self.epochs, int) and self.epochs >= 1),
              "epochs", "'auto' (epoch probe on the first task) or an integer >= 1")
-        need(self.epochs != "auto" or self.init_cls >= 2, "init_cls",
-             "at least 2 with epochs 'auto': the gap statistic of the epoch probe averages the non-target "
-             "logits of the first task's classes (or give an integer 'epochs')")
         need(self.gap_preservation or self.epochs != "auto", "epochs",
              "an integer when gap_preservation is false (the probe is the gap preservation)")
         need(all(isinstance(s, int) and s >= 0 for s in self.seeds()) and len(self.seeds()) > 0,
