@@ -36,7 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from utils.checkpoint import CheckpointError
     from utils.clip_backbone import BackboneError
-    from utils.config import ConfigError, build_config
+    from utils.config import ConfigError, build_config, build_configs
     from utils.data import DatasetError
     from utils.errors import NonFiniteError, user_message
     from utils.released import ReleasedFileError
@@ -54,7 +54,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise ConfigError(f"--resume {run_dir} continues one run: give one seed, not {cfg.seeds()}")
             run_one(cfg, cfg.seeds()[0], resume="required", run_dir=run_dir)
         else:
-            run(build_config(args.config, args.overrides), resume=bool(args.resume))
+            configs = build_configs(args.config, args.overrides)  # several with model_name: [a, b, ...]
+            for cfg in configs:
+                run(cfg, resume=bool(args.resume))
+            if len(configs) > 1:
+                logging.getLogger("main").info("compare them: python -m utils.report %s", configs[0].logdir)
     except (ConfigError, DatasetError, BackboneError, CheckpointError, RunLockedError, ReleasedFileError) as e:
         # Problems with the user's input, or a run folder in use: one clear line, no traceback.
         print(f"error: {user_message(e)}", file=sys.stderr)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from utils.config import Config, ConfigError, build_config, load_config_file, parse_overrides
+from utils.config import Config, ConfigError, build_config, build_configs, load_config_file, parse_overrides
 from utils.factory import get_model
 
 
@@ -97,4 +97,4 @@ def test_all_shipped_configs_validate():
     paths = sorted(glob.glob(os.path.join(root, "exps", "*.json")) + glob.glob(os.path.join(root, "exps", "*.yaml")))
     assert paths
     for p in paths:
-        build_config(p)
+        assert build_configs(p), p

@@ -104,6 +104,9 @@ class Config:
     lora_ema: float = 0.0  # after each later task: LoRA <- a * LoRA(task start) + (1 - a) * LoRA (e.g. 0.2)
     epochs_per_task: bool = False  # repeat the epoch probe on every task (needs epochs "auto")
 
+    # --- the chosen method's own options (a dataclass in its models/ file, see utils/factory.py) ---
+    options: Dict[str, Any] = field(default_factory=dict)
+
     # ------------------------------------------------------------------
     @classmethod
     def field_names(cls) -> List[str]:
@@ -111,22 +114,37 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], ignore_unknown: bool = False) -> "Config":
-        """Build and validate. Unknown keys fail (naming the closest valid key) unless
+        """Build and validate. Keys are the shared ones (this class) and the chosen
+        method's own options (its options dataclass, see ``utils.factory``). Unknown keys
+        fail (naming the closest valid key, or the method a key belongs to) unless
         ``ignore_unknown`` (used when a PyCIL fork passes its own extra keys)."""
-        names = cls.field_names()
-        kwargs = {}
+        names = [n for n in cls.field_names() if n != "options"]
+        model = str(d.get("model_name", cls.model_name)).lower()
+        options_cls = method_options(model)
+        own = [f.name for f in fields(options_cls)] if options_cls else []
+        kwargs, options = {}, {}
         for key, value in d.items():
-            if key not in names:
-                if ignore_unknown:
-                    continue
-                raise ConfigError(_unknown_key_message(key, names))
-            kwargs[key] = _coerce(key, value)
+            if key in names:
+                kwargs[key] = _coerce(key, value)
+            elif key in own:
+                options[key] = value
+            elif ignore_unknown:
+                continue
+            elif option_owner(key):
+                raise ConfigError(f"config key '{key}' is an option of {', '.join(option_owner(key))}, not of "
+                                  f"'{model}': remove it, or put it in that method's section of a side-by-side config")
+            else:
+                raise ConfigError(_unknown_key_message(key, names + own))
+        if options_cls is not None:
+            kwargs["options"] = options_from_dict(options_cls, options)
         cfg = cls(**kwargs)
         cfg.validate()
         return cfg
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Flat: the shared keys and the method's options side by side (as in config files)."""
+        d = dataclasses.asdict(self)
+        return {**{k: v for k, v in d.items() if k != "options"}, **d["options"]}
 
     def seeds(self) -> List[int]:
         return list(self.seed) if isinstance(self.seed, list) else [self.seed]
@@ -180,17 +198,23 @@ class Config:
         need("{}" in self.prompt_template, "prompt_template", "a string with one '{}' for the class name")
         if isinstance(self.class_order, list):
             need(all(isinstance(c, int) for c in self.class_order), "class_order", "a list of integer class ids")
-        elif self.class_order not in CLASS_ORDER_KEYWORDS and not os.path.exists(self.class_order):
+        elif (self.class_order not in CLASS_ORDER_KEYWORDS and not self.class_order.startswith("released:")
+              and not os.path.exists(self.class_order)):
             close = difflib.get_close_matches(self.class_order, CLASS_ORDER_KEYWORDS, n=1, cutoff=0.6)
             need(not close, "class_order", f"did you mean '{close[0] if close else ''}'? (one of "
                                            f"{', '.join(CLASS_ORDER_KEYWORDS)}, a list of class ids or a file)")
         for key in ("class_order", "class_names", "imagenet100_classes"):
-            if getattr(self, key) == "released":
-                from utils.released import MGCLIP_FILES
+            value = getattr(self, key)
+            if isinstance(value, str) and (value == "released" or value.startswith("released:")):
+                from utils.released import TABLES, ReleasedFileError, release_of
 
-                has = sorted(MGCLIP_FILES[key])
-                need(self.dataset in has, key, f"'released' only for datasets whose official release has that file "
-                                               f"({', '.join(has)}); give a file instead")
+                try:
+                    release = release_of(value, self.model_name)
+                except ReleasedFileError as e:
+                    raise ConfigError(f"config key '{key}': {e}") from None
+                has = sorted(TABLES[release][key])
+                need(self.dataset in has, key, f"'released' only for datasets whose official {release} release has "
+                                               f"that file ({', '.join(has)}); give a file instead")
         for key in ("synthetic_classes", "synthetic_train_per_class", "synthetic_test_per_class"):
             need(self.__dict__[key] >= 1, key, "an integer >= 1")
         need(self.synthetic_image_size >= 8, "synthetic_image_size", "an integer >= 8 (pixels)")
@@ -281,10 +305,42 @@ def _unknown_key_message(key: str, names: Iterable[str]) -> str:
 
 _KINDS = {f.name: f.type for f in fields(Config)}
 
+# Methods with options of their own: a dataclass in the method's file whose defaults are the
+# official values (MG-CLIP's options predate this and are fields of Config above).
+OPTIONS = {
+    "rapf": "models.rapf:RAPFOptions",
+}
 
-def _coerce(key: str, value: Any) -> Any:
+
+def method_options(model_name: str):
+    """The options dataclass of method ``model_name``, or None."""
+    path = OPTIONS.get(str(model_name).lower())
+    if path is None:
+        return None
+    import importlib
+
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def option_owner(key: str) -> List[str]:
+    """The methods that have an option named ``key``."""
+    return [m for m in OPTIONS if key in {f.name for f in fields(method_options(m))}]
+
+
+def options_from_dict(options_cls, values: Dict[str, Any]) -> Dict[str, Any]:
+    """A method's options: its dataclass's defaults (the official values) updated with
+    ``values`` (each coerced to its field's type), validated by the class's ``validate()``."""
+    kinds = {f.name: f.type for f in fields(options_cls)}
+    opts = options_cls(**{k: _coerce(k, v, kinds) for k, v in values.items()})
+    if hasattr(opts, "validate"):
+        opts.validate()
+    return dataclasses.asdict(opts)
+
+
+def _coerce(key: str, value: Any, kinds: Optional[Dict[str, Any]] = None) -> Any:
     """Turn a value from JSON/YAML/--set into the field's type, or fail naming the key."""
-    kind = str(_KINDS[key])
+    kind = str((kinds or _KINDS)[key])
 
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"config key '{key}' = {value!r}: expected {expected}")
@@ -334,6 +390,10 @@ def _coerce(key: str, value: Any) -> Any:
         return None if value is None else as_int(value)
     if kind in ("Optional[str]", "typing.Optional[str]"):
         return None if value is None else str(value)
+    if kind in ("List[int]", "typing.List[int]"):
+        if not isinstance(value, list):
+            raise bad("a list of integers")
+        return [as_int(v) for v in value]
     if kind in ("List[str]", "typing.List[str]"):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -426,10 +486,45 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
 
 
 def build_config(path: Optional[str], overrides: Iterable[str] = ()) -> Config:
-    data = load_config_file(path) if path else {}
-    data.update(parse_overrides(overrides))
-    cfg = Config.from_dict(data)
-    from utils.factory import check_model_name  # late: factory imports this module
+    """The config of a one-method file (see :func:`build_configs` for several methods)."""
+    configs = build_configs(path, overrides)
+    if len(configs) != 1:
+        raise ConfigError(f"config key 'model_name' lists {len(configs)} methods; give one method here")
+    return configs[0]
 
-    check_model_name(cfg.model_name)
-    return cfg
+
+def build_configs(path: Optional[str], overrides: Iterable[str] = ()) -> List[Config]:
+    """One config per method. ``model_name`` may be a list (methods side by side on the
+    same data, split, class order, backbone and seeds): each method gets the shared keys,
+    the top-level options that are its own, and its section (``"rapf": {...}``: keys for
+    that method only, overriding the shared ones). ``--set rapf.beta=1`` reaches a section."""
+    from utils.factory import LEARNERS, check_model_name  # late: factory imports this module
+
+    data = load_config_file(path) if path else {}
+    for key, value in parse_overrides(overrides).items():
+        if "." in key and key.split(".", 1)[0] in LEARNERS:
+            section, sub = key.split(".", 1)
+            data.setdefault(section, {})[sub] = value
+        else:
+            data[key] = value
+    models = data.get("model_name", Config.model_name)
+    models = [str(m) for m in models] if isinstance(models, list) else [str(models)]
+    if not models:
+        raise ConfigError("config key 'model_name' is an empty list: name at least one method")
+    models = [check_model_name(m) for m in models]
+    if len(set(models)) != len(models):
+        raise ConfigError(f"config key 'model_name' lists a method twice: {models}")
+    sections = {k: v for k, v in data.items() if k in LEARNERS}
+    for name, section in sections.items():
+        if name not in models:
+            raise ConfigError(f"config section '{name}' is for a method that 'model_name' does not list ({models})")
+        if not isinstance(section, dict):
+            raise ConfigError(f"config section '{name}' must be a mapping of keys to values")
+    shared = {k: v for k, v in data.items() if k not in LEARNERS and k != "model_name"}
+    owned = {m: {f.name for f in fields(method_options(m))} if method_options(m) else set() for m in models}
+    configs = []
+    for m in models:
+        others = set().union(*(owned[o] for o in models if o != m)) - owned[m]
+        d = {k: v for k, v in shared.items() if not (len(models) > 1 and k in others)}
+        configs.append(Config.from_dict({**d, **sections.get(m, {}), "model_name": m}))
+    return configs

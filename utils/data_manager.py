@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from utils.clip_backbone import clip_resize_crop, clip_transform
 from utils.config import Config
 from utils.data import DatasetError, RawData, build_raw_data
-from utils.released import fetch_released, released_file
+from utils.released import fetch_released, release_of, released_file
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +81,9 @@ def check_class_order(order: Sequence[int], num_classes: int, source: str) -> Li
 def resolve_released(cfg: Config) -> Config:
     """``cfg`` with ``class_names`` / ``imagenet100_classes`` = "released" replaced by the
     local, verified copy of the official file (downloaded on first use)."""
-    changes = {key: fetch_released(released_file(key, cfg.dataset), cfg.released_cache)
-               for key in ("class_names", "imagenet100_classes") if getattr(cfg, key) == "released"}
+    changes = {key: fetch_released(released_file(key, cfg.dataset, release_of(getattr(cfg, key), cfg.model_name)),
+                                   cfg.released_cache)
+               for key in ("class_names", "imagenet100_classes") if release_of(getattr(cfg, key), cfg.model_name)}
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
@@ -181,8 +182,9 @@ class DataManager:
         elif spec in ("shuffle", "default"):
             # "shuffle": PyCIL's seeded permutation (when the caller's ``shuffle`` is true)
             order = shuffled_order(n, seed) if spec == "shuffle" and shuffle else list(range(n))
-        elif spec == "released":  # the official class-order file of the dataset (fetched, SHA-256 checked)
-            path = fetch_released(released_file("class_order", cfg.dataset), cfg.released_cache)
+        elif release_of(spec, cfg.model_name):  # an official class-order file (fetched, SHA-256 checked)
+            path = fetch_released(released_file("class_order", cfg.dataset, release_of(spec, cfg.model_name)),
+                                  cfg.released_cache)
             order = check_class_order(read_class_order(path), n, path)
         else:
             order = check_class_order(read_class_order(spec), n, spec)

@@ -6,13 +6,13 @@ import difflib
 import importlib
 from typing import Any, Dict
 
-from utils.config import ConfigError
+from utils.config import OPTIONS, ConfigError, method_options, option_owner  # noqa: F401  (the registry's options)
 
 LEARNERS = {
     "mgclip": "models.mgclip:MGCLIP",
+    "rapf": "models.rapf:RAPF",
     "zs_clip": "models.zs_clip:ZSCLIP",
 }
-
 
 def check_model_name(model_name: str) -> str:
     name = model_name.lower()
@@ -25,6 +25,5 @@ def check_model_name(model_name: str) -> str:
 
 def get_model(model_name: str, args: Dict[str, Any]):
     """The learner registered as ``model_name``, built with ``args`` (a dict)."""
-    name = check_model_name(model_name)
-    module, cls = LEARNERS[name].split(":")
+    module, cls = LEARNERS[check_model_name(model_name)].split(":")
     return getattr(importlib.import_module(module), cls)(args)

@@ -4,8 +4,8 @@ checked, cached. The project ships none of their contents.
 
 ``fetch_released("mgclip/class_orders/cifar100.yaml", cache)`` returns a local, verified
 copy; the first path component names the release (see ``RELEASES``), the rest is the
-file's path in that repository. ``released_file(key, dataset)`` says which file a config
-value ``released`` stands for.
+file's path in that repository. ``released_file(key, dataset, release)`` says which file a
+config value ``released`` (the run's method's release) or ``released:<release>`` stands for.
 """
 from __future__ import annotations
 
@@ -50,6 +50,34 @@ MGCLIP_FILES: Dict[str, Dict[str, str]] = {
 }
 
 
+# RAPF's release: its own class orders (ImageNet-R's differs from MG-CLIP's, and it has
+# CUB-200's); its name tables are MG-CLIP's files (identical ImageNet-R and CUB-200 blobs).
+RAPF_FILES: Dict[str, Dict[str, str]] = {
+    "class_order": {"cifar100": "rapf/class_orders/cifar100_order.yaml",
+                    "imagenet100": "rapf/class_orders/imagenet100.yaml",
+                    "imagenet_r": "rapf/class_orders/imagenet_R_order.yaml",
+                    "cub200": "rapf/class_orders/cub200_order.yaml"},
+    "class_names": MGCLIP_FILES["class_names"],
+    "imagenet100_classes": MGCLIP_FILES["imagenet100_classes"],
+}
+
+TABLES = {"mgclip": MGCLIP_FILES, "rapf": RAPF_FILES}
+METHOD_RELEASE = {"mgclip": "mgclip", "rapf": "rapf", "zs_clip": "mgclip"}  # zero-shot CLIP: MG-CLIP's files
+
+
+def release_of(value: str, model_name: str) -> Optional[str]:
+    """Which release a config value names: "released" = the run's method's own release,
+    "released:rapf" = that release's; None if the value is not of this kind."""
+    if value == "released":
+        return METHOD_RELEASE.get(model_name, "mgclip")
+    if isinstance(value, str) and value.startswith("released:"):
+        release = value.split(":", 1)[1]
+        if release not in TABLES:
+            raise ReleasedFileError(f"'{value}': no release '{release}' (known: {', '.join(TABLES)})")
+        return release
+    return None
+
+
 class ReleasedFileError(RuntimeError):
     """An official data file is unknown, could not be fetched, or has the wrong checksum."""
 
@@ -77,13 +105,13 @@ def fetch_released(name: str, cache_dir: str) -> str:
                           redownload_mismatch=False)
 
 
-def released_file(key: str, dataset: str, table: Optional[Dict[str, Dict[str, str]]] = None) -> str:
-    """The official file that config key ``key`` = "released" stands for on ``dataset``."""
-    table = MGCLIP_FILES if table is None else table
-    files = table.get(key, {})
+def released_file(key: str, dataset: str, release: str = "mgclip") -> str:
+    """The official file that config key ``key`` = "released" stands for on ``dataset``
+    in ``release`` (its repository's own file)."""
+    files = TABLES[release].get(key, {})
     if dataset not in files:
         has = ", ".join(sorted(files)) or "none"
-        raise ReleasedFileError(f"config key '{key}' = 'released': the official release has no such file for "
+        raise ReleasedFileError(f"config key '{key}' = 'released': the {release} release has no such file for "
                                 f"dataset '{dataset}' (it has one for: {has}); give a file or another value")
     return files[dataset]
 
