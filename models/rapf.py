@@ -160,6 +160,7 @@ class RAPF(BaseLearner):
         self._train(feats, labels, pairs)
         self.timings["train"] += time.perf_counter() - start
         start = time.perf_counter()
+        feats, labels = self._statistics_features(data_manager, new, feats, labels)
         for c in new:  # R8: statistics of the new classes, pre-adapter features
             self.stats.add(c, feats[labels == c])
         if self._cur_task > 0:  # R9
@@ -176,19 +177,16 @@ class RAPF(BaseLearner):
         n_old = opts.old_per_batch or official_old_per_batch(self.args.get("dataset", ""), self.cfg.increment)
         opt = torch.optim.Adam(self.adapter.parameters(), lr=self.cfg.lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(opts.milestones), gamma=opts.lr_gamma)
-        text = self._text.detach()
-        targets = labels
         pair_rows = torch.tensor([p for p in pairs for _ in range(m_e)], dtype=torch.long,
                                  device=self._device).view(-1, 2)
         self.adapter.train()
         for epoch in range(self.epochs):
-            order = torch.randperm(len(targets)).to(targets.device)  # the shuffled loader
+            batches = self._batches(feats, labels)  # the shuffled loader
             old = list(range(known))
             random.shuffle(old)  # R3: the old labels, shuffled each epoch
             replayed = edge_count = 0
-            for b, i in enumerate(range(0, len(order), self.cfg.batch_size)):
-                idx = order[i:i + self.cfg.batch_size]
-                x, y = feats[idx], targets[idx]
+            for b, (x, y) in enumerate(batches):
+                text = self._batch_text()
                 if known > 0:
                     chosen = [old[(b * n_old + k) % known] for k in range(n_old)]
                     x = torch.cat([x] + [self.stats.sample(c, m_r) for c in chosen])
@@ -212,6 +210,21 @@ class RAPF(BaseLearner):
                 self.record["replayed_per_epoch"].append(replayed)
                 self.record["edge_per_epoch"].append(edge_count)
         self.adapter.eval()
+
+    def _batches(self, feats: torch.Tensor, labels: torch.Tensor):
+        """One epoch of shuffled batches (the last one partial) of the cached features."""
+        order = torch.randperm(len(labels)).to(labels.device)
+        for i in range(0, len(order), self.cfg.batch_size):
+            idx = order[i:i + self.cfg.batch_size]
+            yield feats[idx], labels[idx]
+
+    def _batch_text(self) -> torch.Tensor:
+        """The seen classes' normalised prompt features (fixed within a task: encoded once)."""
+        return self._text.detach()
+
+    def _statistics_features(self, data_manager, new: range, feats: torch.Tensor, labels: torch.Tensor):
+        """The features R8's statistics are computed from: the task's cached ones."""
+        return feats, labels
 
     def after_task(self) -> None:
         self._known_classes = self._total_classes

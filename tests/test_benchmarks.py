@@ -56,3 +56,15 @@ def test_jpeg_folders_are_the_same_written_in_parallel(tmp_path):
     for f in files:
         with open(os.path.join(serial, f), "rb") as x, open(os.path.join(parallel, f), "rb") as y:
             assert x.read() == y.read(), f
+
+
+def test_rapf_end_to_end_smoke(tmp_path, capsys):
+    from benchmarks import rapf_end_to_end
+
+    out = tmp_path / "rapf.json"
+    assert rapf_end_to_end.main(["--smoke", "--reference-tasks", "2", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    ours, ref = data["paths"]["ours"], data["paths"]["reference"]
+    assert len(ours["accuracy"]) == 4 and len(ref["accuracy"]) == 2  # the reference stops after 2 tasks
+    assert len(ref["task_end_s"]) == 2 and all(t > 0 for t in ours["task_end_s"])
+    assert "speed-up" in capsys.readouterr().out

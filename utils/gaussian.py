@@ -33,6 +33,7 @@ class ClassGaussians:
         self.covs: Dict[int, torch.Tensor] = {}
         self._chol: Dict[int, torch.Tensor] = {}
         self.generator = torch.Generator().manual_seed(seed)
+        self.cache_cholesky = True  # False: factorise at every draw (the official code's cost)
 
     def add(self, c: int, feats: torch.Tensor) -> None:
         """Statistics of class ``c`` from its features (N, d), N >= 2."""
@@ -42,7 +43,7 @@ class ClassGaussians:
         self._chol.pop(c, None)
 
     def cholesky(self, c: int) -> torch.Tensor:
-        if c not in self._chol:
+        if c not in self._chol or not self.cache_cholesky:
             cov = shrunk_covariance(self.covs[c]) if self.shrink else self.covs[c]
             self._chol[c] = torch.linalg.cholesky(cov)
         return self._chol[c]
