@@ -16,6 +16,7 @@ at that task. Prints a table and writes JSON (``--out``) after every run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -56,9 +57,18 @@ class BenchReferenceRAPF(_Limited, ReferenceRAPF):
     pass
 
 
-factory.LEARNERS["bench_rapf"] = f"{__name__}:BenchRAPF"
-factory.LEARNERS["bench_rapf_reference"] = f"{__name__}:BenchReferenceRAPF"
-OPTIONS["bench_rapf"] = OPTIONS["bench_rapf_reference"] = OPTIONS["rapf"]
+@contextlib.contextmanager
+def registered():
+    """The two benchmark learners in the factory (and with RAPF's options) while measuring."""
+    names = {"bench_rapf": f"{__name__}:BenchRAPF", "bench_rapf_reference": f"{__name__}:BenchReferenceRAPF"}
+    factory.LEARNERS.update(names)
+    OPTIONS.update({n: OPTIONS["rapf"] for n in names})
+    try:
+        yield
+    finally:
+        for n in names:
+            factory.LEARNERS.pop(n, None)
+            OPTIONS.pop(n, None)
 
 
 def config(args, model: str) -> Dict[str, Any]:
@@ -109,7 +119,7 @@ def main(argv: List[str] = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     out: Dict[str, Any] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke
                            else "cpu", "torch": torch.__version__, "args": vars(args), "paths": {}}
-    with tempfile.TemporaryDirectory() as logdir:
+    with tempfile.TemporaryDirectory() as logdir, registered():
         # warm-up (CUDA context, library handles, lazy imports) so the first measured path pays none of it
         warm = config(argparse.Namespace(**{**vars(args), "smoke": True}), "bench_rapf")
         run_path({**warm, "device": "cpu" if args.smoke else args.device}, os.path.join(logdir, "warm-up"), None)
