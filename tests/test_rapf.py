@@ -274,6 +274,8 @@ def test_side_by_side_sections_and_set(tmp_path):
     mg, rapf = build_configs(str(path), ["rapf.mix_bias=0.9"])
     assert mg.model_name == "mgclip" and mg.lr == 0.5 and "beta" not in mg.to_dict()
     assert rapf.lr == 0.002 and rapf.options["beta"] == 1.0 and rapf.options["mix_bias"] == 0.9
+    path.write_text(json.dumps({"model_name": ["rapf", "mgclip"], "dataset": "cifar100", "class_order": "released"}))
+    assert [c.class_order for c in build_configs(str(path))] == ["released:rapf", "released:rapf"]  # one order
     path.write_text(json.dumps({"model_name": ["mgclip"], "rapf": {"lr": 0.1}}))
     with pytest.raises(ConfigError, match="section 'rapf'"):
         build_configs(str(path))

@@ -521,6 +521,12 @@ def build_configs(path: Optional[str], overrides: Iterable[str] = ()) -> List[Co
         if not isinstance(section, dict):
             raise ConfigError(f"config section '{name}' must be a mapping of keys to values")
     shared = {k: v for k, v in data.items() if k not in LEARNERS and k != "model_name"}
+    if len(models) > 1:  # one class order and one set of names for all: "released" = the first method's release
+        from utils.released import METHOD_RELEASE
+
+        for key in ("class_order", "class_names", "imagenet100_classes"):
+            if shared.get(key) == "released":
+                shared[key] = f"released:{METHOD_RELEASE.get(models[0], 'mgclip')}"
     owned = {m: {f.name for f in fields(method_options(m))} if method_options(m) else set() for m in models}
     configs = []
     for m in models:
