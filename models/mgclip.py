@@ -23,11 +23,11 @@ import torch.nn.functional as F
 
 from models.base import BaseLearner
 from utils.clip_backbone import autocast
-from utils.clip_ops import (build_backbone, class_names, encode_dataset, eval_result, make_loader, progress, prompts,
+from utils.clip_ops import (begin_task, build_backbone, encode_dataset, eval_result, make_loader, progress, prompts,
                             read_args, task_data, text_features)
 from utils.config import ConfigError
 from utils.cosine_linear import CosineLinear
-from utils.errors import NonFiniteError
+from utils.errors import NonFiniteError, checked_step
 from utils.gap import EpochProbe, GapAccumulator
 from utils.lora import load_lora_state_dict, lora_disabled, lora_parameters, lora_state_dict
 from utils.metrics import accuracy_dict
@@ -98,11 +98,7 @@ class MGCLIP(BaseLearner):
 
     # ------------------------------------------------------------------ task loop
     def incremental_train(self, data_manager) -> None:
-        self._cur_task += 1
-        self._total_classes = self._known_classes + data_manager.get_task_size(self._cur_task)
-        new = range(self._known_classes, self._total_classes)
-        self._task_ranges.append(new)
-        self._names += class_names(data_manager, new, self.args.get("dataset", ""))
+        new = begin_task(self, data_manager)
         train_set = self._prepare_task(data_manager, new)
 
         gap: Dict[str, Any] = {"task": self._cur_task}
@@ -187,13 +183,7 @@ class MGCLIP(BaseLearner):
             start = time.perf_counter()
             net.train()
             for step, (_, x, y) in enumerate(progress(self.train_loader, f"task {self._cur_task} {phase} {epoch + 1}/{epochs}")):
-                loss = self._loss(x, y)
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(f"non-finite loss {loss.item()} in task {self._cur_task}, "
-                                         f"{phase} epoch {epoch + 1}, step {step + 1}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                checked_step(opt, self._loss(x, y), f"task {self._cur_task}, {phase} epoch {epoch + 1}, step {step + 1}")
             sched.step()
             self.timings[phase] += time.perf_counter() - start
             if probe is not None:

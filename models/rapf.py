@@ -29,8 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.base import BaseLearner
-from utils.clip_ops import build_backbone, class_names, eval_result, prompts, read_args, text_features
+from utils.clip_ops import begin_task, build_backbone, eval_result, prompts, read_args, text_features
 from utils.config import ConfigError
+from utils.errors import checked_step
 from utils.feature_cache import FeatureCache
 from utils.fusion import svd_fusion
 from utils.gaussian import ClassGaussians
@@ -139,11 +140,7 @@ class RAPF(BaseLearner):
 
     # ------------------------------------------------------------------ task loop
     def incremental_train(self, data_manager) -> None:
-        self._cur_task += 1
-        self._total_classes = self._known_classes + data_manager.get_task_size(self._cur_task)
-        new = range(self._known_classes, self._total_classes)
-        self._task_ranges.append(new)
-        self._names += class_names(data_manager, new, self.args.get("dataset", ""))
+        new = begin_task(self, data_manager)
         self.data_manager = data_manager
         with torch.no_grad():  # R1: the prompts of all seen classes, once per task
             tokens = self._network.tokenize(prompts(self.cfg.prompt_template, self._names)).to(self._device)
@@ -197,14 +194,7 @@ class RAPF(BaseLearner):
                     edge = torch.cat([self.stats.sample(k, m_e) for k, _ in pairs])
                     loss = loss + hinge_loss(self.adapter(edge), text, pair_rows, opts.hinge_margin)
                     edge_count += len(edge)
-                if not torch.isfinite(loss):
-                    from utils.errors import NonFiniteError
-
-                    raise NonFiniteError(f"non-finite loss {loss.item()} in task {self._cur_task}, epoch {epoch + 1}, "
-                                         f"step {b + 1}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                checked_step(opt, loss, f"task {self._cur_task}, epoch {epoch + 1}, step {b + 1}")
             sched.step()
             if epoch == 0:
                 self.record["replayed_per_epoch"].append(replayed)

@@ -8,7 +8,7 @@ from typing import Any, Dict
 import torch
 
 from models.base import BaseLearner
-from utils.clip_ops import (build_backbone, class_names, encode_dataset, eval_result, make_loader, prompts, read_args,
+from utils.clip_ops import (begin_task, build_backbone, encode_dataset, eval_result, make_loader, prompts, read_args,
                             task_data, text_features)
 from utils.metrics import accuracy_dict
 
@@ -25,11 +25,7 @@ class ZSCLIP(BaseLearner):
         self._names = []
 
     def incremental_train(self, data_manager) -> None:
-        self._cur_task += 1
-        self._total_classes = self._known_classes + data_manager.get_task_size(self._cur_task)
-        self._task_ranges.append(range(self._known_classes, self._total_classes))
-        new = range(self._known_classes, self._total_classes)
-        self._names += class_names(data_manager, new, self.args.get("dataset", ""))
+        begin_task(self, data_manager)
         test_set = task_data(data_manager, range(self._total_classes), "test", self._network.input_resolution,
                              self.cfg, self._device)
         self.test_loader = make_loader(test_set, self.cfg.eval_batch_size, False, self.cfg.num_workers, self._device)

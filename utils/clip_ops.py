@@ -45,6 +45,17 @@ def read_args(args: Dict[str, Any]) -> Tuple[Config, torch.device]:
     return cfg, device
 
 
+def begin_task(learner, data_manager) -> range:
+    """The PyCIL bookkeeping at a task's start: next task, its classes (returned, as
+    incremental labels), the seen-class count and the new classes' names."""
+    learner._cur_task += 1
+    learner._total_classes = learner._known_classes + data_manager.get_task_size(learner._cur_task)
+    new = range(learner._known_classes, learner._total_classes)
+    learner._task_ranges.append(new)
+    learner._names += class_names(data_manager, new, learner.args.get("dataset", ""))
+    return new
+
+
 def eval_result(learner, cnn_accy: Dict[str, Any]) -> tuple:
     """What the trainer unpacks from ``eval_task``: ``(cnn, nme)`` in this toolbox and
     PyCIL; six values in PROOF's repository and C3Box (cnn, nme and four zero-shot results

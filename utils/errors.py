@@ -6,6 +6,18 @@ class NonFiniteError(RuntimeError):
     """A loss or gap statistic became NaN/inf; the message says where (task, epoch, step)."""
 
 
+def checked_step(optimizer, loss, where: str) -> None:
+    """One optimizer step on ``loss``, refused with :class:`NonFiniteError` (naming
+    ``where``: task, epoch, step) when the loss is NaN or infinite."""
+    import torch
+
+    if not torch.isfinite(loss):
+        raise NonFiniteError(f"non-finite loss {loss.item()} in {where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def user_message(e: BaseException) -> str:
     """The error's own words on one line. An error raised in a DataLoader worker comes
     back with the worker's traceback inside its message; keep only its last line, minus
