@@ -350,3 +350,41 @@ def test_released_rapf_class_orders_are_rapfs_own(released_cache):
     assert released_file("class_order", "imagenet_r", "rapf") == "rapf/class_orders/imagenet_R_order.yaml"
     assert released_file("class_order", "imagenet_r", "mgclip") == "mgclip/class_orders/imagenet_R.yaml"
     assert RAPFOptions().beta == 2.0  # the official CIFAR-100 10-10 values are the defaults
+
+
+# ----------------------------------------------------------------------------- ImageNet-R split list
+def test_a_split_list_divides_an_unsplit_dataset_folder(tmp_path):
+    from PIL import Image
+
+    from utils.data import DatasetError
+
+    rng = np.random.default_rng(0)
+    wnids = ["n01443537", "n01484850", "n01494475", "n01498041"]
+    lines = {"train": [], "test": []}
+    for w in wnids:
+        os.makedirs(tmp_path / "imagenet-r" / w)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imagenet-r" / w / f"a_{i}.jpg")
+            lines["train" if i < 3 else "test"].append(f"{w}/a_{i}.jpg")
+    split = tmp_path / "split.txt"
+    split.write_text("train\n" + "\n".join(lines["train"]) + "\ntest\n" + "\n".join(lines["test"]) + "\n")
+    dm = DataManager("imagenet_r", False, 0, 2, 2, {"data_path": str(tmp_path), "imagenet_r_split": str(split),
+                                                   "class_order": "default"})
+    train = dm.get_dataset(range(4), source="train", mode="test")
+    test = dm.get_dataset(range(4), source="test", mode="test")
+    assert len(train) == 12 and len(test) == 4
+    assert [os.path.basename(p) for p in test.images] == ["a_3.jpg"] * 4
+    assert list(test.labels) == [0, 1, 2, 3]  # classes are the sorted wnid folders
+    os.remove(tmp_path / "imagenet-r" / wnids[2] / "a_1.jpg")
+    with pytest.raises(DatasetError, match="1 image.*n01494475/a_1.jpg"):
+        DataManager("imagenet_r", False, 0, 2, 2, {"data_path": str(tmp_path), "imagenet_r_split": str(split)})
+
+
+def test_the_released_imagenet_r_split_list_reads_as_24000_and_6001_images():
+    from tests.conftest import shared_released
+    from utils.data import read_split_list
+
+    split = read_split_list(shared_released("rapf/imgr_split/imgr_train_test_split.txt"))
+    assert len(split["train"]) == 24000 and len(split["test"]) == 6001  # counted in the file (30,001 paths)
+    assert not set(split["train"]) & set(split["test"])
+    assert len({p.split("/")[0] for p in split["train"]}) == 200

@@ -57,6 +57,7 @@ class Config:
     class_order: Union[str, List[int]] = "shuffle"  # "shuffle" | "default" | "released" | list | file path
     class_names: Optional[str] = None  # file: one name per line, or tab-separated (name last); or "released"
     imagenet100_classes: Optional[str] = None  # file of the 100 wnids (imagenet100 only); or "released"
+    imagenet_r_split: Optional[str] = None  # list file assigning imagenet-r/<wnid>/<file> to train/test; or "released:rapf"
     released_cache: str = "~/.cache/mgclip-toolbox/released"  # official data files (utils/released.py)
     init_cls: int = 10
     increment: int = 10
@@ -203,7 +204,7 @@ class Config:
             close = difflib.get_close_matches(self.class_order, CLASS_ORDER_KEYWORDS, n=1, cutoff=0.6)
             need(not close, "class_order", f"did you mean '{close[0] if close else ''}'? (one of "
                                            f"{', '.join(CLASS_ORDER_KEYWORDS)}, a list of class ids or a file)")
-        for key in ("class_order", "class_names", "imagenet100_classes"):
+        for key in ("class_order", "class_names", "imagenet100_classes", "imagenet_r_split"):
             value = getattr(self, key)
             if isinstance(value, str) and (value == "released" or value.startswith("released:")):
                 from utils.released import TABLES, ReleasedFileError, release_of
@@ -212,7 +213,7 @@ class Config:
                     release = release_of(value, self.model_name)
                 except ReleasedFileError as e:
                     raise ConfigError(f"config key '{key}': {e}") from None
-                has = sorted(TABLES[release][key])
+                has = sorted(TABLES[release].get(key, {}))
                 need(self.dataset in has, key, f"'released' only for datasets whose official {release} release has "
                                                f"that file ({', '.join(has)}); give a file instead")
         for key in ("synthetic_classes", "synthetic_train_per_class", "synthetic_test_per_class"):
@@ -524,7 +525,7 @@ def build_configs(path: Optional[str], overrides: Iterable[str] = ()) -> List[Co
     if len(models) > 1:  # one class order and one set of names for all: "released" = the first method's release
         from utils.released import METHOD_RELEASE
 
-        for key in ("class_order", "class_names", "imagenet100_classes"):
+        for key in ("class_order", "class_names", "imagenet100_classes", "imagenet_r_split"):
             if shared.get(key) == "released":
                 shared[key] = f"released:{METHOD_RELEASE.get(models[0], 'mgclip')}"
     owned = {m: {f.name for f in fields(method_options(m))} if method_options(m) else set() for m in models}

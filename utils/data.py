@@ -194,6 +194,53 @@ def load_split_folders(dataset: str, data_path: str, subfolders: Sequence[str], 
     return RawData(train_paths, train_y, test_paths, test_y, _names_for(class_dirs, root, class_names, dataset))
 
 
+def read_split_list(path: str) -> Dict[str, List[str]]:
+    """A split list: a line ``train``, the training images' paths (``<wnid>/<file>``,
+    relative to the dataset folder), a line ``test``, the test images' paths (RAPF's
+    ImageNet-R list)."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"split list not found: {path} (config key 'imagenet_r_split')")
+    split: Dict[str, List[str]] = {}
+    current = None
+    with open(path, "r", encoding="utf-8") as f:
+        for line in (raw.strip() for raw in f):
+            if line in ("train", "test"):
+                current = split.setdefault(line, [])
+            elif line:
+                if current is None:
+                    raise DatasetError(f"split list {path} must start with a 'train' or 'test' line")
+                current.append(line)
+    if not split.get("train") or not split.get("test"):
+        raise DatasetError(f"split list {path} needs a 'train' and a 'test' section with image paths")
+    return split
+
+
+def load_listed_split(dataset: str, data_path: str, subfolders: Sequence[str], list_path: str,
+                      class_names: Optional[str], how_to_get: str) -> RawData:
+    """An unsplit dataset folder (``<class>/<image>``) divided by a split list; classes are
+    the sorted class folders named in the list."""
+    split = read_split_list(list_path)
+    first = split["train"][0]
+    root = _dataset_root(data_path, subfolders, [first])
+    if root is None:
+        looked = [data_path] + [os.path.join(data_path, s) for s in subfolders]
+        raise DatasetError(f"dataset '{dataset}' not found: looked for {first} (the first image of the split list "
+                           f"{list_path}) in {', '.join(os.path.abspath(p) for p in looked)} (config key "
+                           f"'data_path'). {how_to_get}")
+    class_dirs = sorted({p.split("/")[0] for p in split["train"] + split["test"]})
+    index = {c: i for i, c in enumerate(class_dirs)}
+    missing = [p for p in split["train"] + split["test"] if not os.path.isfile(os.path.join(root, p))]
+    if missing:
+        raise DatasetError(f"dataset '{dataset}': {len(missing)} image(s) of the split list {list_path} are not in "
+                           f"{root}, e.g. {missing[0]}; use the complete, unmodified dataset folder")
+    out = {}
+    for part in ("train", "test"):
+        out[part] = ([os.path.join(root, p) for p in split[part]],
+                     np.asarray([index[p.split("/")[0]] for p in split[part]], dtype=np.int64))
+    return RawData(out["train"][0], out["train"][1], out["test"][0], out["test"][1],
+                   _names_for(class_dirs, root, class_names, dataset))
+
+
 def load_cub_official(root: str, class_names: Optional[str]) -> RawData:
     """The CUB_200_2011 archive as distributed: images/, images.txt, classes.txt,
     image_class_labels.txt, train_test_split.txt."""
@@ -247,6 +294,9 @@ def build_raw_data(cfg) -> RawData:
                               cfg.synthetic_test_per_class, cfg.synthetic_image_size)
     if name == "cifar100":
         return load_cifar100(cfg.data_path)
+    if name == "imagenet_r" and getattr(cfg, "imagenet_r_split", None):
+        return load_listed_split("imagenet_r", cfg.data_path, ["imagenet-r", "imagenet_r"], cfg.imagenet_r_split,
+                                 cfg.class_names, HOW_TO_GET["imagenet_r"])
     if name == "imagenet_r":
         return load_split_folders("imagenet_r", cfg.data_path, ["imagenet-r", "imagenet_r"], "test",
                                   cfg.class_names, HOW_TO_GET["imagenet_r"])

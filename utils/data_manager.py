@@ -79,11 +79,12 @@ def check_class_order(order: Sequence[int], num_classes: int, source: str) -> Li
 
 
 def resolve_released(cfg: Config) -> Config:
-    """``cfg`` with ``class_names`` / ``imagenet100_classes`` = "released" replaced by the
+    """``cfg`` with ``class_names`` / ``imagenet100_classes`` / ``imagenet_r_split`` = "released" replaced by the
     local, verified copy of the official file (downloaded on first use)."""
     changes = {key: fetch_released(released_file(key, cfg.dataset, release_of(getattr(cfg, key), cfg.model_name)),
                                    cfg.released_cache)
-               for key in ("class_names", "imagenet100_classes") if release_of(getattr(cfg, key), cfg.model_name)}
+               for key in ("class_names", "imagenet100_classes", "imagenet_r_split")
+               if release_of(getattr(cfg, key), cfg.model_name)}
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 

@@ -59,6 +59,7 @@ RAPF_FILES: Dict[str, Dict[str, str]] = {
                     "cub200": "rapf/class_orders/cub200_order.yaml"},
     "class_names": MGCLIP_FILES["class_names"],
     "imagenet100_classes": MGCLIP_FILES["imagenet100_classes"],
+    "imagenet_r_split": {"imagenet_r": "rapf/imgr_split/imgr_train_test_split.txt"},
 }
 
 TABLES = {"mgclip": MGCLIP_FILES, "rapf": RAPF_FILES}
