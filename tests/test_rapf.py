@@ -341,6 +341,7 @@ def test_every_official_rapf_config_has_a_config_here_key_by_key():
             (r["beta"], r["mix_bias"], r["threshold"], bool(r["shrinkage"]), r["milestones"]), path
         assert cfg.backbone == r["model_name"] and cfg.prompt_template == r["prompt_template"]
         assert cfg.class_order == "released" and o["old_per_batch"] == 0 and cfg.precision == "auto"
+        assert cfg.imagenet_r_split == ("released" if cfg.dataset == "imagenet_r" else None)
 
 
 def test_released_rapf_class_orders_are_rapfs_own(released_cache):
