@@ -26,6 +26,7 @@ setup(
     extras_require={
         "test": ["pytest>=7"],
         "plots": ["matplotlib"],
+        "corruptions": ["imagecorruptions>=1.1.2"],
     },
     entry_points={"console_scripts": ["mgclip-run=main:main"]},
 )

@@ -105,6 +105,9 @@ class Config:
     lora_ema: float = 0.0  # after each later task: LoRA <- a * LoRA(task start) + (1 - a) * LoRA (e.g. 0.2)
     epochs_per_task: bool = False  # repeat the epoch probe on every task (needs epochs "auto")
 
+    # --- zero-shot retention on held-out data after the last task (utils/retention.py) ---
+    zero_shot_eval: List[Dict[str, Any]] = field(default_factory=list)
+
     # --- the chosen method's own options (a dataclass in its models/ file, see utils/factory.py) ---
     options: Dict[str, Any] = field(default_factory=dict)
 
@@ -216,6 +219,8 @@ class Config:
                 has = sorted(TABLES[release].get(key, {}))
                 need(self.dataset in has, key, f"'released' only for datasets whose official {release} release has "
                                                f"that file ({', '.join(has)}); give a file instead")
+        for spec in self.zero_shot_eval:
+            check_held_out_spec(spec)
         for key in ("synthetic_classes", "synthetic_train_per_class", "synthetic_test_per_class"):
             need(self.__dict__[key] >= 1, key, "an integer >= 1")
         need(self.synthetic_image_size >= 8, "synthetic_image_size", "an integer >= 8 (pixels)")
@@ -293,6 +298,28 @@ def suggest_key(key: str, names: Iterable[str]) -> Optional[str]:
         return max(contained, key=len)
     close = difflib.get_close_matches(low, names, n=1, cutoff=0.5)
     return close[0] if close else None
+
+
+HELD_OUT_KEYS = {"dataset": str, "data_path": str, "class_names": str, "corruption": str, "severity": int,
+                 "max_images": int, "name": str, "seed": int, "synthetic_classes": int,
+                 "synthetic_test_per_class": int, "synthetic_image_size": int}
+
+
+def check_held_out_spec(spec: Dict[str, Any]) -> None:
+    """One ``zero_shot_eval`` entry: known keys with values of the right type, a dataset
+    this toolbox can load, severity 1-5 (corruptions are checked when the run starts)."""
+    for key, value in spec.items():
+        if key not in HELD_OUT_KEYS:
+            close = difflib.get_close_matches(key, list(HELD_OUT_KEYS), n=1, cutoff=0.5)
+            raise ConfigError(f"config key 'zero_shot_eval': unknown key '{key}'"
+                              + (f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(HELD_OUT_KEYS)})"))
+        if value is not None and not isinstance(value, HELD_OUT_KEYS[key]):
+            raise ConfigError(f"config key 'zero_shot_eval': '{key}' = {value!r} must be {HELD_OUT_KEYS[key].__name__}")
+    if spec.get("dataset") not in DATASETS:
+        raise ConfigError(f"config key 'zero_shot_eval': 'dataset' = {spec.get('dataset')!r} is not one of "
+                          f"{', '.join(DATASETS)}")
+    if not 1 <= spec.get("severity", 3) <= 5:
+        raise ConfigError(f"config key 'zero_shot_eval': 'severity' = {spec['severity']} must be 1-5 (ImageNet-C)")
 
 
 def _unknown_key_message(key: str, names: Iterable[str]) -> str:
@@ -395,6 +422,12 @@ def _coerce(key: str, value: Any, kinds: Optional[Dict[str, Any]] = None) -> Any
         if not isinstance(value, list):
             raise bad("a list of integers")
         return [as_int(v) for v in value]
+    if kind in ("List[Dict[str, Any]]", "typing.List[typing.Dict[str, typing.Any]]"):
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise bad("a list of held-out dataset specs, e.g. [{dataset: cifar100, corruption: gaussian_noise}]")
+        return [dict(v) for v in value]
     if kind in ("List[str]", "typing.List[str]"):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -177,6 +177,28 @@ def summary_csv(rows: List[Dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def retention_rows(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per run and held-out set evaluated with ``zero_shot_eval``."""
+    rows = []
+    for r in runs:
+        for z in r.get("zero_shot_retention") or []:
+            rows.append({"method": r["model_name"], "prefix": r["config"].get("prefix", ""), "seed": r["seed"],
+                         "held_out": z["name"], "images": z["images"], "zero_shot_clip": z["zero_shot_clip"],
+                         "model": z["model"], "delta": z["delta"]})
+    return rows
+
+
+def retention_markdown(rows: List[Dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    lines = ["", "Zero-shot retention (accuracy %, held-out data, the toolbox's prompt):", "",
+             "| method | prefix | seed | held-out | images | zero-shot CLIP | after training | delta |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['prefix']} | {r['seed']} | {r['held_out']} | {r['images']} | "
+              f"{r['zero_shot_clip']:.2f} | {r['model']:.2f} | {r['delta']:+.2f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- plots
 def _label(key: Tuple[str, str, str, str]) -> str:
     method, prefix, dataset, split = key
@@ -286,9 +308,17 @@ def make_report(paths: Sequence[str], out: str) -> Dict[str, Any]:
     groups = group_runs(runs)
     rows = [summary_row(k, g) for k, g in groups.items()]
     os.makedirs(out, exist_ok=True)
-    write_text(os.path.join(out, "summary.md"), summary_markdown(rows))
+    retention = retention_rows(runs)
+    write_text(os.path.join(out, "summary.md"), summary_markdown(rows) + retention_markdown(retention))
     write_text(os.path.join(out, "summary.csv"), summary_csv(rows))
-    written = {"rows": rows, "files": ["summary.md", "summary.csv"], "plots": False}
+    written = {"rows": rows, "files": ["summary.md", "summary.csv"], "plots": False, "retention": retention}
+    if retention:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(retention[0]))
+        w.writeheader()
+        w.writerows(retention)
+        write_text(os.path.join(out, "retention.csv"), buf.getvalue())
+        written["files"].append("retention.csv")
     try:
         import matplotlib
 

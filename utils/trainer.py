@@ -119,6 +119,10 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) 
     seed_everything(seed)
     dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg)
     learner = get_model(cfg.model_name, resolved)  # builds the backbone on the device
+    if cfg.zero_shot_eval:
+        from utils.retention import check_specs
+
+        check_specs(cfg.zero_shot_eval)  # held-out data loads, corruptions run here
     if state is not None:
         _check_same_data(state, dm, os.path.join(run_dir, CHECKPOINT))
     return _Prepared(cfg, seed, run_dir, resolved, dm, learner, resume)
@@ -270,6 +274,11 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> str:
         write_json(os.path.join(run_dir, "results.json"), results)
         write_text(os.path.join(run_dir, "metrics.csv"), _metrics_csv(progress.rows))
         save_checkpoint_now()
+    if cfg.zero_shot_eval:
+        from utils.retention import evaluate
+
+        results["zero_shot_retention"] = [evaluate(learner, spec) for spec in cfg.zero_shot_eval]
+        write_json(os.path.join(run_dir, "results.json"), results)
     logger.info("summary:\n%s", summary_markdown([summary_row(group_key(results), [results])]).rstrip())
     logger.info("done in %.1f s -> %s", time.perf_counter() - start_run, run_dir)
     return run_dir

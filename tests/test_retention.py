@@ -1,0 +1,90 @@
+"""Zero-shot retention: corruptions deterministic per seed, zero-shot CLIP's retention
+equals a zero-shot run on the same data, results in results.json and the report."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from main import main
+from tests.conftest import tiny_args
+from utils.config import Config, ConfigError
+from utils.trainer import run_dir_for
+
+pytest.importorskip("imagecorruptions", reason="pip install -e .[corruptions] (CI installs it)")
+
+
+def test_corruptions_are_deterministic_per_seed_and_leave_numpy_alone():
+    from utils.retention import corrupt_images
+
+    images = (np.random.RandomState(0).rand(4, 32, 32, 3) * 255).astype(np.uint8)
+    np.random.seed(5)
+    before = np.random.get_state()[1].copy()
+    a = corrupt_images(images, "gaussian_noise", 3, seed=1)
+    assert np.array_equal(np.random.get_state()[1], before)  # the global generator is restored
+    assert np.array_equal(a, corrupt_images(images, "gaussian_noise", 3, seed=1))
+    assert not np.array_equal(a, corrupt_images(images, "gaussian_noise", 3, seed=2))
+    assert not np.array_equal(a, images) and a.dtype == np.uint8 and a.shape == images.shape
+    # per image: the same image at another position of the batch gets the seed of its index
+    assert np.array_equal(corrupt_images(images[:2], "gaussian_noise", 3, seed=1), a[:2])
+
+
+def test_broken_or_unknown_corruptions_are_refused_before_the_run(tmp_path, capsys):
+    args = tiny_args(tmp_path, zero_shot_eval=[{"dataset": "synthetic", "corruption": "gaussian_nois"}])
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(args))
+    assert main(["--config", str(path), "-q"]) == 2
+    assert "corruption 'gaussian_nois' is not one of" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "logs")
+    with pytest.raises(ConfigError, match="unknown key 'severty'; did you mean 'severity'"):
+        Config.from_dict({"zero_shot_eval": [{"dataset": "synthetic", "severty": 2}]})
+    with pytest.raises(ConfigError, match="severity.*1-5"):
+        Config.from_dict({"zero_shot_eval": [{"dataset": "synthetic", "severity": 9}]})
+
+
+def test_retention_in_results_and_report_and_zero_shot_clip_retains_exactly(tmp_path):
+    from utils.report import make_report
+
+    held_out = [{"dataset": "synthetic", "synthetic_classes": 5, "synthetic_test_per_class": 4, "name": "clean"},
+                {"dataset": "synthetic", "synthetic_classes": 5, "synthetic_test_per_class": 4,
+                 "corruption": "contrast", "severity": 3}]
+    dirs = {}
+    for model in ("mgclip", "zs_clip"):
+        args = tiny_args(tmp_path, model_name=model, zero_shot_eval=held_out)
+        (tmp_path / f"{model}.json").write_text(json.dumps(args))
+        assert main(["--config", str(tmp_path / f"{model}.json"), "-q"]) == 0
+        dirs[model] = run_dir_for(Config.from_dict(args), 1993)
+    with open(os.path.join(dirs["zs_clip"], "results.json")) as f:
+        zs = json.load(f)["zero_shot_retention"]
+    with open(os.path.join(dirs["mgclip"], "results.json")) as f:
+        mg = json.load(f)["zero_shot_retention"]
+    assert [z["name"] for z in mg] == ["clean", "synthetic contrast-3"] and mg[0]["images"] == 20
+    for a, b in zip(zs, mg):
+        assert a["model"] == a["zero_shot_clip"] and a["delta"] == 0  # zero-shot CLIP is untouched
+        assert b["zero_shot_clip"] == a["zero_shot_clip"]  # MG-CLIP with LoRA off = zero-shot CLIP
+    # and equal to a zero-shot run's own accuracy on the same images (the clean set = the
+    # synthetic test split of 5 classes, evaluated as one task)
+    args = tiny_args(tmp_path / "zs5", model_name="zs_clip", synthetic_classes=5, synthetic_test_per_class=4,
+                     init_cls=5, increment=5, class_order="default")
+    (tmp_path / "zs5.json").write_text(json.dumps(args))
+    assert main(["--config", str(tmp_path / "zs5.json"), "-q"]) == 0
+    with open(os.path.join(run_dir_for(Config.from_dict(args), 1993), "results.json")) as f:
+        assert json.load(f)["accuracy"][0] == pytest.approx(zs[0]["zero_shot_clip"])
+    written = make_report([str(tmp_path / "logs")], str(tmp_path / "report"))
+    assert len(written["retention"]) == 4 and "retention.csv" in written["files"]
+    assert "Zero-shot retention" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_retention_command_on_a_finished_run(tmp_path):
+    from utils.retention import main as retention_main
+
+    args = tiny_args(tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps(args))
+    assert main(["--config", str(tmp_path / "a.json"), "-q"]) == 0
+    run_dir = run_dir_for(Config.from_dict(args), 1993)
+    assert retention_main([run_dir, "--dataset", "synthetic", "--corruption", "defocus_blur", "--severity", "2",
+                           "--max-images", "10"]) == 0
+    with open(os.path.join(run_dir, "retention.json")) as f:
+        r = json.load(f)
+    assert r["images"] == 10 and r["name"] == "synthetic defocus_blur-2"
+    assert r["delta"] == pytest.approx(r["model"] - r["zero_shot_clip"])

@@ -1,0 +1,176 @@
+"""Zero-shot retention: after continual learning, classify held-out data zero-shot (the
+toolbox's prompt, the held-out class names) with the run's final model and with zero-shot
+CLIP, optionally on ImageNet-C corruptions generated on the fly (``imagecorruptions``).
+
+- In a run: ``zero_shot_eval: [{dataset: cifar100, corruption: gaussian_noise, severity: 3}]``
+  evaluates after the last task into ``results.json`` (``zero_shot_retention``).
+- On a finished run: ``python -m utils.retention RUN_DIR --dataset cifar100 --corruption
+  gaussian_noise --severity 3`` writes ``retention.json`` in the run directory.
+
+Each held-out spec: ``dataset`` (any dataset the toolbox loads; its test split),
+``data_path``, ``class_names``, ``corruption`` (an ImageNet-C name, none = clean),
+``severity`` (1-5, default 3), ``max_images`` (a seeded subset), ``seed`` (0), ``name``.
+Images are resized and centre-cropped as CLIP's preprocessing does, then corrupted (per
+image, with a seed derived from the spec's seed and the image's index, so the same images
+come out whatever the order), then normalised.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.config import Config, ConfigError, check_held_out_spec
+
+logger = logging.getLogger(__name__)
+
+
+def corruptions_module():
+    try:
+        from imagecorruptions import corrupt, get_corruption_names
+    except ImportError:
+        raise ConfigError("config key 'zero_shot_eval' asks for a corruption, which needs the 'imagecorruptions' "
+                          "package: pip install -e .[corruptions]") from None
+    return corrupt, get_corruption_names
+
+
+def check_corruption(name: str, severity: int) -> None:
+    """The corruption exists and runs here (some of imagecorruptions 1.1.2's fail with numpy 2
+    or recent scikit-image: refused before the run starts, with the reason)."""
+    corrupt, names = corruptions_module()
+    known = names("all")
+    if name not in known:
+        raise ConfigError(f"config key 'zero_shot_eval': corruption '{name}' is not one of {', '.join(known)}")
+    try:
+        corrupt(np.full((32, 32, 3), 128, dtype=np.uint8), corruption_name=name, severity=severity)
+    except Exception as e:
+        raise ConfigError(f"config key 'zero_shot_eval': corruption '{name}' fails in the installed "
+                          f"imagecorruptions ({type(e).__name__}: {e}); choose another") from None
+
+
+def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> the same images corrupted; image i drawn with seed
+    ``seed * 1_000_003 + i`` (numpy's global generator, which imagecorruptions uses, is
+    restored afterwards)."""
+    corrupt, _ = corruptions_module()
+    saved = np.random.get_state()
+    try:
+        out = np.empty_like(images)
+        for i, image in enumerate(images):
+            np.random.seed((seed * 1_000_003 + i) % 2**32)
+            out[i] = np.clip(np.asarray(corrupt(image, corruption_name=name, severity=severity)), 0, 255).astype(np.uint8)
+        return out
+    finally:
+        np.random.set_state(saved)
+
+
+def held_out_images(spec: Dict[str, Any], resolution: int) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """The held-out test images resized and cropped like CLIP (uint8 (N, R, R, 3)), labels,
+    class names."""
+    from utils.clip_backbone import clip_resize_crop
+    from utils.data import build_raw_data
+    from utils.data_manager import open_rgb
+
+    keys = {k: spec[k] for k in ("data_path", "class_names", "synthetic_classes", "synthetic_test_per_class",
+                                 "synthetic_image_size") if spec.get(k) is not None}
+    cfg = Config.from_dict({"dataset": spec["dataset"], "class_order": "default", **keys,
+                            "init_cls": 1, "increment": 1})
+    raw = build_raw_data(cfg)
+    idx = np.arange(len(raw.test_targets))
+    if spec.get("max_images") and spec["max_images"] < len(idx):
+        idx = np.sort(np.random.RandomState(spec.get("seed", 0)).choice(idx, spec["max_images"], replace=False))
+    resize = clip_resize_crop(resolution)
+    images = np.stack([np.asarray(resize(open_rgb(raw.test_images[i]) if raw.use_path else
+                                         Image.fromarray(raw.test_images[i]))) for i in idx])
+    return images, np.asarray(raw.test_targets)[idx], raw.class_names
+
+
+@torch.no_grad()
+def zero_shot_accuracy(views, images: np.ndarray, labels: np.ndarray, names: List[str], trained: bool,
+                       batch: int = 256) -> float:
+    """Top-1 (%) of zero-shot classification of ``images`` (uint8, CLIP-sized) among ``names``."""
+    from utils.clip_backbone import CLIP_MEAN, CLIP_STD
+
+    device = views.learner._device
+    text = views.text(names, trained)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    correct = 0
+    for i in range(0, len(labels), batch):
+        x = (torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        pred = (views.image(x.to(device), trained) @ text.t()).argmax(1).cpu().numpy()
+        correct += int((pred == labels[i:i + batch]).sum())
+    return 100.0 * correct / len(labels)
+
+
+def evaluate(learner, spec: Dict[str, Any]) -> Dict[str, Any]:
+    """One held-out spec: zero-shot CLIP's and the trained model's accuracy, and the delta."""
+    from utils.analysis import Views
+
+    views = Views(learner)
+    images, labels, names = held_out_images(spec, learner._network.input_resolution)
+    if spec.get("corruption"):
+        images = corrupt_images(images, spec["corruption"], spec.get("severity", 3), spec.get("seed", 0))
+    clip_acc = zero_shot_accuracy(views, images, labels, names, trained=False)
+    model_acc = zero_shot_accuracy(views, images, labels, names, trained=True)
+    label = spec.get("name") or spec["dataset"] + (f" {spec['corruption']}-{spec.get('severity', 3)}"
+                                                   if spec.get("corruption") else "")
+    logger.info("zero-shot retention on %s: zero-shot CLIP %.2f %%, after training %.2f %% (%+.2f)", label,
+                clip_acc, model_acc, model_acc - clip_acc)
+    return {"name": label, "spec": dict(spec), "images": int(len(labels)), "classes": len(names),
+            "zero_shot_clip": clip_acc, "model": model_acc, "delta": model_acc - clip_acc}
+
+
+def check_specs(specs: List[Dict[str, Any]]) -> None:
+    """Before a run: each spec is valid, its corruption runs here, and its data loads."""
+    from utils.data import build_raw_data
+
+    for spec in specs:
+        check_held_out_spec(spec)
+        if spec.get("corruption"):
+            check_corruption(spec["corruption"], spec.get("severity", 3))
+        keys = {k: spec[k] for k in ("data_path", "class_names", "synthetic_classes", "synthetic_test_per_class",
+                                     "synthetic_image_size") if spec.get(k) is not None}
+        build_raw_data(Config.from_dict({"dataset": spec["dataset"], **keys, "init_cls": 1, "increment": 1}))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m utils.retention", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a run directory (with config.json and checkpoint.pt)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-path", dest="data_path")
+    p.add_argument("--class-names", dest="class_names")
+    p.add_argument("--corruption")
+    p.add_argument("--severity", type=int, default=3)
+    p.add_argument("--max-images", dest="max_images", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output file (default: RUN/retention.json)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from utils.analysis import AnalysisError, load_learner
+    from utils.data import DatasetError
+    from utils.io import write_json
+
+    spec = {k: v for k, v in vars(args).items() if k not in ("run", "out") and v is not None}
+    try:
+        check_specs([spec])
+        learner, _, _ = load_learner(args.run)
+        result = evaluate(learner, spec)
+    except (AnalysisError, ConfigError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join(args.run, "retention.json")
+    write_json(out, result)
+    print(json.dumps({k: result[k] for k in ("name", "images", "zero_shot_clip", "model", "delta")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
