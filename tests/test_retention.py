@@ -88,3 +88,17 @@ def test_retention_command_on_a_finished_run(tmp_path):
         r = json.load(f)
     assert r["images"] == 10 and r["name"] == "synthetic defocus_blur-2"
     assert r["delta"] == pytest.approx(r["model"] - r["zero_shot_clip"])
+
+
+def test_held_out_folder_dataset_with_the_released_pet_name_table(tmp_path, released_cache):
+    from tests.test_data import write_jpeg_split
+    from utils.retention import held_out_images
+
+    with open(os.path.join(released_cache, "mgclip", "f40bfceae673", "dataset_reqs", "oxford_pet_classes.txt")) as f:
+        names = [line.split("\t")[-1].strip() for line in f if line.strip()]
+    write_jpeg_split(tmp_path / "pets", [f"{i:02d}" for i in range(37)], per_split=(1, 2), size=40)
+    spec = {"dataset": "folder", "data_path": str(tmp_path / "pets"),
+            "class_names": "released:mgclip/dataset_reqs/oxford_pet_classes.txt"}
+    images, labels, got = held_out_images(spec, 32, released_cache)
+    assert got == names and got[0] == "abyssinian" and images.shape == (74, 32, 32, 3)
+    assert list(labels[:4]) == [0, 0, 1, 1]

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 
 # Datasets this toolbox can build (utils/data.py); checked here so a typo fails before work.
-DATASETS = ("cifar100", "imagenet_r", "imagenet100", "cub200", "synthetic")
+DATASETS = ("cifar100", "imagenet_r", "imagenet100", "cub200", "synthetic", "folder")
 DATASET_CLASSES = {"cifar100": 100, "imagenet_r": 200, "imagenet100": 100, "cub200": 200}
 LORA_TARGETS = ("q", "k", "v", "out")
 LORA_ENCODERS = ("visual", "text")
@@ -224,7 +224,8 @@ class Config:
         for key in ("synthetic_classes", "synthetic_train_per_class", "synthetic_test_per_class"):
             need(self.__dict__[key] >= 1, key, "an integer >= 1")
         need(self.synthetic_image_size >= 8, "synthetic_image_size", "an integer >= 8 (pixels)")
-        self.validate_against_dataset(DATASET_CLASSES.get(self.dataset, self.synthetic_classes))
+        if self.dataset != "folder":  # a folder dataset's class count is known once it is read
+            self.validate_against_dataset(DATASET_CLASSES.get(self.dataset, self.synthetic_classes))
 
     def validate_against_dataset(self, num_classes: int) -> None:
         """Checks that need the dataset's class count."""

@@ -309,4 +309,7 @@ def build_raw_data(cfg) -> RawData:
                                   cfg.class_names, HOW_TO_GET["cub200"])
     if name == "imagenet100":
         return load_imagenet100(cfg.data_path, cfg.imagenet100_classes, cfg.class_names)
+    if name == "folder":  # any dataset as train/<class>/ and test/<class>/ folders (e.g. held-out Oxford Pets)
+        return load_split_folders("folder", cfg.data_path, [], "test", cfg.class_names,
+                                  "Give data_path a folder with train/<class>/ and test/<class>/ image folders.")
     raise DatasetError(f"unknown dataset '{name}' (config key 'dataset')")

@@ -34,6 +34,8 @@ SHA256: Dict[str, str] = {
     "rapf/class_orders/imagenet_R_order.yaml": "1c750f30ad6cf9e791bba60fa656dfe691a34c0b9ed39e7443dbd07ab4125b04",
     "rapf/class_orders/cub200_order.yaml": "5f6c87a4b206ccbe7d6e6df945f95807dce6b5945cab7b6266b99179e73919b2",
     "rapf/imgr_split/imgr_train_test_split.txt": "ecf0b2e74696f38d0180ab60cf632a9cb417b5522df20d57bc587911e3b59f81",
+    "mgclip/dataset_reqs/oxford_pet_classes.txt": "e859b0c64be2b4a37ea33ac5c221d32b7d271b2962d87832b43f7531e7abbdd7",
+    "mgclip/dataset_reqs/imagenet_c_classes.txt": "4c8a47123f8cf08a6da31fa8e4ca8027d35fca379c1c186e8e291d4008bbf81f",
     "proof/utils/labels.json": "d54724e52a08b225d67eda5ef3cc392f7a3be8784b1d642e619b44cc5ed921e8",
     "proof/utils/templates.json": "26854c1e3fb6456d21656197c85aa5180c268a6d75ba67c937d16529f3260152",
 }

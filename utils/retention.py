@@ -8,7 +8,8 @@ CLIP, optionally on ImageNet-C corruptions generated on the fly (``imagecorrupti
   gaussian_noise --severity 3`` writes ``retention.json`` in the run directory.
 
 Each held-out spec: ``dataset`` (any dataset the toolbox loads; its test split),
-``data_path``, ``class_names``, ``corruption`` (an ImageNet-C name, none = clean),
+``data_path``, ``class_names`` (a file, or an official table such as
+``released:mgclip/dataset_reqs/oxford_pet_classes.txt``), ``corruption`` (an ImageNet-C name, none = clean),
 ``severity`` (1-5, default 3), ``max_images`` (a seeded subset), ``seed`` (0), ``name``.
 Images are resized and centre-cropped as CLIP's preprocessing does, then corrupted (per
 image, with a seed derived from the spec's seed and the image's index, so the same images
@@ -71,18 +72,29 @@ def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int) -> n
         np.random.set_state(saved)
 
 
-def held_out_images(spec: Dict[str, Any], resolution: int) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+def held_out_config(spec: Dict[str, Any], released_cache: str) -> Config:
+    """The data config of a held-out spec; ``class_names: released:mgclip/dataset_reqs/<file>``
+    names an official name table (e.g. ``oxford_pet_classes.txt``), fetched and checked."""
+    keys = {k: spec[k] for k in ("data_path", "class_names", "synthetic_classes", "synthetic_test_per_class",
+                                 "synthetic_image_size") if spec.get(k) is not None}
+    names = keys.get("class_names", "")
+    if names.startswith("released:") and "/" in names:
+        from utils.released import fetch_released
+
+        keys["class_names"] = fetch_released(names.split(":", 1)[1], released_cache)
+    return Config.from_dict({"dataset": spec["dataset"], "class_order": "default", **keys, "init_cls": 1,
+                             "increment": 1})
+
+
+def held_out_images(spec: Dict[str, Any], resolution: int,
+                    released_cache: str = Config.released_cache) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """The held-out test images resized and cropped like CLIP (uint8 (N, R, R, 3)), labels,
     class names."""
     from utils.clip_backbone import clip_resize_crop
     from utils.data import build_raw_data
     from utils.data_manager import open_rgb
 
-    keys = {k: spec[k] for k in ("data_path", "class_names", "synthetic_classes", "synthetic_test_per_class",
-                                 "synthetic_image_size") if spec.get(k) is not None}
-    cfg = Config.from_dict({"dataset": spec["dataset"], "class_order": "default", **keys,
-                            "init_cls": 1, "increment": 1})
-    raw = build_raw_data(cfg)
+    raw = build_raw_data(held_out_config(spec, released_cache))
     idx = np.arange(len(raw.test_targets))
     if spec.get("max_images") and spec["max_images"] < len(idx):
         idx = np.sort(np.random.RandomState(spec.get("seed", 0)).choice(idx, spec["max_images"], replace=False))
@@ -115,7 +127,7 @@ def evaluate(learner, spec: Dict[str, Any]) -> Dict[str, Any]:
     from utils.analysis import Views
 
     views = Views(learner)
-    images, labels, names = held_out_images(spec, learner._network.input_resolution)
+    images, labels, names = held_out_images(spec, learner._network.input_resolution, learner.cfg.released_cache)
     if spec.get("corruption"):
         images = corrupt_images(images, spec["corruption"], spec.get("severity", 3), spec.get("seed", 0))
     clip_acc = zero_shot_accuracy(views, images, labels, names, trained=False)
@@ -128,7 +140,7 @@ def evaluate(learner, spec: Dict[str, Any]) -> Dict[str, Any]:
             "zero_shot_clip": clip_acc, "model": model_acc, "delta": model_acc - clip_acc}
 
 
-def check_specs(specs: List[Dict[str, Any]]) -> None:
+def check_specs(specs: List[Dict[str, Any]], released_cache: str = Config.released_cache) -> None:
     """Before a run: each spec is valid, its corruption runs here, and its data loads."""
     from utils.data import build_raw_data
 
@@ -136,9 +148,7 @@ def check_specs(specs: List[Dict[str, Any]]) -> None:
         check_held_out_spec(spec)
         if spec.get("corruption"):
             check_corruption(spec["corruption"], spec.get("severity", 3))
-        keys = {k: spec[k] for k in ("data_path", "class_names", "synthetic_classes", "synthetic_test_per_class",
-                                     "synthetic_image_size") if spec.get(k) is not None}
-        build_raw_data(Config.from_dict({"dataset": spec["dataset"], **keys, "init_cls": 1, "increment": 1}))
+        build_raw_data(held_out_config(spec, released_cache))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -157,13 +167,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     from utils.analysis import AnalysisError, load_learner
     from utils.data import DatasetError
     from utils.io import write_json
+    from utils.released import ReleasedFileError
 
     spec = {k: v for k, v in vars(args).items() if k not in ("run", "out") and v is not None}
     try:
-        check_specs([spec])
         learner, _, _ = load_learner(args.run)
+        check_specs([spec], learner.cfg.released_cache)
         result = evaluate(learner, spec)
-    except (AnalysisError, ConfigError, DatasetError) as e:
+    except (AnalysisError, ConfigError, DatasetError, ReleasedFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(args.run, "retention.json")

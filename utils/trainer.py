@@ -122,7 +122,7 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) 
     if cfg.zero_shot_eval:
         from utils.retention import check_specs
 
-        check_specs(cfg.zero_shot_eval)  # held-out data loads, corruptions run here
+        check_specs(cfg.zero_shot_eval, cfg.released_cache)  # held-out data loads, corruptions run here
     if state is not None:
         _check_same_data(state, dm, os.path.join(run_dir, CHECKPOINT))
     return _Prepared(cfg, seed, run_dir, resolved, dm, learner, resume)
