@@ -90,3 +90,18 @@ def test_analysis_errors_name_the_folder(tmp_path, capsys):
 
     assert analysis_main([str(tmp_path / "nope")]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_one_command_gives_analysis_and_retention(tmp_path):
+    pytest.importorskip("imagecorruptions", reason="pip install -e .[corruptions] (CI installs it)")
+    from utils.analysis import main as analysis_main
+
+    run_dir = run(tmp_path, "mgclip")
+    out = tmp_path / "both"
+    assert analysis_main([run_dir, "--out", str(out), "--per-class", "2",
+                          "--held-out", "{dataset: synthetic, synthetic_classes: 4, corruption: contrast}"]) == 0
+    with open(out / "analysis.json") as f:
+        r = json.load(f)
+    (z,) = r["zero_shot_retention"]
+    assert z["name"] == "synthetic contrast-3" and z["delta"] == pytest.approx(z["model"] - z["zero_shot_clip"])
+    assert "zero-shot accuracy on synthetic contrast-3" in (out / "analysis.csv").read_text()

@@ -9,6 +9,8 @@ classes' test images, for zero-shot CLIP and for the trained model:
   one, and of their union: ranks and principal angles;
 - a 2-D picture of image and text features before and after training (UMAP where
   ``umap-learn`` is installed, PCA otherwise; needs matplotlib).
+With ``--held-out SPEC`` (repeatable) it also measures zero-shot retention on held-out,
+optionally corrupted data (``utils.retention``), so one command gives both.
 Writes ``analysis.json`` (every number), ``analysis.md`` and ``analysis.csv`` (the tables)
 and ``features_2d.png``. What a method lacks (e.g. RAPF and zero-shot CLIP have no visual
 classifier) is skipped with a line saying so.
@@ -122,8 +124,15 @@ def sample_images(dm, classes: int, per_class: int, seed: int, resolution: int) 
 
 
 # ----------------------------------------------------------------------------- the analysis
-def analyse(run_dir: str, per_class: int = 20, seed: int = 0, energy: float = 0.95) -> Dict[str, Any]:
+def analyse(run_dir: str, per_class: int = 20, seed: int = 0, energy: float = 0.95,
+            held_out: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """The measures of the module doc; with ``held_out`` specs (see ``utils.retention``)
+    also the zero-shot retention on each."""
     learner, dm, cfg = load_learner(run_dir)
+    if held_out:
+        from utils.retention import check_specs
+
+        check_specs(held_out, cfg.released_cache)
     views = Views(learner)
     classes = learner._known_classes
     names = learner._names[:classes]
@@ -149,6 +158,10 @@ def analyse(run_dir: str, per_class: int = 20, seed: int = 0, energy: float = 0.
         out["trained"]["text_vs_visual"] = subspace_report(text_basis, span_basis(visual.t().cpu()))
     if views.kind == "frozen":
         out["skipped"].append("zero-shot CLIP is not trained: 'trained' repeats 'zero_shot'")
+    if held_out:
+        from utils.retention import evaluate
+
+        out["zero_shot_retention"] = [evaluate(learner, spec) for spec in held_out]
     out["_features"] = feats
     out["_labels"] = y
     return out
@@ -181,6 +194,12 @@ def tables(result: Dict[str, Any]) -> Tuple[str, str]:
           f"({result['per_class']} per class, seed {result['seed']})", "",
           "| measure | zero-shot CLIP | trained |", "|---|---|---|"]
     md += [f"| {label} | {fmt(a)} | {fmt(b)} |" for label, a, b in rows]
+    if result.get("zero_shot_retention"):
+        md += ["", "| held-out (zero-shot) | images | zero-shot CLIP | trained | delta |", "|---|---|---|---|---|"]
+        md += [f"| {z['name']} | {z['images']} | {z['zero_shot_clip']:.2f} | {z['model']:.2f} | {z['delta']:+.2f} |"
+               for z in result["zero_shot_retention"]]
+        rows += [(f"zero-shot accuracy on {z['name']}", z["zero_shot_clip"], z["model"])
+                 for z in result["zero_shot_retention"]]
     md += [""] + [f"- skipped: {s}" for s in result["skipped"]]
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -233,13 +252,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--per-class", type=int, default=20, help="test images per seen class (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset (default 0)")
     p.add_argument("--energy", type=float, default=0.95, help="energy share of the image basis (default 0.95)")
+    p.add_argument("--held-out", dest="held_out", action="append", default=[], metavar="SPEC",
+                   help="also zero-shot retention on a held-out set, a YAML mapping such as "
+                        "'{dataset: cifar100, corruption: gaussian_noise, severity: 3}' (repeatable)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from utils.config import ConfigError
     from utils.data import DatasetError
 
+    import yaml
+
     try:
-        result = analyse(args.run, args.per_class, args.seed, args.energy)
+        specs = [yaml.safe_load(text) for text in args.held_out]
+        if not all(isinstance(spec, dict) for spec in specs):
+            raise ConfigError("--held-out takes a YAML mapping, e.g. '{dataset: cifar100, corruption: contrast}'")
+        result = analyse(args.run, args.per_class, args.seed, args.energy, specs)
+    except yaml.YAMLError as e:
+        print(f"error: --held-out is not a YAML mapping ({e})", file=sys.stderr)
+        return 2
     except (AnalysisError, DatasetError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
