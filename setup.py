@@ -27,6 +27,7 @@ setup(
         "test": ["pytest>=7"],
         "plots": ["matplotlib"],
         "corruptions": ["imagecorruptions>=1.1.2"],
+        "openclip": ["open_clip_torch>=2.20"],
     },
     entry_points={"console_scripts": ["mgclip-run=main:main"]},
 )

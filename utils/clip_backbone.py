@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import math
 import os
@@ -99,11 +100,12 @@ class SDPAttention(nn.Module):
     Input and output layout is CLIP's (L, N, D).
     """
 
-    def __init__(self, mha: nn.MultiheadAttention, causal: bool):
+    def __init__(self, mha: nn.MultiheadAttention, causal: bool, batch_first: bool = False):
         super().__init__()
         d = mha.embed_dim
         self.num_heads = mha.num_heads
         self.causal = causal
+        self.batch_first = batch_first  # OpenCLIP's transformers are batch-first (N, L, D)
         # skip_init: the weights are copied below, so draw no random numbers for them.
         self.q_proj, self.k_proj, self.v_proj = (nn.utils.skip_init(nn.Linear, d, d) for _ in range(3))
         w_q, w_k, w_v = mha.in_proj_weight.detach().chunk(3, dim=0)
@@ -117,7 +119,7 @@ class SDPAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key=None, value=None, need_weights: bool = False, attn_mask=None):
         # CLIP calls attn(x, x, x, need_weights=False, attn_mask=mask): self-attention only.
-        x = query
+        x = query.transpose(0, 1) if self.batch_first else query
         L, N, D = x.shape
         H = self.num_heads
 
@@ -126,31 +128,41 @@ class SDPAttention(nn.Module):
 
         out = F.scaled_dot_product_attention(
             split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), is_causal=self.causal)
-        out = out.permute(2, 0, 1, 3).reshape(L, N, D)
-        return self.out_proj(out), None
+        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(L, N, D))
+        return (out.transpose(0, 1) if self.batch_first else out), None
 
 
 def _swap_attention(transformer: nn.Module, causal: bool) -> None:
+    batch_first = bool(getattr(transformer, "batch_first", False))
     for block in transformer.resblocks:
-        block.attn = SDPAttention(block.attn, causal=causal)
+        block.attn = SDPAttention(block.attn, causal=causal, batch_first=batch_first)
         block.attn_mask = None  # causality is carried by SDPAttention.causal
 
 
 # ----------------------------------------------------------------------------- backbone
 class ClipBackbone(nn.Module):
-    """CLIP image and text encoders (fp32 weights) with SDPA attention and text trimming."""
+    """CLIP image and text encoders (fp32 weights) with SDPA attention and text trimming:
+    OpenAI's (the ``clip`` package) or OpenCLIP's (``open_clip``, batch-first transformers,
+    its own tokenizer); the same interface and module names either way, so LoRA and every
+    learner run on both."""
 
-    def __init__(self, clip_model: nn.Module):
+    def __init__(self, clip_model: nn.Module, tokenizer=None):
         super().__init__()
         clip_model = clip_model.float()
         _swap_attention(clip_model.visual.transformer, causal=False)
         _swap_attention(clip_model.transformer, causal=True)
         self.model = clip_model
         self.context_length = clip_model.context_length
+        self.batch_first = bool(getattr(clip_model.transformer, "batch_first", False))
+        self._tokenizer = tokenizer  # None: the clip package's
 
     @property
     def input_resolution(self) -> int:
-        return self.model.visual.input_resolution
+        visual = self.model.visual
+        if hasattr(visual, "input_resolution"):
+            return visual.input_resolution
+        size = visual.image_size  # OpenCLIP: an int or (H, W)
+        return size[0] if isinstance(size, (tuple, list)) else int(size)
 
     @property
     def embed_dim(self) -> int:
@@ -162,8 +174,11 @@ class ClipBackbone(nn.Module):
 
     def tokenize(self, texts: Sequence[str], trim: bool = True) -> torch.Tensor:
         """(n_texts, L) token ids; with ``trim`` L is the longest prompt's end-of-text + 1."""
-        clip = import_clip()
-        tokens = clip.tokenize(list(texts), context_length=self.context_length, truncate=True)
+        if self._tokenizer is not None:
+            tokens = self._tokenizer(list(texts)).long()
+        else:
+            clip = import_clip()
+            tokens = clip.tokenize(list(texts), context_length=self.context_length, truncate=True)
         if trim:
             tokens = tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
         return tokens
@@ -180,10 +195,10 @@ class ClipBackbone(nn.Module):
         m = self.model
         L = tokens.shape[1]
         x = m.token_embedding(tokens) + m.positional_embedding[:L]
-        x = m.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+        x = m.transformer(x) if self.batch_first else m.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
         x = m.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
-        return x @ m.text_projection
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # the end-of-text token
+        return m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
 
 
 # ----------------------------------------------------------------------------- loading
@@ -238,8 +253,62 @@ def _load_checkpoint(path: str) -> nn.Module:
         raise BackboneError(f"CLIP checkpoint {path} does not hold CLIP weights ({e})") from None
 
 
+OPENCLIP = "openclip:"
+TINY_OPENCLIP = dict(embed_dim=16, vision=dict(image_size=32, layers=2, width=64, patch_size=8, head_width=32),
+                     text=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+
+
+def import_open_clip():
+    try:
+        import open_clip
+    except ImportError:
+        raise BackboneError("config key 'backbone' names an OpenCLIP model, which needs the 'open_clip_torch' "
+                            "package: pip install -e .[openclip]") from None
+    return open_clip
+
+
+def load_openclip(spec: str, cache_dir: str) -> ClipBackbone:
+    """``openclip:MODEL/PRETRAINED`` (e.g. ``openclip:ViT-B-16/laion400m_e32``; OpenCLIP
+    downloads the weights into ``cache_dir`` and checks the checksum its release names,
+    where it names one) or ``openclip:tiny-random`` (a fixed-seed tiny model for tests)."""
+    open_clip = import_open_clip()
+    body = spec[len(OPENCLIP):]
+    if body == "tiny-random":
+        from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = CLIP(TINY_OPENCLIP["embed_dim"], CLIPVisionCfg(**TINY_OPENCLIP["vision"]),
+                         CLIPTextCfg(**TINY_OPENCLIP["text"]))
+        model.logit_scale.data.fill_(math.log(100.0))
+        return ClipBackbone(model, tokenizer=open_clip.get_tokenizer("ViT-B-16"))
+    name, _, tag = body.partition("/")
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        raise BackboneError(f"config key 'backbone' = {spec!r}: OpenCLIP has no model '{name}'"
+                            + (f"; did you mean {', '.join(close)}?" if close else ""))
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag not in tags:
+        raise BackboneError(f"config key 'backbone' = {spec!r}: give the pretrained weights as "
+                            f"openclip:{name}/<tag>, tag one of {', '.join(tags)}")
+    cache_dir = os.path.expanduser(cache_dir)
+    try:
+        model = open_clip.create_model(name, pretrained=tag, cache_dir=cache_dir)
+    except Exception as e:
+        cfg = open_clip.get_pretrained_cfg(name, tag)
+        source = cfg.get("url") or f"the Hugging Face hub ({cfg.get('hf_hub')})"
+        raise BackboneError(f"OpenCLIP weights {name}/{tag} are not in {cache_dir} and could not be downloaded "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Fetch them from "
+                            f"{source} on a machine with internet into that folder (config key 'clip_cache'), "
+                            f"or set 'backbone' to a local checkpoint.") from None
+    return ClipBackbone(model, tokenizer=open_clip.get_tokenizer(name))
+
+
 def load_clip(name: str, cache_dir: str = "~/.cache/clip") -> ClipBackbone:
-    """Build a ``ClipBackbone`` (fp32, on CPU) from a model name or checkpoint path."""
+    """Build a ``ClipBackbone`` (fp32, on CPU) from a model name or checkpoint path (OpenAI
+    CLIP), or ``openclip:MODEL/PRETRAINED`` (OpenCLIP)."""
+    if name.startswith(OPENCLIP):
+        return load_openclip(name, cache_dir)
     clip = import_clip()
     if name in RANDOM_MODELS:
         model = _random_clip(RANDOM_MODELS[name])
