@@ -337,6 +337,7 @@ _KINDS = {f.name: f.type for f in fields(Config)}
 # Methods with options of their own: a dataclass in the method's file whose defaults are the
 # official values (MG-CLIP's options predate this and are fields of Config above).
 OPTIONS = {
+    "proof": "models.proof:PROOFOptions",
     "rapf": "models.rapf:RAPFOptions",
 }
 

@@ -10,6 +10,7 @@ from utils.config import OPTIONS, ConfigError, method_options, option_owner  # n
 
 LEARNERS = {
     "mgclip": "models.mgclip:MGCLIP",
+    "proof": "models.proof:PROOF",
     "rapf": "models.rapf:RAPF",
     "zs_clip": "models.zs_clip:ZSCLIP",
 }

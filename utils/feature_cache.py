@@ -7,7 +7,7 @@ for the statistics and one per evaluation)."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,8 +20,10 @@ class FeatureCache:
     the features of every image of ``source`` ("train"/"test") whose label is in
     ``classes``, in dataset order. ``encode(images) -> (N, d)`` is called once per image."""
 
-    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], resolution: int, cfg, device: torch.device):
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], resolution: int, cfg, device: torch.device,
+                 transform: Optional[Callable] = None):
         self.encode, self.resolution, self.cfg, self.device = encode, resolution, cfg, device
+        self.transform = transform  # a PIL transform of the method's own (e.g. PROOF's squash resize)
         self._store: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.seconds = 0.0
         self.images_encoded = 0
@@ -30,7 +32,12 @@ class FeatureCache:
     def _all(self, dm, source: str) -> Tuple[torch.Tensor, torch.Tensor]:
         if source not in self._store:
             start = time.perf_counter()
-            data = task_data(dm, range(dm.get_total_classnum()), source, self.resolution, self.cfg, self.device)
+            classes = range(dm.get_total_classnum())
+            if self.transform is None:
+                data = task_data(dm, classes, source, self.resolution, self.cfg, self.device)
+            else:
+                data = (dm.get_dataset(classes, source=source, mode="test", transform=self.transform),
+                        lambda x: x.to(self.device, non_blocking=True))
             loader = make_loader(data, self.cfg.eval_batch_size, False, self.cfg.num_workers, self.device)
             feats, labels = [], []
             for _, x, y in progress(loader, f"{source} features"):
@@ -40,6 +47,10 @@ class FeatureCache:
             self.images_encoded += len(self._store[source][1])
             self.seconds += time.perf_counter() - start
         return self._store[source]
+
+    def all(self, dm, source: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Every image's features and labels of ``source``, in dataset order (stable indices)."""
+        return self._all(dm, source)
 
     def get(self, dm, source: str, classes: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         feats, labels = self._all(dm, source)

@@ -65,7 +65,7 @@ RAPF_FILES: Dict[str, Dict[str, str]] = {
 }
 
 TABLES = {"mgclip": MGCLIP_FILES, "rapf": RAPF_FILES}
-METHOD_RELEASE = {"mgclip": "mgclip", "rapf": "rapf", "zs_clip": "mgclip"}  # zero-shot CLIP: MG-CLIP's files
+METHOD_RELEASE = {"mgclip": "mgclip", "rapf": "rapf", "zs_clip": "mgclip", "proof": "mgclip"}  # zero-shot CLIP: MG-CLIP's files
 
 
 def release_of(value: str, model_name: str) -> Optional[str]:
