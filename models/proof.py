@@ -59,11 +59,29 @@ class PROOFOptions:
     def validate(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"config key 'optimizer' = {self.optimizer!r} is not allowed: 'sgd' or 'adam'")
-        if not self.templates or not all("{}" in t for t in self.templates):
-            raise ConfigError("config key 'templates' must be a non-empty list of prompts with one '{}' each")
+        if self.templates != ["released"] and (not self.templates or not all("{}" in t for t in self.templates)):
+            raise ConfigError("config key 'templates' must be 'released' (PROOF's templates.json for the dataset) "
+                              "or a non-empty list of prompts with one '{}' each")
         for key in ("context_prompts", "proof_memory_size", "memory_per_class"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"config key '{key}' = {getattr(self, key)} is not allowed: an integer >= 0")
+
+
+PROOF_DATASET_KEYS = {"cifar100": "cifar224", "imagenet_r": "imagenetr", "cub200": "cub"}
+
+
+def released_templates(dataset: str, cache: str) -> List[str]:
+    """PROOF's prompt templates for ``dataset`` from its released ``utils/templates.json``
+    (fetched at the pinned commit, SHA-256 checked): the first trains, all are averaged at test."""
+    import json
+
+    from utils.released import fetch_released
+
+    if dataset not in PROOF_DATASET_KEYS:
+        raise ConfigError(f"config key 'templates' = 'released': PROOF's templates.json has no entry for dataset "
+                          f"'{dataset}' (it has {', '.join(PROOF_DATASET_KEYS)}); give a list of templates")
+    with open(fetch_released("proof/utils/templates.json", cache), encoding="utf-8") as f:
+        return list(json.load(f)[PROOF_DATASET_KEYS[dataset]])
 
 
 class FusionBlock(nn.Module):
@@ -140,6 +158,8 @@ class PROOF(BaseLearner):
         self._task_ranges = []
         self.cfg, self._device = read_args(args)
         self.opts = PROOFOptions(**self.cfg.options) if self.cfg.options else PROOFOptions()
+        if self.opts.templates == ["released"]:
+            self.opts.templates = released_templates(str(args.get("dataset", "")), self.cfg.released_cache)
         self.epochs = (5 if args.get("dataset") == "cifar100" else 10) if self.cfg.epochs == "auto" else \
             int(self.cfg.epochs)
         self._network = build_backbone(self.cfg, self._device, with_lora=False).eval()

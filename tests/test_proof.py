@@ -223,3 +223,47 @@ def test_proof_and_mgclip_on_the_tiny_openclip_model_side_by_side(tmp_path):
     assert sorted(r["method"] for r in rows) == ["mgclip", "proof", "rapf", "zs_clip"]
     with open(os.path.join(logdir, "proof", "synthetic", "4", "4", "compare_1993", "config.json")) as f:
         assert json.load(f)["backbone"] == "openclip:tiny-random"
+
+
+# ----------------------------------------------------------------------------- official configs
+def official_proof(name):
+    from tests.conftest import SHARED_RELEASED
+
+    path = os.path.join(SHARED_RELEASED, "proof", "exps", name)
+    if not os.path.isfile(path):
+        pytest.skip(f"needs {path} (../shared, absent outside the project)")
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("official, ours, logged", [
+    ("cifar.json", "proof_cifar.json", {}),
+    ("img.json", "proof_imagenet_r.json", {"fixed_memory": True}),  # the log ran with fixed memory
+    ("cub.json", "proof_cub.json", {}),
+])
+def test_proof_configs_equal_the_official_ones_key_by_key(official, ours, logged):
+    from tests.conftest import ROOT
+
+    o = {**official_proof(official), **logged}
+    cfg = Config.from_dict(json.load(open(os.path.join(ROOT, "exps", ours))))
+    opts = cfg.options
+    names = {"cifar224": "cifar100", "imagenetr": "imagenet_r", "cub": "cub200"}
+    assert (cfg.dataset, cfg.init_cls, cfg.increment, cfg.seed) == (names[o["dataset"]], o["init_cls"], o["increment"],
+                                                                     o["seed"][0])
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.eval_batch_size) == (o["tuned_epoch"], o["init_lr"], o["batch_size"],
+                                                                         o["batch_size"])
+    assert (opts["weight_decay"], opts["optimizer"], opts["proof_memory_size"], opts["fixed_memory"],
+            opts["memory_per_class"]) == (o["weight_decay"], o["optimizer"], o["memory_size"], o["fixed_memory"],
+                                          o["memory_per_class"])
+    assert o["convnet_type"] == "clip" and cfg.backbone == "openclip:ViT-B-16/laion400m_e32"  # LAION-400M
+    assert cfg.class_order == "shuffle" and opts["templates"] == ["released"] and opts["squash_resize"]
+    assert o["min_lr"] == 0 and o["projection_type"] == "pure_mlp"
+
+
+def test_released_templates_are_prooFs_own(released_cache):
+    from models.proof import released_templates
+
+    assert released_templates("cub200", released_cache) == ["a photo of a {}, a type of bird."]
+    cifar = released_templates("cifar100", released_cache)
+    assert len(cifar) == 18 and all("{}" in t for t in cifar)
+    assert released_templates("imagenet_r", released_cache)[0] == "itap of a {}."
