@@ -9,7 +9,7 @@
 #   compile     the same fast path with torch.compile
 #   cifar       end to end, CIFAR-100 B0 Inc10 stand-in (reference: first 3 tasks)
 #   imagenet_r  end to end, ImageNet-R-shaped JPEG folders (reference: first 3 tasks)
-#   rapf        RAPF end to end, CIFAR-100 stand-in, ours vs the official cost structure (reference: first 2 tasks)
+#   rapf, proof RAPF / PROOF end to end, CIFAR-100 stand-in, ours vs the official cost structure (reference: first 2 tasks)
 # Extra options for end_to_end.py go in E2E_ARGS (e.g. E2E_ARGS="--reference-tasks 0").
 # Each stage's JSON and log land in $OUT (benchmarks/results/ when OUT is unset).
 set -uo pipefail
@@ -30,10 +30,10 @@ for stage in "${stages[@]}"; do
     tests)      python3 -m pytest -q tests -p no:cacheprovider 2>&1 | tee "$OUT_DIR/tests.log" | tail -15 ;;
     throughput) python3 benchmarks/throughput.py --profile --out "$OUT_DIR/throughput.json" ;;
     compile)    python3 benchmarks/throughput.py --compile --no-reference --out "$OUT_DIR/throughput_compiled.json" ;;
-    rapf)       python3 benchmarks/rapf_end_to_end.py --out "$OUT_DIR/rapf_end_to_end.json" ;;
+    rapf|proof) python3 benchmarks/methods_end_to_end.py --method "$stage" --out "$OUT_DIR/${stage}_end_to_end.json" ;;
     cifar|imagenet_r)
                 python3 benchmarks/end_to_end.py --workloads "$stage" ${E2E_ARGS:-} --out "$OUT_DIR/end_to_end_$stage.json" ;;
-    *)          echo "unknown stage '$stage' (tests, throughput, compile, cifar, imagenet_r, rapf)"; exit 2 ;;
+    *)          echo "unknown stage '$stage' (tests, throughput, compile, cifar, imagenet_r, rapf, proof)"; exit 2 ;;
   esac
   rc=$?
   [ $rc -ne 0 ] && { echo "stage $stage failed (exit $rc)"; status=$rc; }

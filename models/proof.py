@@ -21,14 +21,14 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models.base import BaseLearner
-from utils.clip_ops import begin_task, build_backbone, eval_result, read_args, text_features
+from utils.clip_ops import begin_task, build_backbone, eval_result, read_args
 from utils.config import ConfigError
 from utils.errors import checked_step
 from utils.feature_cache import FeatureCache
@@ -210,6 +210,7 @@ class PROOF(BaseLearner):
         if self.memory:
             rows = torch.cat([rows, torch.tensor([i for idx in self.memory.values() for i in idx],
                                                  dtype=torch.long, device=rows.device)])
+        self._train_rows = rows  # indices into the cached training features (new classes + exemplars)
         start = time.perf_counter()
         self._train(feats[rows], labels[rows])
         self.timings["train"] += time.perf_counter() - start

@@ -3,6 +3,8 @@ Their figures are measured on a GPU, not asserted here."""
 import json
 import os
 
+import pytest
+
 from benchmarks import end_to_end, throughput
 
 
@@ -58,11 +60,12 @@ def test_jpeg_folders_are_the_same_written_in_parallel(tmp_path):
             assert x.read() == y.read(), f
 
 
-def test_rapf_end_to_end_smoke(tmp_path, capsys):
-    from benchmarks import rapf_end_to_end
+@pytest.mark.parametrize("method", ["rapf", "proof"])
+def test_methods_end_to_end_smoke(tmp_path, capsys, method):
+    from benchmarks import methods_end_to_end
 
-    out = tmp_path / "rapf.json"
-    assert rapf_end_to_end.main(["--smoke", "--reference-tasks", "2", "--out", str(out)]) == 0
+    out = tmp_path / f"{method}.json"
+    assert methods_end_to_end.main(["--smoke", "--method", method, "--reference-tasks", "2", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     ours, ref = data["paths"]["ours"], data["paths"]["reference"]
     assert len(ours["accuracy"]) == 4 and len(ref["accuracy"]) == 2  # the reference stops after 2 tasks

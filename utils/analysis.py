@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import csv
 import io
-import json
 import logging
 import os
 import sys

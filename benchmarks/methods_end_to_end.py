@@ -1,7 +1,11 @@
-"""Whole RAPF runs, ours vs the official code's cost structure, in one process.
+"""Whole RAPF (or PROOF) runs, ours vs the official code's cost structure, in one process.
 
-    python benchmarks/rapf_end_to_end.py            # CIFAR-100 B0 Inc10 stand-in, ViT-B/16 shapes, GPU
-    python benchmarks/rapf_end_to_end.py --smoke    # tiny CLIP, tiny data, CPU (for tests)
+    python benchmarks/methods_end_to_end.py                   # RAPF, CIFAR-100 B0 Inc10 stand-in, ViT-B/16 shapes, GPU
+    python benchmarks/methods_end_to_end.py --method proof    # PROOF, its official CIFAR-100 values
+    python benchmarks/methods_end_to_end.py --smoke           # tiny CLIP, tiny data, CPU (for tests)
+
+PROOF: ours = ``models.proof.PROOF`` (features once per image, prompts once per task, no
+unreported evaluations); reference = ``benchmarks.proof_reference.ReferencePROOF``.
 
 Workload: CIFAR-100 B0 Inc10 at full size on a synthetic stand-in (50,000 train / 10,000
 test 32x32 images, 100 classes, in memory; random weights, so accuracies only show that
@@ -25,7 +29,9 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.proof_reference import ReferencePROOF  # noqa: E402
 from benchmarks.rapf_reference import ReferenceRAPF  # noqa: E402
+from models.proof import PROOF  # noqa: E402
 from models.rapf import RAPF  # noqa: E402
 from utils import factory  # noqa: E402
 from utils.config import OPTIONS, Config  # noqa: E402
@@ -57,12 +63,21 @@ class BenchReferenceRAPF(_Limited, ReferenceRAPF):
     pass
 
 
+class BenchPROOF(_Limited, PROOF):
+    pass
+
+
+class BenchReferencePROOF(_Limited, ReferencePROOF):
+    pass
+
+
 @contextlib.contextmanager
-def registered():
-    """The two benchmark learners in the factory (and with RAPF's options) while measuring."""
-    names = {"bench_rapf": f"{__name__}:BenchRAPF", "bench_rapf_reference": f"{__name__}:BenchReferenceRAPF"}
+def registered(method: str = "rapf"):
+    """The two benchmark learners of ``method`` in the factory (with its options) while measuring."""
+    cls = {"rapf": ("BenchRAPF", "BenchReferenceRAPF"), "proof": ("BenchPROOF", "BenchReferencePROOF")}[method]
+    names = {f"bench_{method}": f"{__name__}:{cls[0]}", f"bench_{method}_reference": f"{__name__}:{cls[1]}"}
     factory.LEARNERS.update(names)
-    OPTIONS.update({n: OPTIONS["rapf"] for n in names})
+    OPTIONS.update({n: OPTIONS[method] for n in names})
     try:
         yield
     finally:
@@ -73,6 +88,15 @@ def registered():
 
 def config(args, model: str) -> Dict[str, Any]:
     smoke = args.smoke
+    if model.startswith("bench_proof"):
+        return {"model_name": model, "dataset": "synthetic", "synthetic_classes": 8 if smoke else 100,
+                "synthetic_train_per_class": 6 if smoke else 500, "synthetic_test_per_class": 3 if smoke else 100,
+                "synthetic_image_size": 32, "init_cls": 2 if smoke else 10, "increment": 2 if smoke else 10,
+                "backbone": "tiny-random" if smoke else args.backbone, "device": "cpu" if smoke else args.device,
+                "seed": 1993, "epochs": 2 if smoke else 5, "lr": 1e-3, "batch_size": 4 if smoke else 64,
+                "eval_batch_size": 16 if smoke else (512 if model == "bench_proof" else 64),
+                "proof_memory_size": 8 if smoke else 2000, "templates": ["a photo of a {}.", "a sketch of a {}."],
+                "num_workers": 0 if smoke else args.workers, "prefix": model, "track_gap": False}
     return {"model_name": model, "dataset": "synthetic", "synthetic_classes": 8 if smoke else 100,
             "synthetic_train_per_class": 6 if smoke else 500, "synthetic_test_per_class": 3 if smoke else 100,
             "synthetic_image_size": 32, "init_cls": 2 if smoke else 10, "increment": 2 if smoke else 10,
@@ -105,13 +129,15 @@ def run_path(cfg_dict: Dict[str, Any], logdir: str, max_tasks: Optional[int]) ->
 
 def main(argv: List[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", default="rapf", choices=["rapf", "proof"])
     p.add_argument("--backbone", default="vit-b16-random")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--reference-tasks", type=int, default=2, help="tasks the reference runs (0: all)")
     p.add_argument("--smoke", action="store_true", help="tiny CLIP and data on the CPU (for tests)")
-    p.add_argument("--out", default="benchmarks/results/rapf_end_to_end.json")
+    p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/<method>_end_to_end.json)")
     args = p.parse_args(argv)
+    args.out = args.out or f"benchmarks/results/{args.method}_end_to_end.json"
     import logging
 
     import torch
@@ -119,18 +145,19 @@ def main(argv: List[str] = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     out: Dict[str, Any] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke
                            else "cpu", "torch": torch.__version__, "args": vars(args), "paths": {}}
-    with tempfile.TemporaryDirectory() as logdir, registered():
+    m = args.method
+    with tempfile.TemporaryDirectory() as logdir, registered(m):
         # warm-up (CUDA context, library handles, lazy imports) so the first measured path pays none of it
-        warm = config(argparse.Namespace(**{**vars(args), "smoke": True}), "bench_rapf")
+        warm = config(argparse.Namespace(**{**vars(args), "smoke": True}), f"bench_{m}")
         run_path({**warm, "device": "cpu" if args.smoke else args.device}, os.path.join(logdir, "warm-up"), None)
-        for path, model in (("ours", "bench_rapf"), ("reference", "bench_rapf_reference")):
+        for path, model in (("ours", f"bench_{m}"), ("reference", f"bench_{m}_reference")):
             limit = args.reference_tasks if path == "reference" and args.reference_tasks > 0 else None
             out["paths"][path] = run_path(config(args, model), os.path.join(logdir, path), limit)
             write_json(args.out, out)
     ours, ref = out["paths"]["ours"], out["paths"]["reference"]
     k = len(ref["task_end_s"])
     at = ours["task_end_s"][k - 1] if k else ours["wall_s"]
-    print(f"| RAPF, CIFAR-100 stand-in | ours s | reference s | speed-up |\n|---|---|---|---|\n"
+    print(f"| {m.upper()}, CIFAR-100 stand-in | ours s | reference s | speed-up |\n|---|---|---|---|\n"
           f"| first {k} task(s) | {at:.1f} | {ref['task_end_s'][-1] if k else ref['wall_s']:.1f} | "
           f"{(ref['task_end_s'][-1] / at if k and at > 0 else float('nan')):.1f}x |\n"
           f"| all tasks (ours) | {ours['wall_s']:.1f} | - | - |")
@@ -139,6 +166,6 @@ def main(argv: List[str] = None) -> int:
 
 
 if __name__ == "__main__":
-    from benchmarks import rapf_end_to_end
+    from benchmarks import methods_end_to_end
 
-    sys.exit(rapf_end_to_end.main())
+    sys.exit(methods_end_to_end.main())
