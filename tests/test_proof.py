@@ -267,3 +267,19 @@ def test_released_templates_are_prooFs_own(released_cache):
     cifar = released_templates("cifar100", released_cache)
     assert len(cifar) == 18 and all("{}" in t for t in cifar)
     assert released_templates("imagenet_r", released_cache)[0] == "itap of a {}."
+
+
+def test_p10_each_image_is_encoded_once_and_no_unreported_evaluation_runs(tmp_path, monkeypatch):
+    """The official code's logging-only evaluations (every epoch, NME, zero-shot over all
+    classes) change nothing; here each image goes through the frozen encoder exactly once."""
+    from utils.clip_backbone import ClipBackbone
+
+    seen = []
+    real = ClipBackbone.encode_image
+    monkeypatch.setattr(ClipBackbone, "encode_image", lambda self, x: seen.append(len(x)) or real(self, x))
+    learner, dm = make(tmp_path, epochs=3)  # 6 classes x (8 train + 4 test) images, 3 tasks
+    for _ in range(3):
+        learner.incremental_train(dm)
+        learner.eval_task()
+        learner.after_task()
+    assert sum(seen) == 6 * 8 + 6 * 4
