@@ -28,12 +28,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.base import BaseLearner
-from utils.clip_ops import begin_task, build_backbone, eval_result, read_args
+from utils.clip_ops import begin_task, build_backbone, read_args, scores_result
 from utils.config import ConfigError
 from utils.errors import checked_step
 from utils.feature_cache import FeatureCache
 from utils.herding import per_class_budget, update_herding_memory
-from utils.metrics import accuracy_dict
 
 logger = logging.getLogger(__name__)
 
@@ -279,10 +278,8 @@ class PROOF(BaseLearner):
         feats, labels = feats[order], labels[order]
         b = self.cfg.batch_size  # the official evaluation batches (predictions depend on them)
         scores = torch.cat([self.scores(feats[i:i + b]) for i in range(0, len(labels), b)])
-        y_pred = torch.topk(scores, k=min(self.topk, scores.shape[1]), dim=1).indices.cpu().numpy()
-        cnn_accy = accuracy_dict(y_pred, labels.cpu().numpy(), self._task_ranges, self._known_classes, self.topk)
         self.timings["eval"] += time.perf_counter() - start
-        return eval_result(self, cnn_accy)
+        return scores_result(self, scores, labels)
 
     # ------------------------------------------------------------------ records and resuming
     def results_extra(self) -> Dict[str, Any]:

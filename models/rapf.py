@@ -29,13 +29,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.base import BaseLearner
-from utils.clip_ops import begin_task, build_backbone, eval_result, prompts, read_args, text_features
+from utils.clip_ops import begin_task, build_backbone, prompts, read_args, scores_result, text_features
 from utils.config import ConfigError
 from utils.errors import checked_step
 from utils.feature_cache import FeatureCache
 from utils.fusion import svd_fusion
 from utils.gaussian import ClassGaussians
-from utils.metrics import accuracy_dict
 
 logger = logging.getLogger(__name__)
 
@@ -226,10 +225,8 @@ class RAPF(BaseLearner):
         start = time.perf_counter()
         feats, labels = self.cache.get(self.data_manager, "test", range(self._total_classes))
         scores = torch.cat([self._logits(feats[i:i + 4096], self._text).float() for i in range(0, len(labels), 4096)])
-        y_pred = torch.topk(scores, k=min(self.topk, scores.shape[1]), dim=1).indices.cpu().numpy()
-        cnn_accy = accuracy_dict(y_pred, labels.cpu().numpy(), self._task_ranges, self._known_classes, self.topk)
         self.timings["eval"] += time.perf_counter() - start
-        return eval_result(self, cnn_accy)
+        return scores_result(self, scores, labels)
 
     # ------------------------------------------------------------------ records and resuming
     def results_extra(self) -> Dict[str, Any]:

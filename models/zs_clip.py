@@ -8,9 +8,8 @@ from typing import Any, Dict
 import torch
 
 from models.base import BaseLearner
-from utils.clip_ops import (begin_task, build_backbone, encode_dataset, eval_result, make_loader, prompts, read_args,
+from utils.clip_ops import (begin_task, build_backbone, encode_dataset, make_loader, prompts, read_args, scores_result,
                             task_data, text_features)
-from utils.metrics import accuracy_dict
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,4 @@ class ZSCLIP(BaseLearner):
         tokens = net.tokenize(prompts(self.cfg.prompt_template, self._names))
         text = text_features(net, tokens, self._device, self.cfg.precision)
         feats, labels = encode_dataset(net, self.test_loader, self._device, self.cfg.precision, desc="eval")
-        scores = feats @ text.t()
-        y_pred = torch.topk(scores, k=min(self.topk, scores.shape[1]), dim=1).indices
-        return eval_result(self, accuracy_dict(y_pred.cpu().numpy(), labels.cpu().numpy(), self._task_ranges,
-                                               self._known_classes, self.topk))
+        return scores_result(self, feats @ text.t(), labels)

@@ -56,6 +56,16 @@ def begin_task(learner, data_manager) -> range:
     return new
 
 
+def scores_result(learner, scores: torch.Tensor, labels: torch.Tensor) -> tuple:
+    """``eval_task``'s return value from class scores (N, seen) and labels (N,): top-k
+    predictions -> PyCIL's accuracy dict (per task) -> the fork's or this toolbox's tuple."""
+    from utils.metrics import accuracy_dict
+
+    y_pred = torch.topk(scores, k=min(learner.topk, scores.shape[1]), dim=1).indices.cpu().numpy()
+    return eval_result(learner, accuracy_dict(y_pred, labels.cpu().numpy(), learner._task_ranges,
+                                              learner._known_classes, learner.topk))
+
+
 def eval_result(learner, cnn_accy: Dict[str, Any]) -> tuple:
     """What the trainer unpacks from ``eval_task``: ``(cnn, nme)`` in this toolbox and
     PyCIL; six values in PROOF's repository and C3Box (cnn, nme and four zero-shot results
