@@ -15,10 +15,10 @@ from models.proof import PROOF
 
 class ReferencePROOF(PROOF):
     def _images(self, source: str, classes):
+        """The images as PIL-preprocessed tensors, with the transform the run's features use."""
         from utils.clip_backbone import clip_transform
 
-        transform = (self._squash_transform() if self.opts.squash_resize
-                     else clip_transform(self._network.input_resolution))
+        transform = self.cache.transform or clip_transform(self._network.input_resolution)
         return self.data_manager.get_dataset(classes, source=source, mode="test", transform=transform)
 
     @torch.no_grad()

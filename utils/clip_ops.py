@@ -37,8 +37,8 @@ def read_args(args: Dict[str, Any]) -> Tuple[Config, torch.device]:
         for key in ("dataset", "init_cls", "increment"):
             args.pop(key, None)
     cfg = Config.from_dict(args, ignore_unknown=True)
-    device = device if isinstance(device, torch.device) else torch.device(str(device)) if in_fork else \
-        resolve_device(str(device))
+    if not isinstance(device, torch.device):
+        device = torch.device(str(device)) if in_fork else resolve_device(str(device))
     if in_fork and device.type == "cuda" and not torch.cuda.is_available():
         logger.warning("the fork's trainer made device %s, but this machine has no CUDA: running on the CPU", device)
         device = torch.device("cpu")
@@ -111,20 +111,22 @@ class Batches:
 
 
 def task_data(data_manager, indices: Sequence[int], source: str, resolution: int, cfg: Config,
-              device: torch.device, appendent=None) -> Tuple[Dataset, Callable[[torch.Tensor], torch.Tensor]]:
+              device: torch.device, appendent=None,
+              transform: Optional[Callable] = None) -> Tuple[Dataset, Callable[[torch.Tensor], torch.Tensor]]:
     """The images of classes ``indices`` (plus ``appendent=(images, labels)``, e.g. replay
     exemplars taken from an earlier call's dataset) and the function that turns a loaded
     batch into CLIP input on ``device``: batched device preprocessing of uint8 images where
-    the data manager offers them (``preprocess: device``), else CLIP's PIL pipeline per image."""
+    the data manager offers them (``preprocess: device``), else CLIP's PIL pipeline per image.
+    A method's own PIL ``transform`` (e.g. PROOF's squash resize) replaces both."""
     extra = {} if appendent is None else {"appendent": appendent}
-    if cfg.preprocess == "device" and hasattr(data_manager, "supports_raw") and data_manager.supports_raw(
-            resolution, cfg.cache_images, cfg.cache_max_gb):
+    if transform is None and cfg.preprocess == "device" and hasattr(data_manager, "supports_raw") and \
+            data_manager.supports_raw(resolution, cfg.cache_images, cfg.cache_max_gb):
         ds = data_manager.get_dataset(indices, source=source, mode="test", raw=True, resolution=resolution,
                                       num_workers=cfg.num_workers, **extra)
         return ds, DevicePreprocess(resolution, device)
     try:
-        ds = data_manager.get_dataset(indices, source=source, mode="test", transform=clip_transform(resolution),
-                                      **extra)
+        ds = data_manager.get_dataset(indices, source=source, mode="test",
+                                      transform=transform or clip_transform(resolution), **extra)
     except TypeError:  # a fork's DataManager: no transform argument, its own transforms
         ds = data_manager.get_dataset(indices, source=source, mode="test", **extra)
         _use_clip_preprocessing(ds, resolution)

@@ -108,7 +108,7 @@ class Config:
     # --- zero-shot retention on held-out data after the last task (utils/retention.py) ---
     zero_shot_eval: List[Dict[str, Any]] = field(default_factory=list)
 
-    # --- the chosen method's own options (a dataclass in its models/ file, see utils/factory.py) ---
+    # --- the chosen method's own options (a dataclass in its models/ file, registered in OPTIONS below) ---
     options: Dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------
@@ -119,7 +119,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: Dict[str, Any], ignore_unknown: bool = False) -> "Config":
         """Build and validate. Keys are the shared ones (this class) and the chosen
-        method's own options (its options dataclass, see ``utils.factory``). Unknown keys
+        method's own options (its options dataclass, registered in ``OPTIONS``). Unknown keys
         fail (naming the closest valid key, or the method a key belongs to) unless
         ``ignore_unknown`` (used when a PyCIL fork passes its own extra keys)."""
         names = [n for n in cls.field_names() if n != "options"]

@@ -32,12 +32,8 @@ class FeatureCache:
     def _all(self, dm, source: str) -> Tuple[torch.Tensor, torch.Tensor]:
         if source not in self._store:
             start = time.perf_counter()
-            classes = range(dm.get_total_classnum())
-            if self.transform is None:
-                data = task_data(dm, classes, source, self.resolution, self.cfg, self.device)
-            else:
-                data = (dm.get_dataset(classes, source=source, mode="test", transform=self.transform),
-                        lambda x: x.to(self.device, non_blocking=True))
+            data = task_data(dm, range(dm.get_total_classnum()), source, self.resolution, self.cfg, self.device,
+                             transform=self.transform)
             loader = make_loader(data, self.cfg.eval_batch_size, False, self.cfg.num_workers, self.device)
             feats, labels = [], []
             for _, x, y in progress(loader, f"{source} features"):

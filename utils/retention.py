@@ -108,16 +108,14 @@ def held_out_images(spec: Dict[str, Any], resolution: int,
 def zero_shot_accuracy(views, images: np.ndarray, labels: np.ndarray, names: List[str], trained: bool,
                        batch: int = 256) -> float:
     """Top-1 (%) of zero-shot classification of ``images`` (uint8, CLIP-sized) among ``names``."""
-    from utils.clip_backbone import CLIP_MEAN, CLIP_STD
+    from utils.preprocess import DevicePreprocess
 
-    device = views.learner._device
+    normalise = DevicePreprocess(images.shape[1], views.learner._device)  # CLIP-sized: normalisation only
     text = views.text(names, trained)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     correct = 0
     for i in range(0, len(labels), batch):
-        x = (torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-        pred = (views.image(x.to(device), trained) @ text.t()).argmax(1).cpu().numpy()
+        feats = views.image(normalise(torch.from_numpy(images[i:i + batch])), trained)
+        pred = (feats @ text.t()).argmax(1).cpu().numpy()
         correct += int((pred == labels[i:i + batch]).sum())
     return 100.0 * correct / len(labels)
 
