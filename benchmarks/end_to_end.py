@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.reference import ReferenceMGCLIP  # noqa: E402
 from models.mgclip import MGCLIP  # noqa: E402
 from utils import factory  # noqa: E402
-from utils.config import Config  # noqa: E402
+from utils.config import OPTIONS, Config  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.trainer import run_dir_for, run_one  # noqa: E402
 
@@ -88,6 +88,7 @@ class BenchReference(_FixedBudget, ReferenceMGCLIP):
 
 factory.LEARNERS["bench_fast"] = "benchmarks.end_to_end:BenchFast"
 factory.LEARNERS["bench_reference"] = "benchmarks.end_to_end:BenchReference"
+OPTIONS["bench_fast"] = OPTIONS["bench_reference"] = OPTIONS["mgclip"]  # both are MG-CLIP: its options
 
 
 def _write_class(job) -> None:

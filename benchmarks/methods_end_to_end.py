@@ -96,7 +96,7 @@ def config(args, model: str) -> Dict[str, Any]:
                 "seed": 1993, "epochs": 2 if smoke else 5, "lr": 1e-3, "batch_size": 4 if smoke else 64,
                 "eval_batch_size": 16 if smoke else (512 if model == "bench_proof" else 64),
                 "proof_memory_size": 8 if smoke else 2000, "templates": ["a photo of a {}.", "a sketch of a {}."],
-                "num_workers": 0 if smoke else args.workers, "prefix": model, "track_gap": False}
+                "num_workers": 0 if smoke else args.workers, "prefix": model}
     return {"model_name": model, "dataset": "synthetic", "synthetic_classes": 8 if smoke else 100,
             "synthetic_train_per_class": 6 if smoke else 500, "synthetic_test_per_class": 3 if smoke else 100,
             "synthetic_image_size": 32, "init_cls": 2 if smoke else 10, "increment": 2 if smoke else 10,
@@ -104,7 +104,7 @@ def config(args, model: str) -> Dict[str, Any]:
             "seed": 2, "epochs": 2 if smoke else 15, "lr": 1e-3, "batch_size": 4 if smoke else 100,
             "eval_batch_size": 16 if smoke else (512 if model == "bench_rapf" else 128), "beta": 2.0,
             "hard_pair_threshold": 0.55, "mix_bias": 0.6, "num_workers": 0 if smoke else args.workers,
-            "preprocess": "device" if model == "bench_rapf" else "pil", "prefix": model, "track_gap": False}
+            "preprocess": "device" if model == "bench_rapf" else "pil", "prefix": model}
 
 
 def run_path(cfg_dict: Dict[str, Any], logdir: str, max_tasks: Optional[int]) -> Dict[str, Any]:

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -25,7 +26,7 @@ from models.base import BaseLearner
 from utils.clip_backbone import autocast
 from utils.clip_ops import (begin_task, build_backbone, encode_dataset, eval_result, make_loader, progress, prompts,
                             read_args, task_data, text_features)
-from utils.config import ConfigError
+from utils.config import ConfigError, require
 from utils.cosine_linear import CosineLinear
 from utils.errors import NonFiniteError, checked_step
 from utils.gap import EpochProbe, GapAccumulator
@@ -35,6 +36,68 @@ from utils.replay import replay_loss, update_memory
 from utils.rng import rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
+
+LORA_TARGETS = ("q", "k", "v", "out")
+LORA_ENCODERS = ("visual", "text")
+
+
+@dataclass
+class MGCLIPOptions:
+    """MG-CLIP's own options; defaults are the released code's values. Shared keys it
+    reads: ``lr`` (LoRA's Adam), ``batch_size``, ``eval_batch_size``, ``epochs`` ("auto" =
+    the epoch probe; or a fixed E), ``precision``, ``prompt_template``."""
+    # LoRA (SPEC 4-5, 8)
+    lora_rank: int = 8
+    lora_alpha: float = 1.0
+    lora_targets: List[str] = field(default_factory=lambda: ["k", "v"])
+    lora_encoders: List[str] = field(default_factory=lambda: ["visual", "text"])
+    min_lr_ratio: float = 0.01  # cosine schedules end at this fraction of their learning rate
+    # gap preservation (SPEC 9-12)
+    gap_preservation: bool = True
+    probe_max_epochs: int = 10
+    gap_alpha: float = 0.10
+    track_gap: bool = True  # also measure each later task's gap before training (one eval pass)
+    # gap compensation (SPEC 13-16)
+    compensation: bool = True
+    visual_lr: float = 5e-4
+    visual_batch_size: int = 64
+    visual_epochs: int = 3
+    visual_scale: float = 1.0  # multiplies the cosine logits; 1.0 = no temperature (SPEC 14)
+    fusion_beta: float = 4.0
+    # options the supplementary evaluates (off by default)
+    memory_size: int = 0  # replay: random exemplars kept in total over the seen classes (paper: 2000)
+    replay_weight: float = 0.1  # weight of the exemplars' cross-entropy over all seen classes
+    lora_ema: float = 0.0  # after each later task: LoRA <- a * LoRA(task start) + (1 - a) * LoRA (e.g. 0.2)
+    epochs_per_task: bool = False  # repeat the epoch probe on every task (needs epochs "auto")
+
+    def validate(self) -> None:
+        for key, ok, allowed in [
+                ("lora_rank", self.lora_rank >= 1, "an integer >= 1 (LoRA rank)"),
+                ("lora_alpha", self.lora_alpha > 0, "a number > 0"),
+                ("lora_targets", len(self.lora_targets) > 0 and set(self.lora_targets) <= set(LORA_TARGETS),
+                 f"a non-empty list from {list(LORA_TARGETS)}"),
+                ("lora_encoders", len(self.lora_encoders) > 0 and set(self.lora_encoders) <= set(LORA_ENCODERS),
+                 f"a non-empty list from {list(LORA_ENCODERS)}"),
+                ("visual_lr", self.visual_lr > 0 and math.isfinite(self.visual_lr), "a finite number > 0"),
+                ("visual_batch_size", self.visual_batch_size >= 1, "an integer >= 1"),
+                ("probe_max_epochs", self.probe_max_epochs >= 1, "an integer >= 1"),
+                ("visual_epochs", self.visual_epochs >= 0, "an integer >= 0"),
+                ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
+                ("gap_alpha", 0 < self.gap_alpha, "a number > 0 (relative change, 0.10 = 10 %)"),
+                ("fusion_beta", self.fusion_beta >= 0, "a number >= 0"),
+                ("visual_scale", self.visual_scale > 0, "a number > 0"),
+                ("memory_size", self.memory_size >= 0, "an integer >= 0 (0: no replay; the paper's replay uses 2000)"),
+                ("replay_weight", self.replay_weight >= 0 and math.isfinite(self.replay_weight),
+                 "a finite number >= 0"),
+                ("lora_ema", 0 <= self.lora_ema < 1, "a number in [0, 1) (0: off)")]:
+            require(ok, key, getattr(self, key), allowed)
+
+    def validate_with(self, cfg) -> None:
+        """Checks that involve the shared ``epochs``."""
+        require(not self.epochs_per_task or cfg.epochs == "auto", "epochs_per_task", self.epochs_per_task,
+                "true only with epochs 'auto' (it repeats the epoch probe on every task)")
+        require(self.gap_preservation or cfg.epochs != "auto", "epochs", cfg.epochs,
+                "an integer when gap_preservation is false (the probe is the gap preservation)")
 
 
 def fuse(text_logits: torch.Tensor, visual_logits: Optional[torch.Tensor], beta: float) -> torch.Tensor:
@@ -76,13 +139,14 @@ class MGCLIP(BaseLearner):
         super().__init__(args)
         self.args = args  # the BaseLearners of PROOF's repository and C3Box do not set it
         self._task_ranges = []  # also set here for PyCIL forks whose BaseLearner lacks it
-        self.cfg, self._device = read_args(args)
+        self.cfg, self._device = read_args(args, MGCLIPOptions)
+        self.opts = MGCLIPOptions(**self.cfg.options)
         if self.cfg.epochs == "auto" and int(args.get("init_cls", 2)) < 2:
             raise ConfigError(f"config key 'init_cls' = {args['init_cls']} is not allowed with epochs 'auto': the "
                               f"epoch probe's gap statistic averages the non-target logits of the first task's "
                               f"classes, so it needs at least 2 (or give an integer 'epochs')")
-        self._network = build_backbone(self.cfg, self._device, with_lora=True)
-        self.visual = CosineLinear(self._network.embed_dim, scale=self.cfg.visual_scale).to(self._device)
+        self._network = build_backbone(self.cfg, self._device, lora=self.opts)
+        self.visual = CosineLinear(self._network.embed_dim, scale=self.opts.visual_scale).to(self._device)
         self._names: List[str] = []
         self.epochs: Optional[int] = None if self.cfg.epochs == "auto" else int(self.cfg.epochs)
         self.timings: Dict[str, float] = defaultdict(float)
@@ -91,7 +155,7 @@ class MGCLIP(BaseLearner):
         self.on_checkpoint = None  # set by the trainer: called once the probe has chosen E
         seed = args.get("seed", 0)
         self._seed = int(seed[0] if isinstance(seed, (list, tuple)) else seed)  # for the gap's batch order
-        mode = "fixed" if self.epochs is not None else "probe_per_task" if self.cfg.epochs_per_task else "probe"
+        mode = "fixed" if self.epochs is not None else "probe_per_task" if self.opts.epochs_per_task else "probe"
         self.record: Dict[str, Any] = {"epochs": {"mode": mode,
                                                   "chosen": self.epochs},
                                        "gap": [], "text_accuracy": [], "visual_accuracy": []}
@@ -104,7 +168,7 @@ class MGCLIP(BaseLearner):
         gap: Dict[str, Any] = {"task": self._cur_task}
         # the statistic averages non-target logits: a task of one class has none
         measurable = len(new) >= 2
-        probe_now = self.cfg.epochs == "auto" and (self._cur_task == 0 or self.cfg.epochs_per_task)
+        probe_now = self.cfg.epochs == "auto" and (self._cur_task == 0 or self.opts.epochs_per_task)
         if probe_now and not measurable:
             logger.warning("task %d has one class: no gap statistic, so no probe; it trains the previous E = %d",
                            self._cur_task, self.epochs)
@@ -112,12 +176,12 @@ class MGCLIP(BaseLearner):
             gap["before"] = dict(self._gap_ref)
         elif probe_now:
             gap["before"] = self._probe_epochs()
-        elif self.cfg.track_gap and measurable:
+        elif self.opts.track_gap and measurable:
             gap["before"] = self._task_gap()
-        start_lora = lora_state_dict(self._network) if self.cfg.lora_ema > 0 and self._cur_task > 0 else None
+        start_lora = lora_state_dict(self._network) if self.opts.lora_ema > 0 and self._cur_task > 0 else None
         self._train_lora(self.epochs)
         if start_lora is not None:
-            self._blend_lora(start_lora, self.cfg.lora_ema)
+            self._blend_lora(start_lora, self.opts.lora_ema)
         feats, labels = self._timed("features", encode_dataset, self._network, self.ordered_train_loader,
                                     self._device, self.cfg.precision, "features")
         if measurable:
@@ -125,9 +189,9 @@ class MGCLIP(BaseLearner):
             logger.info("task %d gap (mean non-target logit): before %s, after %.4f", self._cur_task,
                         f"{gap['before']['neg']:.4f}" if "before" in gap else "-", gap["after"]["neg"])
         self.record["gap"].append(gap)
-        if self.cfg.compensation:
+        if self.opts.compensation:
             self._timed("classifier", self._train_visual, feats, labels)
-        if self.cfg.memory_size > 0:
+        if self.opts.memory_size > 0:
             self._update_memory(train_set[0])
 
     def _prepare_task(self, data_manager, new: range):
@@ -135,7 +199,7 @@ class MGCLIP(BaseLearner):
         res, cfg, dev = self._network.input_resolution, self.cfg, self._device
         train_set = task_data(data_manager, new, "train", res, cfg, dev)
         test_set = task_data(data_manager, range(self._total_classes), "test", res, cfg, dev)
-        memory = self._get_memory() if cfg.memory_size > 0 else None
+        memory = self._get_memory() if self.opts.memory_size > 0 else None
         # LoRA trains on the task's images plus the exemplars (replay); the gap, the prototypes
         # and the visual classifier use the task's images alone, as released
         lora_set = train_set if memory is None else task_data(data_manager, new, "train", res, cfg, dev,
@@ -167,7 +231,7 @@ class MGCLIP(BaseLearner):
         txt = text_features(net, self._loss_tokens, self._device, self.cfg.precision)
         logits = net.logit_scale * img @ txt.t()
         if self._replaying:
-            return replay_loss(logits, y, self._known_classes, self.cfg.replay_weight)
+            return replay_loss(logits, y, self._known_classes, self.opts.replay_weight)
         return F.cross_entropy(logits, y - self._known_classes)
 
     def _train_lora(self, epochs: int, probe: Optional[EpochProbe] = None, log: Optional[list] = None) -> None:
@@ -177,7 +241,7 @@ class MGCLIP(BaseLearner):
         net = self._network
         params = lora_parameters(net)
         opt = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.cfg.lr * self.cfg.min_lr_ratio)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.cfg.lr * self.opts.min_lr_ratio)
         phase = "probe" if probe else "train"
         for epoch in range(epochs):
             start = time.perf_counter()
@@ -213,14 +277,14 @@ class MGCLIP(BaseLearner):
                     ref["neg"], ref["pos"])
         entry = {"task": self._cur_task, "neg0": ref["neg"], "pos0": ref["pos"], "probe": []}
         if self._cur_task == 0:
-            self.record["epochs"].update({"neg0": ref["neg"], "pos0": ref["pos"], "alpha": self.cfg.gap_alpha})
+            self.record["epochs"].update({"neg0": ref["neg"], "pos0": ref["pos"], "alpha": self.opts.gap_alpha})
         start_state = lora_state_dict(net)
-        probe = EpochProbe(ref["neg"], self.cfg.gap_alpha, self.cfg.probe_max_epochs)
-        self._train_lora(self.cfg.probe_max_epochs, probe=probe, log=entry["probe"])
+        probe = EpochProbe(ref["neg"], self.opts.gap_alpha, self.opts.probe_max_epochs)
+        self._train_lora(self.opts.probe_max_epochs, probe=probe, log=entry["probe"])
         self.epochs = entry["chosen"] = probe.budget
         if self._cur_task == 0:
             self.record["epochs"].update({"probe": entry["probe"], "chosen": self.epochs})
-        if self.cfg.epochs_per_task:
+        if self.opts.epochs_per_task:
             self.record["epochs"].setdefault("per_task", []).append(entry)
         logger.info("task %d epoch budget E = %d (from %d probe epochs)", self._cur_task, self.epochs,
                     len(probe.values))
@@ -241,7 +305,7 @@ class MGCLIP(BaseLearner):
         """Replay: the task's exemplars join the memory, old classes give up theirs to fit."""
         self._data_memory, self._targets_memory = update_memory(
             self._data_memory, self._targets_memory, dataset.images, dataset.labels,
-            range(self._known_classes, self._total_classes), self.cfg.memory_size)
+            range(self._known_classes, self._total_classes), self.opts.memory_size)
         logger.info("replay memory: %d exemplars", len(self._targets_memory))
 
     def _task_gap(self, feats: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> Dict[str, float]:
@@ -266,7 +330,7 @@ class MGCLIP(BaseLearner):
     def _train_visual(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
         """SPEC 13-15: new prototype rows, then ``visual_epochs`` of Adam on the new block
         only, cross-entropy over the current task's columns, cosine schedule per iteration."""
-        cfg = self.cfg
+        cfg = self.opts
         num_new = self._total_classes - self._known_classes
         block = self.visual.add_classes(feats, labels, num_new, self._known_classes)
         steps_per_epoch = math.ceil(len(labels) / cfg.visual_batch_size)
@@ -299,13 +363,13 @@ class MGCLIP(BaseLearner):
                             self.cfg.precision)
         feats, labels = encode_dataset(net, loader, self._device, self.cfg.precision, "eval")
         text_logits = net.logit_scale * feats @ txt.t()
-        visual_logits = self.visual(feats) if self.cfg.compensation else None
+        visual_logits = self.visual(feats) if self.opts.compensation else None
         return text_logits, visual_logits, labels
 
     def eval_task(self):
         start = time.perf_counter()
         text_logits, visual_logits, labels = self.predict_logits(self.test_loader)
-        probs = fuse(text_logits, visual_logits, self.cfg.fusion_beta)
+        probs = fuse(text_logits, visual_logits, self.opts.fusion_beta)
         y_true = labels.cpu().numpy()
         y_pred = torch.topk(probs, k=min(self.topk, probs.shape[1]), dim=1).indices.cpu().numpy()
         cnn_accy = accuracy_dict(y_pred, y_true, self._task_ranges, self._known_classes, self.topk)

@@ -155,13 +155,13 @@ class PROOF(BaseLearner):
         super().__init__(args)
         self.args = args
         self._task_ranges = []
-        self.cfg, self._device = read_args(args)
-        self.opts = PROOFOptions(**self.cfg.options) if self.cfg.options else PROOFOptions()
+        self.cfg, self._device = read_args(args, PROOFOptions)
+        self.opts = PROOFOptions(**self.cfg.options)
         if self.opts.templates == ["released"]:
             self.opts.templates = released_templates(str(args.get("dataset", "")), self.cfg.released_cache)
         self.epochs = (5 if args.get("dataset") == "cifar100" else 10) if self.cfg.epochs == "auto" else \
             int(self.cfg.epochs)
-        self._network = build_backbone(self.cfg, self._device, with_lora=False).eval()
+        self._network = build_backbone(self.cfg, self._device).eval()
         d = self._network.embed_dim
         self.head = ProofHead(d, float(self._network.model.logit_scale), self.opts.context_prompts).to(self._device)
         self.cache = FeatureCache(self._encode, self._network.input_resolution, self.cfg, self._device,

@@ -101,12 +101,12 @@ class RAPF(BaseLearner):
         super().__init__(args)
         self.args = args
         self._task_ranges = []
-        self.cfg, self._device = read_args(args)
-        self.opts = RAPFOptions(**self.cfg.options) if self.cfg.options else RAPFOptions()
+        self.cfg, self._device = read_args(args, RAPFOptions)
+        self.opts = RAPFOptions(**self.cfg.options)
         if self.cfg.epochs != "auto" and int(self.cfg.epochs) < 1:
             raise ConfigError("config key 'epochs' must be >= 1 for rapf")
         self.epochs = OFFICIAL_EPOCHS if self.cfg.epochs == "auto" else int(self.cfg.epochs)
-        self._network = build_backbone(self.cfg, self._device, with_lora=False).eval()
+        self._network = build_backbone(self.cfg, self._device).eval()
         d = self._network.embed_dim
         self.adapter = nn.Linear(d, d, bias=False).to(self._device)  # default init: not the identity (R1.1)
         seed = args.get("seed", 0)

@@ -20,7 +20,7 @@ class ZSCLIP(BaseLearner):
         self.args = args  # the BaseLearners of PROOF's repository and C3Box do not set it
         self._task_ranges = []  # also set here for PyCIL forks whose BaseLearner lacks it
         self.cfg, self._device = read_args(args)
-        self._network = build_backbone(self.cfg, self._device, with_lora=False).eval()
+        self._network = build_backbone(self.cfg, self._device).eval()
         self._names = []
 
     def incremental_train(self, data_manager) -> None:

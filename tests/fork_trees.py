@@ -232,7 +232,7 @@ def _train(args):
     print("RESULT " + json.dumps({{
         "curve": [float(a) for a in curve], "names": list(model._names), "class_order": data_manager._class_order,
         "test_images": test_set.images[:2].tolist(), "test_inputs": [test_set[i][1].tolist() for i in range(2)],
-        "device": str(model._device), "known": model._known_classes, "cfg": model.cfg.__dict__}}))
+        "device": str(model._device), "known": model._known_classes, "cfg": model.cfg.to_dict()}}))
 '''
 
 UNPACK = {"pycil": "cnn_accy, nme_accy = model.eval_task()",

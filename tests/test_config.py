@@ -7,10 +7,12 @@ from utils.factory import get_model
 
 
 def test_defaults_are_the_papers():
-    c = Config()
-    assert (c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_encoders) == (8, 1.0, ["k", "v"], ["visual", "text"])
-    assert (c.gap_alpha, c.probe_max_epochs, c.epochs, c.fusion_beta) == (0.10, 10, "auto", 4.0)
-    assert (c.visual_epochs, c.visual_scale, c.min_lr_ratio) == (3, 1.0, 0.01)
+    c = Config.from_dict({})
+    o = c.options  # MG-CLIP's own options (models/mgclip.py), the default method's
+    assert (o["lora_rank"], o["lora_alpha"], o["lora_targets"], o["lora_encoders"]) == (8, 1.0, ["k", "v"],
+                                                                                        ["visual", "text"])
+    assert (o["gap_alpha"], o["probe_max_epochs"], c.epochs, o["fusion_beta"]) == (0.10, 10, "auto", 4.0)
+    assert (o["visual_epochs"], o["visual_scale"], o["min_lr_ratio"]) == (3, 1.0, 0.01)
     assert c.prompt_template == "a good photo of a {}."
     assert c.backbone == "ViT-B/16"
 
@@ -52,8 +54,8 @@ def test_overrides_are_typed():
                          "lora_targets=[q,v]", "epochs=auto", "fusion_beta=2"])
     c = Config.from_dict(d)
     assert c.lr == 0.001 and isinstance(c.lr, float)
-    assert c.batch_size == 64 and c.compensation is False and c.seeds() == [1, 2]
-    assert c.lora_targets == ["q", "v"] and c.epochs == "auto" and c.fusion_beta == 2.0
+    assert c.batch_size == 64 and c.options["compensation"] is False and c.seeds() == [1, 2]
+    assert c.options["lora_targets"] == ["q", "v"] and c.epochs == "auto" and c.options["fusion_beta"] == 2.0
     with pytest.raises(ConfigError, match="batch_size"):
         Config.from_dict(parse_overrides(["batch_size=big"]))
     with pytest.raises(ConfigError, match="key=value"):
@@ -87,6 +89,37 @@ def test_model_registry_suggests_on_typo():
         get_model("mgclp", {})
     with pytest.raises(ConfigError, match="model_name 'zs_clp'"):
         build_config(None, ["model_name=zs_clp"])
+
+
+@pytest.mark.parametrize("model", ["rapf", "proof", "zs_clip"])
+def test_mgclip_options_are_refused_by_other_methods(model):
+    with pytest.raises(ConfigError, match=f"'lora_rank' is an option of mgclip, not of '{model}'"):
+        Config.from_dict({"model_name": model, "lora_rank": 16})
+    with pytest.raises(ConfigError, match="'fusion_beta' is an option of mgclip"):
+        build_config(None, [f"model_name={model}", "fusion_beta=2"])
+
+
+def test_mgclip_options_reach_only_mgclip_side_by_side(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model_name": ["mgclip", "rapf", "zs_clip"], "dataset": "synthetic",
+                                "fusion_beta": 2.0, "lora_rank": 4, "beta": 1.0}))
+    mg, rapf, zs = build_configs(str(path))
+    assert mg.options["fusion_beta"] == 2.0 and mg.options["lora_rank"] == 4 and "beta" not in mg.options
+    assert rapf.options["beta"] == 1.0 and "fusion_beta" not in rapf.to_dict() and "lora_rank" not in rapf.to_dict()
+    assert zs.options == {} and "lora_rank" not in zs.to_dict()
+
+
+def test_the_learner_reads_its_options_whatever_the_forks_model_name(tmp_path):
+    """A fork's factory may register the plugin under its own name ("mind"): the learner,
+    not ``model_name``, says whose options the args hold."""
+    from conftest import tiny_args
+    from models.mgclip import MGCLIP
+    from utils.lora import lora_layers
+
+    learner = MGCLIP(tiny_args(tmp_path, model_name="mind", lora_rank=3, fusion_beta=1.5, some_fork_key=1))
+    assert learner.opts.fusion_beta == 1.5
+    ranks = {layer.lora_A.shape[0] for layer in lora_layers(learner._network)}
+    assert ranks == {3}
 
 
 def test_all_shipped_configs_validate():

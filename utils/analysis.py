@@ -78,7 +78,7 @@ class Views:
             return text_features(self.net.eval(), tokens, self.learner._device, self.learner.cfg.precision)
 
     def visual(self) -> Optional[torch.Tensor]:
-        if self.kind != "mgclip" or not self.learner.cfg.compensation or not len(self.learner.visual.blocks):
+        if self.kind != "mgclip" or not self.learner.opts.compensation or not len(self.learner.visual.blocks):
             return None
         return torch.cat([b.detach() for b in self.learner.visual.blocks]).float()
 

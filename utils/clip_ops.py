@@ -19,8 +19,9 @@ from utils.preprocess import DevicePreprocess
 logger = logging.getLogger(__name__)
 
 
-def read_args(args: Dict[str, Any]) -> Tuple[Config, torch.device]:
-    """Typed config and device from a learner's ``args`` dict.
+def read_args(args: Dict[str, Any], options_cls=None) -> Tuple[Config, torch.device]:
+    """Typed config and device from a learner's ``args`` dict; ``cfg.options`` holds the
+    learner's own options (``options_cls``, its defaults for keys not given).
 
     Works with this toolbox's args and with a PyCIL fork's: its ``device`` is a list of
     devices (``cuda:<entry>`` whatever the machine: without CUDA the learner runs on the
@@ -36,7 +37,7 @@ def read_args(args: Dict[str, Any]) -> Tuple[Config, torch.device]:
     if args.get("dataset") not in DATASETS:  # a fork's dataset: its data manager owns data and split
         for key in ("dataset", "init_cls", "increment"):
             args.pop(key, None)
-    cfg = Config.from_dict(args, ignore_unknown=True)
+    cfg = Config.from_dict(args, ignore_unknown=True, options_cls=options_cls)
     if not isinstance(device, torch.device):
         device = torch.device(str(device)) if in_fork else resolve_device(str(device))
     if in_fork and device.type == "cuda" and not torch.cuda.is_available():
@@ -163,12 +164,14 @@ def make_loader(data: Tuple[Dataset, Callable], batch_size: int, shuffle: bool, 
     return Batches(loader, prepare, device)
 
 
-def build_backbone(cfg: Config, device: torch.device, with_lora: bool) -> ClipBackbone:
+def build_backbone(cfg: Config, device: torch.device, lora=None) -> ClipBackbone:
+    """The run's CLIP on ``device``: frozen, or with LoRA layers as ``lora`` says (options
+    with ``lora_rank``, ``lora_alpha``, ``lora_targets``, ``lora_encoders``)."""
     backbone = load_clip(cfg.backbone, cfg.clip_cache)
-    if with_lora:
+    if lora is not None:
         from utils.lora import apply_lora
 
-        apply_lora(backbone, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_encoders)
+        apply_lora(backbone, lora.lora_rank, lora.lora_alpha, lora.lora_targets, lora.lora_encoders)
     else:
         backbone.requires_grad_(False)
     if cfg.compile:

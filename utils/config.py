@@ -21,11 +21,16 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key and what to do."""
 
 
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Refuse ``key`` = ``value`` unless ``ok``, saying what is ``allowed`` (the one message
+    format for every option, shared or a method's own)."""
+    if not ok:
+        raise ConfigError(f"config key '{key}' = {value!r} is not allowed: {allowed}")
+
+
 # Datasets this toolbox can build (utils/data.py); checked here so a typo fails before work.
 DATASETS = ("cifar100", "imagenet_r", "imagenet100", "cub200", "synthetic", "folder")
 DATASET_CLASSES = {"cifar100": 100, "imagenet_r": 200, "imagenet100": 100, "cub200": 200}
-LORA_TARGETS = ("q", "k", "v", "out")
-LORA_ENCODERS = ("visual", "text")
 CLASS_ORDER_KEYWORDS = ("shuffle", "default", "released")
 
 # Keys that may differ between a run and its resumption: where things are and how fast
@@ -72,38 +77,11 @@ class Config:
     clip_cache: str = "~/.cache/clip"
     prompt_template: str = "a good photo of a {}."
 
-    # --- LoRA (SPEC 4-5) ---
-    lora_rank: int = 8
-    lora_alpha: float = 1.0
-    lora_targets: List[str] = field(default_factory=lambda: ["k", "v"])
-    lora_encoders: List[str] = field(default_factory=lambda: ["visual", "text"])
-
-    # --- training (SPEC 6-8) ---
+    # --- training, read by every method (each documents its defaults for "auto") ---
     lr: float = 1e-3
     batch_size: int = 128
     eval_batch_size: int = 128
-    min_lr_ratio: float = 0.01
-
-    # --- gap preservation (SPEC 9-12) ---
-    gap_preservation: bool = True
-    epochs: Union[str, int] = "auto"  # "auto": epoch probe on task 1; or a fixed integer
-    probe_max_epochs: int = 10
-    gap_alpha: float = 0.10
-    track_gap: bool = True  # also measure each later task's gap before training (one eval pass)
-
-    # --- gap compensation (SPEC 13-16) ---
-    compensation: bool = True
-    visual_lr: float = 5e-4
-    visual_batch_size: int = 64
-    visual_epochs: int = 3
-    visual_scale: float = 1.0  # multiplies the cosine logits; 1.0 = no temperature (SPEC 14)
-    fusion_beta: float = 4.0
-
-    # --- options the supplementary evaluates (off by default) ---
-    memory_size: int = 0  # replay: random exemplars kept in total over the seen classes (paper: 2000)
-    replay_weight: float = 0.1  # weight of the exemplars' cross-entropy over all seen classes
-    lora_ema: float = 0.0  # after each later task: LoRA <- a * LoRA(task start) + (1 - a) * LoRA (e.g. 0.2)
-    epochs_per_task: bool = False  # repeat the epoch probe on every task (needs epochs "auto")
+    epochs: Union[str, int] = "auto"  # "auto": the method's own choice (MG-CLIP: the epoch probe); or an integer
 
     # --- zero-shot retention on held-out data after the last task (utils/retention.py) ---
     zero_shot_eval: List[Dict[str, Any]] = field(default_factory=list)
@@ -117,14 +95,16 @@ class Config:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], ignore_unknown: bool = False) -> "Config":
+    def from_dict(cls, d: Dict[str, Any], ignore_unknown: bool = False, options_cls=None) -> "Config":
         """Build and validate. Keys are the shared ones (this class) and the chosen
-        method's own options (its options dataclass, registered in ``OPTIONS``). Unknown keys
-        fail (naming the closest valid key, or the method a key belongs to) unless
-        ``ignore_unknown`` (used when a PyCIL fork passes its own extra keys)."""
+        method's own options (its options dataclass: ``options_cls``, else the one
+        registered in ``OPTIONS`` for ``model_name``). Unknown keys fail (naming the closest
+        valid key, or the method a key belongs to) unless ``ignore_unknown`` (used when a
+        PyCIL fork passes its own extra keys; there the learner names its options class,
+        since the fork's ``model_name`` need not be ours)."""
         names = [n for n in cls.field_names() if n != "options"]
         model = str(d.get("model_name", cls.model_name)).lower()
-        options_cls = method_options(model)
+        options_cls = options_cls or method_options(model)
         own = [f.name for f in fields(options_cls)] if options_cls else []
         kwargs, options = {}, {}
         for key, value in d.items():
@@ -143,6 +123,8 @@ class Config:
             kwargs["options"] = options_from_dict(options_cls, options)
         cfg = cls(**kwargs)
         cfg.validate()
+        if options_cls is not None and hasattr(options_cls, "validate_with"):  # checks that need shared keys
+            options_cls(**cfg.options).validate_with(cfg)
         return cfg
 
     def to_dict(self) -> Dict[str, Any]:
@@ -155,32 +137,14 @@ class Config:
 
     def validate(self) -> None:
         def need(cond: bool, key: str, allowed: str) -> None:
-            if not cond:
-                raise ConfigError(f"config key '{key}' = {getattr(self, key)!r} is not allowed: {allowed}")
+            require(cond, key, getattr(self, key), allowed)
 
         need(self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
         need(self.init_cls >= 1, "init_cls", "an integer >= 1")
         need(self.increment >= 1, "increment", "an integer >= 1")
-        need(self.lora_rank >= 1, "lora_rank", "an integer >= 1 (LoRA rank)")
-        need(self.lora_alpha > 0, "lora_alpha", "a number > 0")
-        need(len(self.lora_targets) > 0 and set(self.lora_targets) <= set(LORA_TARGETS),
-             "lora_targets", f"a non-empty list from {list(LORA_TARGETS)}")
-        need(len(self.lora_encoders) > 0 and set(self.lora_encoders) <= set(LORA_ENCODERS),
-             "lora_encoders", f"a non-empty list from {list(LORA_ENCODERS)}")
-        for key in ("lr", "visual_lr"):
-            need(self.__dict__[key] > 0 and math.isfinite(self.__dict__[key]), key, "a finite number > 0")
-        for key in ("batch_size", "eval_batch_size", "visual_batch_size", "probe_max_epochs"):
+        need(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
+        for key in ("batch_size", "eval_batch_size"):
             need(self.__dict__[key] >= 1, key, "an integer >= 1")
-        need(self.visual_epochs >= 0, "visual_epochs", "an integer >= 0")
-        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]")
-        need(0 < self.gap_alpha, "gap_alpha", "a number > 0 (relative change, 0.10 = 10 %)")
-        need(self.fusion_beta >= 0, "fusion_beta", "a number >= 0")
-        need(self.visual_scale > 0, "visual_scale", "a number > 0")
-        need(self.memory_size >= 0, "memory_size", "an integer >= 0 (0: no replay; the paper's replay uses 2000)")
-        need(self.replay_weight >= 0 and math.isfinite(self.replay_weight), "replay_weight", "a finite number >= 0")
-        need(0 <= self.lora_ema < 1, "lora_ema", "a number in [0, 1) (0: off)")
-        need(not self.epochs_per_task or self.epochs == "auto", "epochs_per_task",
-             "true only with epochs 'auto' (it repeats the epoch probe on every task)")
         need(self.num_workers >= 0, "num_workers", "an integer >= 0")
         need(self.shots_per_class is None or self.shots_per_class >= 1, "shots_per_class",
              "null (all training images) or an integer >= 1")
@@ -191,9 +155,8 @@ class Config:
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              "device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
         need(self.epochs == "auto" or (isinstance(self.epochs, int) and self.epochs >= 1),
-             "epochs", "'auto' (epoch probe on the first task) or an integer >= 1")
-        need(self.gap_preservation or self.epochs != "auto", "epochs",
-             "an integer when gap_preservation is false (the probe is the gap preservation)")
+             "epochs", "'auto' (the method's own budget; MG-CLIP: the epoch probe on the first "
+                                                                  "task) or an integer >= 1")
         need(all(isinstance(s, int) and s >= 0 for s in self.seeds()) and len(self.seeds()) > 0,
              "seed", "an integer >= 0 or a non-empty list of them")
         repeated = sorted({s for s in self.seeds() if self.seeds().count(s) > 1})
@@ -335,8 +298,9 @@ def _unknown_key_message(key: str, names: Iterable[str]) -> str:
 _KINDS = {f.name: f.type for f in fields(Config)}
 
 # Methods with options of their own: a dataclass in the method's file whose defaults are the
-# official values (MG-CLIP's options predate this and are fields of Config above).
+# official values (zero-shot CLIP has none).
 OPTIONS = {
+    "mgclip": "models.mgclip:MGCLIPOptions",
     "proof": "models.proof:PROOFOptions",
     "rapf": "models.rapf:RAPFOptions",
 }
