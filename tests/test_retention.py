@@ -29,6 +29,36 @@ def test_corruptions_are_deterministic_per_seed_and_leave_numpy_alone():
     assert np.array_equal(corrupt_images(images[:2], "gaussian_noise", 3, seed=1), a[:2])
 
 
+def test_every_imagenet_c_corruption_runs_here():
+    """imagecorruptions 1.1.2 predates numpy 2 and scikit-image 0.19; fog, glass_blur and
+    gaussian_blur fail there unless their two old spellings are translated."""
+    from utils.retention import check_corruption, corrupt_images, corruptions_module
+
+    _, names = corruptions_module()
+    images = (np.random.RandomState(1).rand(2, 32, 32, 3) * 255).astype(np.uint8)
+    assert len(names("all")) == 19
+    for name in names("all"):
+        for severity in (1, 5):
+            check_corruption(name, severity)
+            out = corrupt_images(images, name, severity, seed=0)
+            assert out.dtype == np.uint8 and out.shape == images.shape and not np.array_equal(out, images), name
+
+
+def test_gaussian_blur_is_a_per_channel_gaussian_filter_by_hand():
+    """ImageNet-C's gaussian_blur: sigma 1, 2, 3, 4, 6 by severity, each colour channel
+    blurred on its own (skimage's multichannel=True, channel_axis=-1 today), edges
+    repeated, clipped to [0, 1], then x255 and truncated to uint8."""
+    from scipy.ndimage import gaussian_filter
+
+    from utils.retention import corrupt_images
+
+    images = (np.random.RandomState(2).rand(2, 40, 48, 3) * 255).astype(np.uint8)
+    for severity, sigma in zip(range(1, 6), (1, 2, 3, 4, 6)):
+        hand = np.stack([np.uint8(np.clip(gaussian_filter(im / 255.0, sigma=(sigma, sigma, 0), mode="nearest",
+                                                          truncate=4.0), 0, 1) * 255) for im in images])
+        assert np.array_equal(corrupt_images(images, "gaussian_blur", severity, seed=0), hand)
+
+
 def test_broken_or_unknown_corruptions_are_refused_before_the_run(tmp_path, capsys):
     args = tiny_args(tmp_path, zero_shot_eval=[{"dataset": "synthetic", "corruption": "gaussian_nois"}])
     path = tmp_path / "c.json"

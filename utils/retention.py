@@ -18,10 +18,12 @@ come out whatever the order), then normalised.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
 import sys
+import types
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -35,16 +37,44 @@ logger = logging.getLogger(__name__)
 
 def corruptions_module():
     try:
-        from imagecorruptions import corrupt, get_corruption_names
+        from imagecorruptions import corrupt, corruptions, get_corruption_names
     except ImportError:
         raise ConfigError("config key 'zero_shot_eval' asks for a corruption, which needs the 'imagecorruptions' "
                           "package: pip install -e .[corruptions]") from None
+    _modern_spellings(corruptions)
     return corrupt, get_corruption_names
 
 
+class _NumpyWithFloat_(types.ModuleType):
+    """numpy as seen by imagecorruptions: ``np.float_`` (removed in numpy 2) is float64."""
+    float_ = np.float64
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+
+def _modern_spellings(corruptions: types.ModuleType) -> None:
+    """imagecorruptions 1.1.2 (its latest release) was written for numpy 1 and
+    scikit-image < 0.19: ``fog`` reads ``np.float_`` (numpy 2: ``np.float64``), and
+    ``gaussian_blur`` and ``glass_blur`` pass ``multichannel=True`` to skimage's ``gaussian``
+    (now ``channel_axis=-1``). Only those two spellings are translated, inside its
+    corruptions module; the computation stays the library's."""
+    if not hasattr(np, "float_") and not isinstance(corruptions.np, _NumpyWithFloat_):
+        corruptions.np = _NumpyWithFloat_("numpy")
+    gaussian = corruptions.gaussian
+    if "multichannel" not in inspect.signature(gaussian).parameters and not getattr(gaussian, "_translated", False):
+        def translated(image, *args, multichannel=None, **kwargs):
+            if multichannel:
+                kwargs.setdefault("channel_axis", -1)
+            return gaussian(image, *args, **kwargs)
+
+        translated._translated = True
+        corruptions.gaussian = translated
+
+
 def check_corruption(name: str, severity: int) -> None:
-    """The corruption exists and runs here (some of imagecorruptions 1.1.2's fail with numpy 2
-    or recent scikit-image: refused before the run starts, with the reason)."""
+    """The corruption exists and runs here (refused before the run starts, with the
+    library's reason, where it fails in the installed versions)."""
     corrupt, names = corruptions_module()
     known = names("all")
     if name not in known:
