@@ -126,7 +126,7 @@ class RAPF(BaseLearner):
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         if self._official_half:
-            with torch.autocast("cuda", dtype=torch.float16):
+            with torch.autocast(self._device.type, dtype=torch.float16):
                 return self._network.encode_image(images).half().float()
         return self._network.encode_image(images).float()
 

@@ -67,6 +67,36 @@ def test_r2_r10_logits_and_prediction_by_hand(tmp_path):
     assert accy["top1"] == pytest.approx(expected)
 
 
+def test_the_official_fp16_numerics_run_here_and_agree_with_fp32_by_hand(tmp_path, monkeypatch):
+    """RAPF's default numerics on CUDA (clip.load's fp16 encoder, fp16 adapter output and
+    logits), forced on the CPU: the dtypes, casts, fp16 cross-entropy and backward that a
+    GPU run takes, checked against the fp32 computation at fp16 tolerance."""
+    learner, dm = make(tmp_path)
+    learner.incremental_train(dm)
+    feats, labels = learner.cache.get(dm, "test", range(learner._total_classes))
+    W = learner.adapter.weight.detach().numpy().astype(np.float64)
+    z = feats.numpy().astype(np.float64) @ W.T
+    g = learner._text.numpy().astype(np.float64)
+    cos = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    monkeypatch.setattr(RAPF, "_official_half", property(lambda self: True))
+    half = learner._logits(feats, learner._text).detach()
+    assert half.dtype == torch.float16
+    np.testing.assert_allclose(half.float().numpy(), 100 * cos, atol=0.25)
+    x = torch.from_numpy(np.random.RandomState(0).rand(3, 3, 32, 32).astype(np.float32))
+    with torch.no_grad():
+        enc = learner._encode(x)
+        ref = learner._network.encode_image(x).float()
+    assert enc.dtype == torch.float32 and not torch.equal(enc, ref)  # fp16 rounding happened
+    np.testing.assert_allclose(enc.numpy(), ref.numpy(), rtol=2e-2, atol=2e-2)
+    logdir = tmp_path / "half"
+    assert main(["--config", "rapf_demo", "--set", f"logdir={logdir}", "--set", "seed=1993", "--set", "epochs=2",
+                 "-q"]) == 0  # a whole run on the fp16 path: replay, hinge, fusion, evaluation
+    (results,) = glob.glob(str(logdir / "**" / "results.json"), recursive=True)
+    with open(results) as f:
+        accuracy = json.load(f)["accuracy"]
+    assert len(accuracy) == 3 and all(math.isfinite(a) for a in accuracy)
+
+
 # ----------------------------------------------------------------------------- R3 / R6
 def test_r3_replay_labels_follow_the_epoch_shuffle_and_task_1_has_no_replay(tmp_path, monkeypatch):
     learner, dm = make(tmp_path, synthetic_classes=8, init_cls=4, increment=4, hard_pair_threshold=0.0,
