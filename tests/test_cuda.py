@@ -130,6 +130,22 @@ def test_a_whole_run_on_the_gpu(tmp_path):
     assert max(r["visual_accuracy"]) > 100 / 12 * 3  # learns well above chance on the GPU too
 
 
+@pytest.mark.parametrize("model, over", [("rapf", {"epochs": 3}), ("proof", {"epochs": 2, "lr": 0.01}),
+                                         ("zs_clip", {})])
+def test_every_other_method_runs_on_the_gpu_in_its_default_numerics(tmp_path, model, over):
+    """RAPF's default on CUDA is its official fp16 path; PROOF's and zero-shot CLIP's fp32."""
+    from utils.config import Config
+    from utils.trainer import run_one
+
+    args = tiny_args(tmp_path, model_name=model, device="cuda", precision="auto", synthetic_classes=12,
+                     synthetic_train_per_class=20, init_cls=4, increment=4, batch_size=16, num_workers=2, **over)
+    cfg = Config.from_dict(args)
+    with open(os.path.join(run_one(cfg, cfg.seeds()[0]), "results.json")) as f:
+        r = json.load(f)
+    print(f"{model} on the GPU: accuracy per task {r['accuracy']}")
+    assert r["finished"] and len(r["accuracy"]) == 3 and all(0 <= a <= 100 for a in r["accuracy"])
+
+
 def test_compiled_image_encoder_equals_eager_on_the_gpu():
     from utils.clip_backbone import autocast, load_clip
     from utils.clip_ops import compile_image_encoder
