@@ -13,9 +13,10 @@ Workloads (random weights: the accuracies only show that both paths run the same
 - ``imagenet_r``: an ImageNet-R-shaped set written as real JPEG folders (200 classes,
   120 train / 30 test 256-px images each) and read through the ``imagenet_r`` dataset, so
   decoding (and its one-time cache) is measured; ImageNet-R recipe, 2-epoch probe, E = 2.
-fast = bf16 autocast on CUDA, device preprocessing, decode cache, eval batch 512;
-reference = ``benchmarks.reference.ReferenceMGCLIP``, fp32, PIL preprocessing, eval batch
-as released.
+fast = the default numerics (``--precision auto``: fp32, TF32 matrix products on CUDA; or
+``bf16``), device preprocessing, decode cache, eval batch 512;
+reference = ``benchmarks.reference.ReferenceMGCLIP`` in the released numerics (fp32, TF32
+on CUDA, as the released code ran), PIL preprocessing, eval batch as released.
 
 The reference takes minutes per workload on a GPU (the released code needs about 8 min for
 CIFAR-100 and 11 min for ImageNet-R on an H100), so by default it runs the first
@@ -147,7 +148,7 @@ def workload_configs(name: str, args) -> Dict[str, Dict[str, Any]]:
         ref_eval = 32
     fast = {**base, "model_name": "bench_fast", "precision": args.precision, "preprocess": "device",
             "eval_batch_size": 32 if smoke else 512, "cache_images": "true", "compile": bool(args.compile)}
-    reference = {**base, "model_name": "bench_reference", "precision": "fp32", "preprocess": "pil",
+    reference = {**base, "model_name": "bench_reference", "precision": "auto", "preprocess": "pil",
                  "eval_batch_size": ref_eval, "cache_images": "false"}
     return {"fast": fast, "reference": reference}
 

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The GPU measurement, in stages that each fit well inside one 10-minute device command.
 #   here:    bash benchmarks/fetch_gpu_wheels.sh           (wheels the GPU image lacks -> .whl/)
-#   device:  run(command="bash benchmarks/gpu.sh tests throughput cifar", carry=[".whl"])
-#            run(command="bash benchmarks/gpu.sh compile imagenet_r", carry=[".whl"])
+#   device:  run(command="bash benchmarks/gpu.sh tests throughput numerics cifar", carry=[".whl"])
+#            run(command="bash benchmarks/gpu.sh compile imagenet_r rapf proof", carry=[".whl"])
+#   here:    copy the returned files to benchmarks/results/<date>-<gpu>/, then
+#            python benchmarks/summarize.py benchmarks/results/<date>-<gpu>/
 # Stages (no argument: all of them, more than one command's limit):
 #   tests       the test suite on the GPU machine (tests/test_cuda.py runs there, not in CI)
 #   throughput  train-step / eval / preprocessing img/s, fast vs reference
 #   compile     the same fast path with torch.compile
 #   cifar       end to end, CIFAR-100 B0 Inc10 stand-in (reference: first 3 tasks)
 #   imagenet_r  end to end, ImageNet-R-shaped JPEG folders (reference: first 3 tasks)
+#   numerics    bf16 vs the default numerics: features, gap per probe epoch, E, accuracies
 #   rapf, proof RAPF / PROOF end to end, CIFAR-100 stand-in, ours vs the official cost structure (reference: first 2 tasks)
 # Extra options for end_to_end.py go in E2E_ARGS (e.g. E2E_ARGS="--reference-tasks 0").
 # Each stage's JSON and log land in $OUT (benchmarks/results/ when OUT is unset).
@@ -22,7 +25,7 @@ mkdir -p "$OUT_DIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests throughput compile cifar imagenet_r)
+[ ${#stages[@]} -eq 0 ] && stages=(tests throughput compile numerics cifar imagenet_r rapf proof)
 status=0
 for stage in "${stages[@]}"; do
   echo "== $stage ($(date +%T))"
@@ -30,10 +33,11 @@ for stage in "${stages[@]}"; do
     tests)      python3 -m pytest -q tests -p no:cacheprovider 2>&1 | tee "$OUT_DIR/tests.log" | tail -15 ;;
     throughput) python3 benchmarks/throughput.py --profile --out "$OUT_DIR/throughput.json" ;;
     compile)    python3 benchmarks/throughput.py --compile --no-reference --out "$OUT_DIR/throughput_compiled.json" ;;
+    numerics)   python3 benchmarks/numerics.py --out "$OUT_DIR/numerics.json" ;;
     rapf|proof) python3 benchmarks/methods_end_to_end.py --method "$stage" --out "$OUT_DIR/${stage}_end_to_end.json" ;;
     cifar|imagenet_r)
                 python3 benchmarks/end_to_end.py --workloads "$stage" ${E2E_ARGS:-} --out "$OUT_DIR/end_to_end_$stage.json" ;;
-    *)          echo "unknown stage '$stage' (tests, throughput, compile, cifar, imagenet_r, rapf, proof)"; exit 2 ;;
+    *)          echo "unknown stage '$stage' (tests, throughput, compile, numerics, cifar, imagenet_r, rapf, proof)"; exit 2 ;;
   esac
   rc=$?
   [ $rc -ne 0 ] && { echo "stage $stage failed (exit $rc)"; status=$rc; }

@@ -6,8 +6,9 @@ does differently is what the released code spends time on:
   context, then slices the current task's columns;
 - the visual classifier's training features are recomputed for the prototypes and again
   for each of its epochs (four passes per task);
-- the benchmark runs it in fp32 with PIL preprocessing (``precision: fp32``,
-  ``preprocess: pil``).
+- the benchmark runs it in the released numerics (``precision: auto``: fp32, with TF32
+  matrix products on CUDA, which the released code's PyTorch 1.8 used by default) with PIL
+  preprocessing (``preprocess: pil``).
 It still uses this toolbox's SDPA attention, so it understates the released code's cost.
 """
 from __future__ import annotations

@@ -5,11 +5,13 @@ released code's cost structure, measured in the same process.
     python benchmarks/throughput.py --smoke         # tiny CLIP on the CPU, a few steps
 
 Rows:
-- train step: LoRA CLIP forward + backward + Adam on one batch. fast = bf16 autocast (CUDA),
-  current task's prompts trimmed to their longest; reference = fp32, all ``--prompts``
-  prompts at the full 77 tokens.
-- eval: image features of one batch (no grad). fast = bf16, ``--eval-batch``; reference =
-  fp32, ``--batch``.
+- train step: LoRA CLIP forward + backward + Adam on one batch. fast = each of
+  ``--precisions`` (default: "auto", fp32 with TF32 on CUDA, and the "bf16" option),
+  current task's prompts trimmed to their longest; reference = the released numerics
+  (fp32, TF32 on CUDA, as the released code ran), all ``--prompts`` prompts at the full 77
+  tokens.
+- eval: image features of one batch (no grad). fast = each of ``--precisions``,
+  ``--eval-batch``; reference = the released numerics, ``--batch``.
 - preprocess: 32x32 uint8 -> CLIP input. fast = one batched resize on the device;
   reference = PIL per image in a DataLoader with ``--workers`` processes.
 Writes a JSON file (``--out``) with every figure and the device.
@@ -136,10 +138,10 @@ def measure(args) -> List[Dict]:
                      ("eval", f"fast {precision}", args.eval_batch, eval_step(eval_images, precision))]
     if args.reference:
         variants += [("train step", "reference", args.batch,
-                      train_step(net.tokenize(prompts, trim=False).to(device), "fp32", slice(-10, None))),
-                     ("eval", "reference", args.batch, eval_step(images, "fp32"))]
+                      train_step(net.tokenize(prompts, trim=False).to(device), "auto", slice(-10, None))),
+                     ("eval", "reference", args.batch, eval_step(images, "auto"))]
     for what, path, batch, fn in variants:
-        set_matmul_precision(device, path.split()[-1] if path.startswith("fast") else "fp32")
+        set_matmul_precision(device, path.split()[-1] if path.startswith("fast") else "auto")
         net.train(what == "train step")
         reset_peak(device)
         sec = timed(fn, args.steps, args.warmup, device)

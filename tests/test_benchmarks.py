@@ -71,3 +71,55 @@ def test_methods_end_to_end_smoke(tmp_path, capsys, method):
     assert len(ours["accuracy"]) == 4 and len(ref["accuracy"]) == 2  # the reference stops after 2 tasks
     assert len(ref["task_end_s"]) == 2 and all(t > 0 for t in ours["task_end_s"])
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_numerics_smoke(tmp_path, capsys):
+    from benchmarks import numerics
+
+    out = tmp_path / "numerics.json"
+    assert numerics.main(["--smoke", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    # on the CPU the default numerics are strict fp32 (TF32 exists only on CUDA): identical features
+    same = data["features"]["auto vs fp32"]
+    assert same["max_abs_diff"] == 0.0 and same["cos_min"] == pytest.approx(1.0, abs=1e-6)
+    bf16 = data["features"]["bf16 vs fp32"]
+    assert 0.99 < bf16["cos_min"] < 1.0 and bf16["max_abs_diff"] > 0  # bf16 rounds: close, not equal
+    for precision in ("auto", "bf16"):
+        run = data["runs"][precision]
+        assert 1 <= run["epochs"] <= 3 and len(run["accuracy"]) == 3
+        # the probe stops at the first epoch whose gap moved more than alpha, else at its maximum
+        assert [p["epoch"] for p in run["probe"]] == list(range(1, len(run["probe"]) + 1))
+        assert all(abs(p["change"]) <= 0.10 for p in run["probe"][:-1])
+    printed = capsys.readouterr().out
+    assert "gap statistic" in printed and "| bf16 |" in printed
+
+
+def test_summary_table_of_hand_made_measurements(tmp_path, capsys):
+    from benchmarks import summarize
+
+    def write(name, obj):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", **obj}))
+
+    write("throughput", {"rows": [
+        {"what": "train step", "path": "fast bf16", "batch": 128, "images_per_s": 3000.0, "peak_gb": 9.0},
+        {"what": "eval", "path": "fast bf16", "batch": 512, "images_per_s": 7000.0, "peak_gb": 3.0},
+        {"what": "eval", "path": "reference", "batch": 128, "images_per_s": 1000.0, "peak_gb": 2.0}]})
+    fast = {"wall_s": 50.0, "tasks": 10, "nb_tasks": 10, "per_task": [{"wall_s": 5.0 * (t + 1)} for t in range(10)]}
+    ref = {"wall_s": 120.0, "tasks": 3, "nb_tasks": 10, "per_task": [{"wall_s": 40.0 * (t + 1)} for t in range(3)]}
+    write("end_to_end_cifar", {"workloads": {"cifar": {"fast": fast, "reference": ref}}})
+    write("rapf_end_to_end", {"paths": {"ours": {"wall_s": 4.5, "task_end_s": [1.0, 2.0, 3.0, 4.0]},
+                                        "reference": {"wall_s": 20.0, "task_end_s": [10.0, 20.0]}}})
+    assert summarize.main([str(tmp_path)]) == 0
+    text = (tmp_path / "summary.md").read_text()
+    assert text.strip() == capsys.readouterr().out.strip()
+    lines = text.splitlines()
+    assert lines[0] == "Measured on: NVIDIA H100 80GB HBM3"
+    assert "| train step (bf16), batch 128 | 3,000 img/s | >= 2500 | yes |" in lines
+    assert "| eval (bf16), batch 512 | 7,000 img/s | >= 8000 | **no** |" in lines
+    assert "| eval (reference), batch 128 | 1,000 img/s | - | - |" in lines
+    assert "| cifar end to end, fast, all 10 tasks | 50.0 s | <= 60 | yes |" in lines
+    # the reference's third task ends at 120 s, the fast run's at 15 s: 8.0x, the target exactly
+    assert "| cifar speed-up over the reference, first 3 of 10 tasks | 8.0x | >= 8 | yes |" in lines
+    assert "| RAPF speed-up over its official cost structure, first 2 tasks | 10.0x | - | - |" in lines
+    assert lines[-1] == ("Not measured: throughput_compiled.json, end_to_end_imagenet_r.json, numerics.json, "
+                         "proof_end_to_end.json")
