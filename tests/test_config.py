@@ -99,6 +99,15 @@ def test_mgclip_options_are_refused_by_other_methods(model):
         build_config(None, [f"model_name={model}", "fusion_beta=2"])
 
 
+def test_a_misspelt_option_of_another_method_is_named_with_its_method():
+    with pytest.raises(ConfigError, match="did you mean 'lora_rank'\\? That is an option of mgclip, not of 'rapf'"):
+        Config.from_dict({"model_name": "rapf", "lora_rnak": 4})
+    with pytest.raises(ConfigError, match="did you mean 'mix_bias'\\? That is an option of rapf, not of 'mgclip'"):
+        Config.from_dict({"model_name": "mgclip", "mix_bais": 0.5})
+    with pytest.raises(ConfigError, match="unknown config key 'lr_rate'; did you mean 'lr'\\?$"):
+        Config.from_dict({"model_name": "rapf", "lr_rate": 0.1})  # a key of its own comes first
+
+
 def test_mgclip_options_reach_only_mgclip_side_by_side(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"model_name": ["mgclip", "rapf", "zs_clip"], "dataset": "synthetic",

@@ -118,7 +118,7 @@ class Config:
                 raise ConfigError(f"config key '{key}' is an option of {', '.join(option_owner(key))}, not of "
                                   f"'{model}': remove it, or put it in that method's section of a side-by-side config")
             else:
-                raise ConfigError(_unknown_key_message(key, names + own))
+                raise ConfigError(_unknown_key_message(key, names + own, model))
         if options_cls is not None:
             kwargs["options"] = options_from_dict(options_cls, options)
         cfg = cls(**kwargs)
@@ -286,11 +286,19 @@ def check_held_out_spec(spec: Dict[str, Any]) -> None:
         raise ConfigError(f"config key 'zero_shot_eval': 'severity' = {spec['severity']} must be 1-5 (ImageNet-C)")
 
 
-def _unknown_key_message(key: str, names: Iterable[str]) -> str:
+def _unknown_key_message(key: str, names: Iterable[str], model: Optional[str] = None) -> str:
     if key in C3BOX_KEYS:
         return (f"config key '{key}' is C3Box's name (its mind.json): use '{C3BOX_KEYS[key]}' here; and where "
                 f"mind.json's 'epochs' meant the probe's maximum, write probe_max_epochs: N with epochs: auto")
+    names = list(names)
     close = suggest_key(key, names)
+    if model is not None and not difflib.get_close_matches(key.lower(), names, n=1, cutoff=0.75):
+        # no near spelling among this method's keys: a misspelt option of another method?
+        others = sorted({f.name for m in OPTIONS if m != model for f in fields(method_options(m))} - set(names))
+        near = difflib.get_close_matches(key.lower(), others, n=1, cutoff=0.8)
+        if near:
+            return (f"unknown config key '{key}'; did you mean '{near[0]}'? That is an option of "
+                    f"{', '.join(option_owner(near[0]))}, not of '{model}'")
     hint = f"; did you mean '{close}'?" if close else f"; valid keys: {', '.join(sorted(names))}"
     return f"unknown config key '{key}'{hint}"
 
