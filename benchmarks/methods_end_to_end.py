@@ -20,7 +20,6 @@ at that task. Prints a table and writes JSON (``--out``) after every run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -33,8 +32,8 @@ from benchmarks.proof_reference import ReferencePROOF  # noqa: E402
 from benchmarks.rapf_reference import ReferenceRAPF  # noqa: E402
 from models.proof import PROOF  # noqa: E402
 from models.rapf import RAPF  # noqa: E402
-from utils import factory  # noqa: E402
-from utils.config import OPTIONS, Config  # noqa: E402
+from benchmarks import registry  # noqa: E402
+from utils.config import Config  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.trainer import run_one  # noqa: E402
 
@@ -71,19 +70,11 @@ class BenchReferencePROOF(_Limited, ReferencePROOF):
     pass
 
 
-@contextlib.contextmanager
 def registered(method: str = "rapf"):
     """The two benchmark learners of ``method`` in the factory (with its options) while measuring."""
     cls = {"rapf": ("BenchRAPF", "BenchReferenceRAPF"), "proof": ("BenchPROOF", "BenchReferencePROOF")}[method]
-    names = {f"bench_{method}": f"{__name__}:{cls[0]}", f"bench_{method}_reference": f"{__name__}:{cls[1]}"}
-    factory.LEARNERS.update(names)
-    OPTIONS.update({n: OPTIONS[method] for n in names})
-    try:
-        yield
-    finally:
-        for n in names:
-            factory.LEARNERS.pop(n, None)
-            OPTIONS.pop(n, None)
+    return registry.registered({f"bench_{method}": f"{__name__}:{cls[0]}",
+                                f"bench_{method}_reference": f"{__name__}:{cls[1]}"}, method)
 
 
 def config(args, model: str) -> Dict[str, Any]:
