@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from models.base import BaseLearner
 from utils.clip_ops import begin_task, build_backbone, prompts, read_args, scores_result, text_features
-from utils.config import ConfigError
+from utils.config import ConfigError, require
 from utils.errors import checked_step
 from utils.feature_cache import FeatureCache
 from utils.fusion import svd_fusion
@@ -64,8 +64,7 @@ class RAPFOptions:
                   ("lr_gamma", 0 < self.lr_gamma <= 1, "a number in (0, 1]"),
                   ("covariance_ridge", self.covariance_ridge >= 0, "a number >= 0")]
         for key, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"config key '{key}' = {getattr(self, key)!r} is not allowed: {allowed}")
+            require(ok, key, getattr(self, key), allowed)
 
 
 OFFICIAL_EPOCHS = 15

@@ -155,8 +155,8 @@ class Config:
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              "device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
         need(self.epochs == "auto" or (isinstance(self.epochs, int) and self.epochs >= 1),
-             "epochs", "'auto' (the method's own budget; MG-CLIP: the epoch probe on the first "
-                                                                  "task) or an integer >= 1")
+             "epochs", "'auto' (the method's own budget; MG-CLIP: the epoch probe on the first task) or an "
+                       "integer >= 1")
         need(all(isinstance(s, int) and s >= 0 for s in self.seeds()) and len(self.seeds()) > 0,
              "seed", "an integer >= 0 or a non-empty list of them")
         repeated = sorted({s for s in self.seeds() if self.seeds().count(s) > 1})
