@@ -3,6 +3,7 @@
 ``--set key=value`` overrides config keys (typed like YAML: 3, 1e-3, true, [1,2]).
 ``--resume RUN_DIR`` continues a stopped run after its last completed task;
 ``--resume`` with ``--config`` continues every seed of that config that has a checkpoint.
+``--check`` makes every check a run makes before it starts, writes nothing, and stops.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue from checkpoint.pt: of RUN_DIR, or (without RUN_DIR) of each seed's run "
                         "directory of --config")
+    p.add_argument("--check", action="store_true",
+                   help="make every check a run makes before it starts (config, run folders, data and official "
+                        "files, device, backbone weights; downloads what is missing), write nothing, and stop")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     args = p.parse_args(argv)
     if args.config is None and not isinstance(args.resume, str):
@@ -41,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from utils.errors import NonFiniteError, user_message
     from utils.released import ReleasedFileError
     from utils.run_lock import RunLockedError
-    from utils.trainer import RunInterrupted, run, run_one
+    from utils.trainer import RunInterrupted, check_only, precheck, run, run_one
 
     try:
         if isinstance(args.resume, str):
@@ -52,9 +56,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             cfg = build_config(config, args.overrides)
             if len(cfg.seeds()) != 1:
                 raise ConfigError(f"--resume {run_dir} continues one run: give one seed, not {cfg.seeds()}")
+            if args.check:
+                raise ConfigError("--check goes with --config (and --resume without a run folder), not with "
+                                  "--resume RUN_DIR")
             run_one(cfg, cfg.seeds()[0], resume="required", run_dir=run_dir)
         else:
             configs = build_configs(args.config, args.overrides)  # several with model_name: [a, b, ...]
+            if args.check:
+                for cfg in configs:
+                    for line in check_only(cfg, resume=bool(args.resume)):
+                        print(line)
+                print("all checks passed: nothing was written; run without --check to start")
+                return 0
+            for cfg in configs:  # every method's folders and checkpoints, before the first method starts
+                precheck(cfg, resume=bool(args.resume))
             for cfg in configs:
                 run(cfg, resume=bool(args.resume))
             if len(configs) > 1:

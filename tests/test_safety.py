@@ -290,3 +290,42 @@ def test_the_probe_needs_two_classes_in_the_first_task(tmp_path, capsys):
     cfg_path.write_text(json.dumps(tiny_args(tmp_path, init_cls=1, epochs="auto")))
     assert main(["--config", str(cfg_path), "-q"]) == 2
     assert "'init_cls'" in capsys.readouterr().err
+
+
+def side_by_side_cfg(folder, **over):
+    path = folder / "cfg.json"
+    path.write_text(json.dumps(tiny_args(folder, model_name=["mgclip", "rapf"], **over)))
+    return path
+
+
+def test_check_makes_every_check_and_writes_nothing(tmp_path, capsys):
+    cfg_path = side_by_side_cfg(tmp_path, seed=[1, 2])
+    assert main(["--config", str(cfg_path), "--check", "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[1].strip() for line in lines[:-1]] == ["mgclip seed 1", "mgclip seed 2", "rapf seed 1",
+                                                                   "rapf seed 2"]
+    assert "3 tasks of [2, 2, 2] classes on synthetic, tiny-random on cpu" in lines[0] and lines[0].endswith("starts")
+    assert lines[-1].startswith("all checks passed: nothing was written")
+    assert not os.path.exists(tmp_path / "logs")
+    # a check that fails says why, as the run would, and still writes nothing
+    assert main(["--config", str(cfg_path), "--check", "-q", "--set", "backbone=no-such-model"]) == 2
+    assert "no-such-model" in capsys.readouterr().err and not os.path.exists(tmp_path / "logs")
+
+
+def test_check_says_what_a_run_would_do_with_an_earlier_one(finished, capsys):
+    cfg_path, run_dir, before = finished
+    capsys.readouterr()
+    assert main(["--config", str(cfg_path), "--check", "-q"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"{run_dir} starts over (replacing its results)")
+    assert main(["--config", str(cfg_path), "--check", "--resume", "-q"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"{run_dir} continues after task 3/3")
+    assert snapshot(run_dir) == before
+
+
+def test_side_by_side_checks_every_methods_folder_before_the_first_method_starts(tmp_path, capsys):
+    cfg_path = side_by_side_cfg(tmp_path)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "rapf").write_text("a file where rapf's run folders would go")
+    assert main(["--config", str(cfg_path), "-q"]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "logs" / "mgclip")  # MG-CLIP never started

@@ -327,15 +327,41 @@ def _round(x: Optional[float]) -> Optional[float]:
     return None if x is None else round(float(x), 2)
 
 
+def precheck(cfg: Config, resume: bool = False) -> None:
+    """The checks that cost nothing, for every seed of ``cfg``: each run folder can be
+    written and, with ``resume``, each checkpoint fits the config (run before any seed,
+    and in a side-by-side config before any method, starts)."""
+    resolved = cfg.to_dict()
+    for seed in cfg.seeds():
+        check_writable(run_dir_for(cfg, seed))
+        _load_resume_state(os.path.join(run_dir_for(cfg, seed), CHECKPOINT), resume, {**resolved, "seed": seed})
+
+
+def check_only(cfg: Config, resume: bool = False) -> List[str]:
+    """Every check a run makes before it starts (folder, checkpoint, data and official
+    files, device, backbone and its weights, held-out sets), for every seed, writing
+    nothing; one line per run that would start."""
+    lines = []
+    for seed in cfg.seeds():
+        run_dir = run_dir_for(cfg, seed)
+        p = prepare_run(cfg, seed, run_dir, resume)
+        state = _load_resume_state(os.path.join(run_dir, CHECKPOINT), resume, p.resolved)
+        start = (f"continues after task {state['completed_tasks']}/{p.dm.nb_tasks}" if state is not None else
+                 "starts" + (" over (replacing its results)" if os.path.exists(os.path.join(run_dir, "results.json"))
+                             else ""))
+        lines.append(f"ok: {cfg.model_name} seed {seed}: {p.dm.nb_tasks} tasks of "
+                     f"{[p.dm.get_task_size(t) for t in range(p.dm.nb_tasks)]} classes on {cfg.dataset}, "
+                     f"{cfg.backbone} on {p.learner._device}; {run_dir} {start}")
+        del p
+    return lines
+
+
 def run(cfg: Config, resume: bool = False) -> List[str]:
     """All seeds of ``cfg`` (each continued from its checkpoint with ``resume``); with
     several seeds also writes ``<prefix>_summary.json`` (mean and std of Avg and Last)
     beside the run directories. Each seed's folder must be writable and, with ``resume``,
     each checkpoint must fit the config before the first seed starts."""
-    resolved = cfg.to_dict()
-    for seed in cfg.seeds():
-        check_writable(run_dir_for(cfg, seed))
-        _load_resume_state(os.path.join(run_dir_for(cfg, seed), CHECKPOINT), resume, {**resolved, "seed": seed})
+    precheck(cfg, resume)
     run_dirs = [run_one(cfg, seed, resume=resume) for seed in cfg.seeds()]
     if len(run_dirs) > 1:
         finals = [load_run(d) for d in run_dirs]
