@@ -1,3 +1,4 @@
+import glob
 import json
 import os
 
@@ -239,3 +240,34 @@ def test_split_comes_from_the_arguments_not_config_defaults():
     assert [dm.get_task_size(t) for t in range(dm.nb_tasks)] == [2, 2, 1]
     with pytest.raises(Exception, match="init_cls"):
         DataManager("synthetic", True, 0, 6, 2, {"synthetic_classes": 5})
+
+
+def test_in_memory_images_are_served_without_worker_processes_and_the_same_batches(tmp_path):
+    """Workers only slow in-memory uint8 batches (start-up, copies between processes);
+    a loader over JPEG paths keeps them. A run's figures do not depend on the workers."""
+    from main import main
+    from tests.conftest import tiny_args
+    from utils.clip_ops import make_loader, task_data
+    from utils.config import Config
+    from utils.data_manager import DataManager
+
+    cfg = Config.from_dict(tiny_args(tmp_path, num_workers=2))
+    dm = DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg)
+    loader = make_loader(task_data(dm, range(2), "train", 32, cfg, torch.device("cpu")), 4, True, 2,
+                         torch.device("cpu"))
+    assert loader.loader.num_workers == 0
+    write_jpeg_split(tmp_path / "imagenet-r", ["a", "b"])
+    jpeg = Config.from_dict(tiny_args(tmp_path, dataset="imagenet_r", data_path=str(tmp_path), cache_images="false",
+                                      init_cls=2, increment=2, num_workers=2))
+    jdm = DataManager(jpeg.dataset, True, 1993, 2, 2, jpeg)
+    assert make_loader(task_data(jdm, range(2), "train", 32, jpeg, torch.device("cpu")), 4, True, 2,
+                       torch.device("cpu")).loader.num_workers == 2
+    accuracies = []
+    for workers in (0, 2):
+        path = tmp_path / f"w{workers}.json"
+        path.write_text(json.dumps(tiny_args(tmp_path / f"w{workers}", num_workers=workers, preprocess="pil")))
+        assert main(["--config", str(path), "-q"]) == 0
+        (results,) = glob.glob(str(tmp_path / f"w{workers}" / "logs" / "**" / "results.json"), recursive=True)
+        with open(results) as f:
+            accuracies.append(json.load(f)["accuracy_matrix"])
+    assert accuracies[0] == accuracies[1]

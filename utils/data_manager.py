@@ -148,6 +148,12 @@ class CLDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def in_memory(self) -> bool:
+        """uint8 arrays served as they are: worker processes would only add their start-up
+        and the copying of every batch between processes."""
+        return self.transform is None and not self.use_path
+
     def __getitem__(self, idx: int):
         if self.transform is None:
             return idx, torch.from_numpy(np.ascontiguousarray(self.images[idx])), int(self.labels[idx])
