@@ -29,7 +29,7 @@ from utils.clip_ops import (begin_task, build_backbone, encode_dataset, eval_res
 from utils.config import ConfigError, require
 from utils.cosine_linear import CosineLinear
 from utils.errors import NonFiniteError, checked_step
-from utils.gap import EpochProbe, GapAccumulator
+from utils.gap import EpochProbe, gap_order, gap_statistic
 from utils.lora import load_lora_state_dict, lora_disabled, lora_parameters, lora_state_dict
 from utils.metrics import accuracy_dict
 from utils.replay import replay_loss, update_memory
@@ -109,29 +109,6 @@ def fuse(text_logits: torch.Tensor, visual_logits: Optional[torch.Tensor], beta:
     if visual_logits is None:
         return p_text
     return (p_text + beta * F.softmax(visual_logits.float(), dim=1)) / (1.0 + beta)
-
-
-def gap_statistic(image_feats: torch.Tensor, labels: torch.Tensor, text_feats: torch.Tensor,
-                  logit_scale: float, batch_size: int, order: Optional[torch.Tensor] = None) -> Tuple[float, float]:
-    """(mean non-target logit, mean target logit) of normalized features, batch by batch
-    (SPEC 9): in the image order ``order`` (a permutation; dataset order if None).
-    ``labels`` index the columns of ``text_feats``."""
-    if order is not None:
-        order = order.to(labels.device)
-        image_feats, labels = image_feats[order], labels[order]
-    acc = GapAccumulator()
-    for i in range(0, len(labels), batch_size):
-        acc.add(logit_scale * image_feats[i:i + batch_size] @ text_feats.t(), labels[i:i + batch_size])
-    return acc.negative, acc.positive
-
-
-def gap_order(n: int, seed: int, task: int) -> torch.Tensor:
-    """The shuffled image order of task ``task``'s gap statistic: the released code draws
-    its batches from a shuffled loader (so a short last batch is a random mix of classes,
-    not one class of a folder dataset). Drawn from its own generator, so the global random
-    stream is untouched; one order per task, shared by all of that task's measurements, so
-    the probe's changes measure the model, not the batch order."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + task))
 
 
 class MGCLIP(BaseLearner):

@@ -66,7 +66,7 @@ def test_default_numerics_are_fp32_with_tf32_and_match_strict_fp32():
 
 
 def test_bf16_gap_statistic_agrees_with_fp32():
-    from models.mgclip import gap_statistic
+    from utils.gap import gap_statistic
     from utils.clip_backbone import autocast, load_clip, set_matmul_precision
 
     net = load_clip("vit-b16-random").to(CUDA).eval()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.mgclip import gap_statistic
+from utils.gap import gap_statistic
 from utils.gap import EpochProbe, GapAccumulator, batch_gap_terms, choose_epochs, relative_change
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.mgclip import gap_statistic
+from utils.gap import gap_statistic
 from tests.conftest import tiny_args
 from tests.test_mgclip import make
 from utils.clip_backbone import load_clip

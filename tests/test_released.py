@@ -257,7 +257,7 @@ def test_auto_epochs_that_pick_e_equal_a_run_given_e_bit_for_bit(tmp_path, monke
 
 
 def test_gap_statistic_over_a_seeded_shuffled_order_by_hand():
-    from models.mgclip import gap_order, gap_statistic
+    from utils.gap import gap_order, gap_statistic
 
     g = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(7, 4, generator=g), dim=1)

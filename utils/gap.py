@@ -44,6 +44,29 @@ class GapAccumulator:
         return sum(self.pos) / len(self.pos)
 
 
+def gap_statistic(image_feats: torch.Tensor, labels: torch.Tensor, text_feats: torch.Tensor,
+                  logit_scale: float, batch_size: int, order: Optional[torch.Tensor] = None) -> Tuple[float, float]:
+    """(mean non-target logit, mean target logit) of normalized features, batch by batch
+    (SPEC 9): in the image order ``order`` (a permutation; dataset order if None).
+    ``labels`` index the columns of ``text_feats``."""
+    if order is not None:
+        order = order.to(labels.device)
+        image_feats, labels = image_feats[order], labels[order]
+    acc = GapAccumulator()
+    for i in range(0, len(labels), batch_size):
+        acc.add(logit_scale * image_feats[i:i + batch_size] @ text_feats.t(), labels[i:i + batch_size])
+    return acc.negative, acc.positive
+
+
+def gap_order(n: int, seed: int, task: int) -> torch.Tensor:
+    """The shuffled image order of task ``task``'s gap statistic: the released code draws
+    its batches from a shuffled loader (so a short last batch is a random mix of classes,
+    not one class of a folder dataset). Drawn from its own generator, so the global random
+    stream is untouched; one order per task, shared by all of that task's measurements, so
+    the probe's changes measure the model, not the batch order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + task))
+
+
 def relative_change(neg0: float, neg: float) -> float:
     """|neg0 - neg| / |neg0| (paper Eq. 3)."""
     return abs(neg0 - neg) / abs(neg0)
