@@ -44,6 +44,27 @@ def test_every_imagenet_c_corruption_runs_here():
             assert out.dtype == np.uint8 and out.shape == images.shape and not np.array_equal(out, images), name
 
 
+def test_corruptions_run_without_pkg_resources():
+    """setuptools >= 81 has no pkg_resources; imagecorruptions' frost reads its frost images
+    through pkg_resources.resource_filename. A fresh interpreter without it still corrupts,
+    with the very images it gets with setuptools < 81."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from utils.retention import corrupt_images
+
+    code = ("import sys; sys.modules['pkg_resources'] = None\n"
+            "import numpy as np\n"
+            "from utils.retention import corrupt_images\n"
+            "images = (np.random.RandomState(3).rand(2, 40, 40, 3) * 255).astype(np.uint8)\n"
+            "sys.stdout.write(corrupt_images(images, 'frost', 4, seed=1).tobytes().hex())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    images = (np.random.RandomState(3).rand(2, 40, 40, 3) * 255).astype(np.uint8)
+    assert bytes.fromhex(out.stdout) == corrupt_images(images, "frost", 4, seed=1).tobytes()
+
+
 def test_gaussian_blur_is_a_per_channel_gaussian_filter_by_hand():
     """ImageNet-C's gaussian_blur: sigma 1, 2, 3, 4, 6 by severity, each colour channel
     blurred on its own (skimage's multichannel=True, channel_axis=-1 today), edges

@@ -36,35 +36,50 @@ class BackboneError(RuntimeError):
     """CLIP weights could not be found, fetched or verified; the message says what to do."""
 
 
-def import_clip():
-    """Import the ``clip`` package on any setuptools.
-
-    openai-clip does ``from pkg_resources import packaging``; setuptools >= 81 no longer
-    ships ``pkg_resources``. If it is missing we register a minimal stand-in that offers
-    ``packaging`` (the only thing clip uses) before importing clip.
-    """
-    if "clip" in sys.modules:
-        return sys.modules["clip"]
+def ensure_pkg_resources() -> None:
+    """Make ``import pkg_resources`` work on any setuptools. setuptools >= 81 no longer ships
+    it; openai-clip imports ``pkg_resources.packaging`` and imagecorruptions
+    ``pkg_resources.resource_filename`` (the path of a file inside a package), so where it is
+    missing a minimal stand-in offering those two is registered."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pkg_resources' deprecation notice
         try:
             import pkg_resources  # noqa: F401
+            return
         except ImportError:
-            shim = types.ModuleType("pkg_resources")
-            try:
-                import packaging.version  # noqa: F401
-                import packaging as _packaging
-            except ImportError:  # pragma: no cover - packaging is nearly always present
-                _packaging = types.ModuleType("packaging")
-                _version = types.ModuleType("packaging.version")
+            pass
+    shim = types.ModuleType("pkg_resources")
+    try:
+        import packaging.version  # noqa: F401
+        import packaging as _packaging
+    except ImportError:  # pragma: no cover - packaging is nearly always present
+        _packaging = types.ModuleType("packaging")
+        _version = types.ModuleType("packaging.version")
 
-                def parse(v: str):
-                    return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
+        def parse(v: str):
+            return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
 
-                _version.parse = parse
-                _packaging.version = _version
-            shim.packaging = _packaging
-            sys.modules["pkg_resources"] = shim
+        _version.parse = parse
+        _packaging.version = _version
+
+    def resource_filename(module_name: str, resource: str) -> str:
+        import importlib
+        import os
+
+        return os.path.join(os.path.dirname(importlib.import_module(module_name).__file__), resource)
+
+    shim.packaging = _packaging
+    shim.resource_filename = resource_filename
+    sys.modules["pkg_resources"] = shim
+
+
+def import_clip():
+    """Import the ``clip`` package on any setuptools (see :func:`ensure_pkg_resources`)."""
+    if "clip" in sys.modules:
+        return sys.modules["clip"]
+    ensure_pkg_resources()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         import clip
     return clip
 

@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import types
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -36,11 +37,18 @@ logger = logging.getLogger(__name__)
 
 
 def corruptions_module():
+    from utils.clip_backbone import ensure_pkg_resources
+
+    ensure_pkg_resources()  # imagecorruptions imports pkg_resources, gone from setuptools >= 81
     try:
-        from imagecorruptions import corrupt, corruptions, get_corruption_names
-    except ImportError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pkg_resources' deprecation notice
+            from imagecorruptions import corrupt, corruptions, get_corruption_names
+    except ImportError as e:
+        missing = getattr(e, "name", None) == "imagecorruptions"
         raise ConfigError("config key 'zero_shot_eval' asks for a corruption, which needs the 'imagecorruptions' "
-                          "package: pip install -e .[corruptions]") from None
+                          "package: " + ("pip install -e .[corruptions]" if missing else
+                                         f"it is installed but fails to import ({e})")) from None
     _modern_spellings(corruptions)
     return corrupt, get_corruption_names
 
