@@ -10,12 +10,13 @@ from utils.report import FIG_DPI, FIG_SIZE, ReportError, main, make_report
 
 
 def fake_run(root, model, seed, acc, matrix, prefix="p", epochs=None, gap=None, text=None, visual=None,
-             total_s=10.0):
-    d = root / f"{model}_{seed}"
+             total_s=10.0, **config):
+    d = root / f"{model}_{prefix}_{seed}"
     d.mkdir(parents=True)
     r = {"model_name": model, "dataset": "cifar100", "seed": seed, "accuracy": acc, "accuracy_matrix": matrix,
          "avg": float(np.mean(acc)), "last": acc[-1], "forgetting": 5.0 + seed, "bwt": -seed,
-         "config": {"prefix": prefix, "init_cls": 10, "increment": 10, "gap_alpha": 0.1},
+         "config": {"prefix": prefix, "init_cls": 10, "increment": 10, "gap_alpha": 0.1, "dataset": "cifar100",
+                    **config},
          "timings": {"total_s": total_s}}
     if epochs is not None:
         r["epochs"] = epochs
@@ -123,3 +124,65 @@ def test_report_on_real_runs(tmp_path):
     results = [json.load(open(os.path.join(root, "results.json")))
                for root, _, files in os.walk(tmp_path / "logs") if "results.json" in files]
     assert row["avg_mean"] == pytest.approx(np.mean([r["avg"] for r in results]))
+
+
+def test_runs_of_a_published_protocol_are_set_beside_its_figures(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    M = [[90.0], [80.0, 70.0]]
+    fake_run(logs, "mgclip", 1, [90.0, 76.0], M, backbone="ViT-B/16")
+    fake_run(logs, "mgclip", 2, [94.0, 80.0], M, backbone="ViT-B/16")
+    fake_run(logs, "mgclip", 1, [92.0, 84.0], M, prefix="replay", backbone="ViT-B/16", memory_size=2000)
+    fake_run(logs, "mgclip", 1, [50.0, 40.0], M, prefix="fewshot", backbone="ViT-B/16", shots_per_class=5)
+    fake_run(logs, "rapf", 1, [88.0, 80.0], M, backbone="ViT-B/16")
+    fake_run(logs, "proof", 1, [88.0, 80.0], M, backbone="ViT-L/14")  # no published PROOF run on ViT-L/14
+    fake_run(logs, "zs_clip", 1, [70.0, 60.0], M, backbone="ViT-B/16")
+    assert main([str(logs), "--out", str(tmp_path / "out")]) == 0
+    rows = {(r["method"], r["prefix"]): r for r in make_report([str(logs)], str(tmp_path / "out"))["published"]}
+    assert set(rows) == {("mgclip", "p"), ("mgclip", "replay"), ("rapf", "p")}
+    # MG-CLIP CIFAR-100 10x10: Avg (83 + 87) / 2 = 85 vs 86.79, Last (76 + 80) / 2 = 78 vs 80.40
+    mg = rows[("mgclip", "p")]
+    assert (mg["published_avg"], mg["published_last"]) == (86.79, 80.40)
+    assert mg["avg_diff"] == pytest.approx(85 - 86.79) and mg["last_diff"] == pytest.approx(78 - 80.40)
+    assert rows[("mgclip", "replay")]["published_last"] == 82.58  # the replay protocol's figure
+    assert rows[("rapf", "p")]["published_avg"] == 86.19
+    md = (tmp_path / "out" / "summary.md").read_text()
+    line = "| mgclip | p | cifar100 | 10/10 | ViT-B/16 | 1 2 | 85.00 | 86.79 | -1.79 | 78.00 | 80.40 | -2.40 |"
+    assert line in md and line in capsys.readouterr().out
+
+
+def test_the_readme_config_tables_give_the_figures_the_report_uses():
+    """Every single-config row of the README's config tables: its published Avg / Last are
+    what utils/published.py gives for that config (and a row without figures has none)."""
+    import re
+
+    from tests.conftest import ROOT
+    from utils.config import build_config
+    from utils.published import published_for
+
+    def number(cell):
+        found = re.match(r"\s*(\d+(?:\.\d+)?)", cell)
+        return float(found.group(1)) if found else None
+
+    header, checked = None, 0
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if line.startswith("| config |"):
+                header = cells
+                continue
+            names = re.findall(r"`exps/([a-z0-9_]+\.json)`", cells[0]) if line.startswith("| `exps/") else []
+            if header is None or len(names) != 1:
+                continue
+            if "paper Avg" in header:
+                avg, last = number(cells[header.index("paper Avg")]), number(cells[header.index("paper Last")])
+            else:
+                both = (cells[header.index("published Avg / Last")].split("/") + ["-"])[:2]
+                avg, last = number(both[0]), number(both[1])
+            cfg = build_config(os.path.join(ROOT, "exps", names[0]))
+            pub = published_for(cfg.model_name, cfg.to_dict())
+            if avg is None and last is None:
+                assert pub is None, names[0]
+                continue
+            assert pub is not None and (pub.avg, pub.last) == (avg, last), names[0]
+            checked += 1
+    assert checked == 19  # 11 MG-CLIP, 4 RAPF, 4 PROOF protocols

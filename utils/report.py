@@ -3,7 +3,8 @@
 Each RUN_DIR is a run directory (with ``results.json``) or a folder searched for them.
 Runs of the same method, dataset, split and prefix are grouped over seeds. Writes
 ``summary.md`` and ``summary.csv`` (mean +- std over seeds; std is the population std,
-numpy's default) and, with matplotlib installed (``pip install -e .[plots]``),
+numpy's default; groups that run a published protocol also get a table against the
+published Avg and Last, ``utils/published.py``) and, with matplotlib installed (``pip install -e .[plots]``),
 ``accuracy_curve.png``, ``accuracy_matrix_<run>.png`` per run and ``gap.png`` for MG-CLIP.
 """
 from __future__ import annotations
@@ -177,6 +178,40 @@ def summary_csv(rows: List[Dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def published_rows(groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """One row per group that runs a published protocol (``utils.published``): its mean
+    Avg and Last beside the published ones, and the differences."""
+    from utils.published import published_for
+
+    rows = []
+    for key, runs in groups.items():
+        pub = published_for(key[0], runs[0]["config"])
+        if pub is None:
+            continue
+        row = summary_row(key, runs)
+        row.update({"backbone": pub.backbone, "published_avg": pub.avg, "published_last": pub.last,
+                    "source": pub.source})
+        for m in ("avg", "last"):
+            ours, theirs = row[f"{m}_mean"], row[f"published_{m}"]
+            row[f"{m}_diff"] = None if ours is None or theirs is None else ours - theirs
+        rows.append(row)
+    return rows
+
+
+def published_markdown(rows: List[Dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    lines = ["", "Against the published figures:", "",
+             "| method | prefix | dataset | split | backbone | seeds | Avg | published Avg | diff | Last "
+             "| published Last | diff | published in |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        diff = {m: "-" if r[f"{m}_diff"] is None else f"{r[f'{m}_diff']:+.2f}" for m in ("avg", "last")}
+        lines.append(f"| {r['method']} | {r['prefix']} | {r['dataset']} | {r['split']} | {r['backbone']} | "
+                     f"{r['seeds']} | {_fmt(r['avg_mean'])} | {_fmt(r['published_avg'])} | {diff['avg']} | "
+                     f"{_fmt(r['last_mean'])} | {_fmt(r['published_last'])} | {diff['last']} | {r['source']} |")
+    return "\n".join(lines) + "\n"
+
+
 def retention_rows(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One row per run and held-out set evaluated with ``zero_shot_eval``."""
     rows = []
@@ -309,9 +344,12 @@ def make_report(paths: Sequence[str], out: str) -> Dict[str, Any]:
     rows = [summary_row(k, g) for k, g in groups.items()]
     os.makedirs(out, exist_ok=True)
     retention = retention_rows(runs)
-    write_text(os.path.join(out, "summary.md"), summary_markdown(rows) + retention_markdown(retention))
+    published = published_rows(groups)
+    write_text(os.path.join(out, "summary.md"),
+               summary_markdown(rows) + published_markdown(published) + retention_markdown(retention))
     write_text(os.path.join(out, "summary.csv"), summary_csv(rows))
-    written = {"rows": rows, "files": ["summary.md", "summary.csv"], "plots": False, "retention": retention}
+    written = {"rows": rows, "files": ["summary.md", "summary.csv"], "plots": False, "retention": retention,
+               "published": published}
     if retention:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(retention[0]))
@@ -352,7 +390,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary_markdown(written["rows"]), end="")
+    print(summary_markdown(written["rows"]) + published_markdown(written["published"]), end="")
     print(f"wrote {', '.join(written['files'])} to {args.out}")
     if not written["plots"]:
         print("no plots: matplotlib is not installed (pip install -e .[plots])")
