@@ -181,3 +181,20 @@ def test_zero_shot_predictions_equal_a_hand_computation(tmp_path):
             correct += int((pred == y).sum())
             total += len(y)
     assert cnn["top1"] == pytest.approx(100.0 * correct / total)
+
+
+def test_durations_read_naturally_and_each_task_says_how_long_is_left(tmp_path, caplog):
+    import logging
+
+    from utils.trainer import _duration
+
+    assert [_duration(s) for s in (0.42, 9.94, 42.4, 185, 7620)] == ["0.4 s", "9.9 s", "42 s", "3 min 05 s",
+                                                                     "2 h 07 min"]
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(tiny_args(tmp_path)))
+    with caplog.at_level(logging.INFO, logger="utils.trainer"):
+        assert main(["--config", str(path)]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("task ")]
+    assert [line.split(":")[0] for line in lines] == ["task 1/3", "task 2/3", "task 3/3"]
+    assert all("for this task" in line for line in lines)
+    assert "left" in lines[0] and "left" in lines[1] and "left" not in lines[2]

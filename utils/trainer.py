@@ -37,6 +37,18 @@ CSV_FIELDS = ["task", "classes", "accuracy", "top5", "old", "new", "text_accurac
               "train_s", "eval_s"]
 
 
+def _duration(seconds: float) -> str:
+    """``0.4 s``, ``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def seed_everything(seed: int) -> None:
     """The run's one seeding point: python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -243,6 +255,7 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> str:
     if first == dm.nb_tasks:
         logger.info("%s is already complete (%d tasks)", run_dir, first)
         return run_dir
+    loop_start = time.perf_counter()
     for task in range(first, dm.nb_tasks):
         where["task"] = task + 1
         t0 = time.perf_counter()
@@ -258,8 +271,11 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> str:
         t2 = time.perf_counter()
         learner.after_task()
         _record_task(progress, task, learner, cnn_accy, t1 - t0, t2 - t1)
-        logger.info("task %d/%d: accuracy %.2f %% on %d classes (per task %s)", task + 1, dm.nb_tasks,
-                    progress.accuracies[-1], learner._total_classes, [round(a, 1) for a in progress.matrix[-1]])
+        left = dm.nb_tasks - task - 1  # estimated from this session's mean time per task
+        eta = f", about {_duration((t2 - loop_start) / (task + 1 - first) * left)} left" if left else ""
+        logger.info("task %d/%d: accuracy %.2f %% on %d classes (per task %s); %s for this task%s",
+                    task + 1, dm.nb_tasks, progress.accuracies[-1], learner._total_classes,
+                    [round(a, 1) for a in progress.matrix[-1]], _duration(t2 - t0), eta)
         results = {
             "model_name": cfg.model_name, "dataset": cfg.dataset, "seed": seed,
             "nb_tasks": dm.nb_tasks, "completed_tasks": task + 1, "finished": task + 1 == dm.nb_tasks,
