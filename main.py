@@ -57,8 +57,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             if len(cfg.seeds()) != 1:
                 raise ConfigError(f"--resume {run_dir} continues one run: give one seed, not {cfg.seeds()}")
             if args.check:
-                raise ConfigError("--check goes with --config (and --resume without a run folder), not with "
-                                  "--resume RUN_DIR")
+                print(check_only(cfg, resume="required", run_dir=run_dir)[0])
+                print("all checks passed: nothing was written; run without --check to continue")
+                return 0
             run_one(cfg, cfg.seeds()[0], resume="required", run_dir=run_dir)
         else:
             configs = build_configs(args.config, args.overrides)  # several with model_name: [a, b, ...]

@@ -305,6 +305,9 @@ def test_check_makes_every_check_and_writes_nothing(tmp_path, capsys):
     assert [line.split(":")[1].strip() for line in lines[:-1]] == ["mgclip seed 1", "mgclip seed 2", "rapf seed 1",
                                                                    "rapf seed 2"]
     assert "3 tasks of [2, 2, 2] classes on synthetic, tiny-random on cpu" in lines[0] and lines[0].endswith("starts")
+    for line, (model, seed) in zip(lines, [("mgclip", 1), ("mgclip", 2), ("rapf", 1), ("rapf", 2)]):
+        assert line.endswith(f"{os.path.join(str(tmp_path / 'logs'), model, 'synthetic', '2', '2', f'test_{seed}')} "
+                             f"starts")
     assert lines[-1].startswith("all checks passed: nothing was written")
     assert not os.path.exists(tmp_path / "logs")
     # a check that fails says why, as the run would, and still writes nothing
@@ -318,6 +321,8 @@ def test_check_says_what_a_run_would_do_with_an_earlier_one(finished, capsys):
     assert main(["--config", str(cfg_path), "--check", "-q"]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(f"{run_dir} starts over (replacing its results)")
     assert main(["--config", str(cfg_path), "--check", "--resume", "-q"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"{run_dir} continues after task 3/3")
+    assert main(["--resume", run_dir, "--check", "-q"]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(f"{run_dir} continues after task 3/3")
     assert snapshot(run_dir) == before
 

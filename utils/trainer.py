@@ -353,21 +353,21 @@ def precheck(cfg: Config, resume: bool = False) -> None:
         _load_resume_state(os.path.join(run_dir_for(cfg, seed), CHECKPOINT), resume, {**resolved, "seed": seed})
 
 
-def check_only(cfg: Config, resume: bool = False) -> List[str]:
+def check_only(cfg: Config, resume: Union[bool, str] = False, run_dir: Optional[str] = None) -> List[str]:
     """Every check a run makes before it starts (folder, checkpoint, data and official
-    files, device, backbone and its weights, held-out sets), for every seed, writing
-    nothing; one line per run that would start."""
+    files, device, backbone and its weights, held-out sets), for every seed (or the one run
+    in ``run_dir``), writing nothing; one line per run that would start."""
     lines = []
     for seed in cfg.seeds():
-        run_dir = run_dir_for(cfg, seed)
-        p = prepare_run(cfg, seed, run_dir, resume)
-        state = _load_resume_state(os.path.join(run_dir, CHECKPOINT), resume, p.resolved)
+        folder = run_dir or run_dir_for(cfg, seed)
+        p = prepare_run(cfg, seed, folder, resume)
+        state = _load_resume_state(os.path.join(folder, CHECKPOINT), resume, p.resolved)
         start = (f"continues after task {state['completed_tasks']}/{p.dm.nb_tasks}" if state is not None else
-                 "starts" + (" over (replacing its results)" if os.path.exists(os.path.join(run_dir, "results.json"))
+                 "starts" + (" over (replacing its results)" if os.path.exists(os.path.join(folder, "results.json"))
                              else ""))
         lines.append(f"ok: {cfg.model_name} seed {seed}: {p.dm.nb_tasks} tasks of "
                      f"{[p.dm.get_task_size(t) for t in range(p.dm.nb_tasks)]} classes on {cfg.dataset}, "
-                     f"{cfg.backbone} on {p.learner._device}; {run_dir} {start}")
+                     f"{cfg.backbone} on {p.learner._device}; {folder} {start}")
         del p
     return lines
 
