@@ -3,7 +3,8 @@
 ``--set key=value`` overrides config keys (typed like YAML: 3, 1e-3, true, [1,2]).
 ``--resume RUN_DIR`` continues a stopped run after its last completed task;
 ``--resume`` with ``--config`` continues every seed of that config that has a checkpoint.
-``--check`` makes every check a run makes before it starts, writes nothing, and stops.
+``--check`` makes every check a run makes before it starts, writes nothing, and stops;
+``--print-config`` prints the resolved config (every default included) and stops.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true",
                    help="make every check a run makes before it starts (config, run folders, data and official "
                         "files, device, backbone weights; downloads what is missing), write nothing, and stop")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every key of the resolved config (defaults included; one block per method) and stop")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     args = p.parse_args(argv)
     if args.config is None and not isinstance(args.resume, str):
@@ -63,6 +66,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             run_one(cfg, cfg.seeds()[0], resume="required", run_dir=run_dir)
         else:
             configs = build_configs(args.config, args.overrides)  # several with model_name: [a, b, ...]
+            if args.print_config:
+                import yaml
+
+                for cfg in configs:
+                    print(f"# {cfg.model_name}\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+                return 0
             if args.check:
                 for cfg in configs:
                     for line in check_only(cfg, resume=bool(args.resume)):

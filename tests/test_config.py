@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -140,3 +141,22 @@ def test_all_shipped_configs_validate():
     assert paths
     for p in paths:
         assert build_configs(p), p
+
+
+def test_print_config_shows_every_default_and_reads_back(tmp_path, capsys):
+    import yaml
+
+    from main import main
+
+    assert main(["--config", "compare_demo", "--set", "rapf.beta=1", "--print-config"]) == 0
+    blocks = capsys.readouterr().out.split("# ")[1:]
+    printed = {b.split("\n", 1)[0]: yaml.safe_load(b.split("\n", 1)[1]) for b in blocks}
+    assert list(printed) == ["mgclip", "rapf", "proof", "zs_clip"]
+    assert printed["rapf"]["beta"] == 1.0 and printed["rapf"]["hard_pair_threshold"] == 0.55
+    assert printed["mgclip"]["fusion_beta"] == 4.0 and "beta" not in printed["mgclip"]
+    assert "lora_rank" not in printed["zs_clip"] and printed["zs_clip"]["prompt_template"] == "a good photo of a {}."
+    for name, values in printed.items():  # a printed block is a complete config of its method
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(values))
+        assert build_config(str(path)).to_dict() == values
+    assert not (tmp_path / "logs").exists() and not os.path.exists("logs/mgclip/synthetic/10/10/compare_1993")
