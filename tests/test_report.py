@@ -186,3 +186,20 @@ def test_the_readme_config_tables_give_the_figures_the_report_uses():
             assert pub is not None and (pub.avg, pub.last) == (avg, last), names[0]
             checked += 1
     assert checked == 19  # 11 MG-CLIP, 4 RAPF, 4 PROOF protocols
+
+
+def test_published_ablations_and_few_shot_runs_are_matched_by_their_options():
+    from utils.published import published_for
+
+    base = {"dataset": "imagenet100", "init_cls": 10, "increment": 10, "backbone": "ViT-B/16"}
+    assert published_for("mgclip", base).last == 78.38  # the method as released
+    assert published_for("mgclip", {**base, "lora_rank": 16}).last == 78.32
+    assert published_for("mgclip", {**base, "fusion_beta": 2.0}).last == 77.92
+    assert published_for("mgclip", {**base, "gap_alpha": 0.3}).last == 76.90
+    assert published_for("mgclip", {**base, "lora_rank": 16, "fusion_beta": 2.0}) is None  # never published
+    assert published_for("mgclip", {**base, "lora_ema": 0.2}) is None
+    assert published_for("mgclip", {**base, "memory_size": 2000}).last == 80.74
+    cifar = {**base, "dataset": "cifar100"}
+    assert published_for("mgclip", {**cifar, "shots_per_class": 5}).last == 75.10
+    assert published_for("mgclip", {**cifar, "shots_per_class": 7}) is None
+    assert published_for("zs_clip", cifar) is None
