@@ -133,12 +133,15 @@ def test_runs_of_a_published_protocol_are_set_beside_its_figures(tmp_path, capsy
     fake_run(logs, "mgclip", 2, [94.0, 80.0], M, backbone="ViT-B/16")
     fake_run(logs, "mgclip", 1, [92.0, 84.0], M, prefix="replay", backbone="ViT-B/16", memory_size=2000)
     fake_run(logs, "mgclip", 1, [50.0, 40.0], M, prefix="fewshot", backbone="ViT-B/16", shots_per_class=5)
+    fake_run(logs, "mgclip", 1, [50.0, 40.0], M, prefix="shots7", backbone="ViT-B/16", shots_per_class=7)
     fake_run(logs, "rapf", 1, [88.0, 80.0], M, backbone="ViT-B/16")
     fake_run(logs, "proof", 1, [88.0, 80.0], M, backbone="ViT-L/14")  # no published PROOF run on ViT-L/14
     fake_run(logs, "zs_clip", 1, [70.0, 60.0], M, backbone="ViT-B/16")
     assert main([str(logs), "--out", str(tmp_path / "out")]) == 0
     rows = {(r["method"], r["prefix"]): r for r in make_report([str(logs)], str(tmp_path / "out"))["published"]}
-    assert set(rows) == {("mgclip", "p"), ("mgclip", "replay"), ("rapf", "p")}
+    assert set(rows) == {("mgclip", "p"), ("mgclip", "replay"), ("mgclip", "fewshot"), ("rapf", "p")}
+    few = rows[("mgclip", "fewshot")]  # 5 shots per class: a Last was published, no Avg
+    assert few["published_avg"] is None and few["avg_diff"] is None and few["last_diff"] == pytest.approx(40 - 75.10)
     # MG-CLIP CIFAR-100 10x10: Avg (83 + 87) / 2 = 85 vs 86.79, Last (76 + 80) / 2 = 78 vs 80.40
     mg = rows[("mgclip", "p")]
     assert (mg["published_avg"], mg["published_last"]) == (86.79, 80.40)
