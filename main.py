@@ -48,7 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from utils.errors import NonFiniteError, user_message
     from utils.released import ReleasedFileError
     from utils.run_lock import RunLockedError
-    from utils.trainer import RunInterrupted, check_only, precheck, run, run_one
+    from utils.trainer import RunInterrupted, check_only, precheck, run, run_one, side_by_side_summary
 
     try:
         if isinstance(args.resume, str):
@@ -80,10 +80,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return 0
             for cfg in configs:  # every method's folders and checkpoints, before the first method starts
                 precheck(cfg, resume=bool(args.resume))
-            for cfg in configs:
-                run(cfg, resume=bool(args.resume))
+            run_dirs = [d for cfg in configs for d in run(cfg, resume=bool(args.resume))]
             if len(configs) > 1:
-                logging.getLogger("main").info("compare them: python -m utils.report %s", configs[0].logdir)
+                logging.getLogger("main").info("the methods side by side:\n%s\nplots and CSV: python -m utils.report %s",
+                                               side_by_side_summary(run_dirs),
+                                               " ".join(sorted({cfg.logdir for cfg in configs})))
     except (ConfigError, DatasetError, BackboneError, CheckpointError, RunLockedError, ReleasedFileError) as e:
         # Problems with the user's input, or a run folder in use: one clear line, no traceback.
         print(f"error: {user_message(e)}", file=sys.stderr)

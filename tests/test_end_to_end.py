@@ -198,3 +198,20 @@ def test_durations_read_naturally_and_each_task_says_how_long_is_left(tmp_path, 
     assert [line.split(":")[0] for line in lines] == ["task 1/3", "task 2/3", "task 3/3"]
     assert all("for this task" in line for line in lines)
     assert "left" in lines[0] and "left" in lines[1] and "left" not in lines[2]
+
+
+def test_a_side_by_side_run_ends_with_the_methods_in_one_table(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(tiny_args(tmp_path, model_name=["mgclip", "zs_clip"])))
+    with caplog.at_level(logging.INFO, logger="main"):
+        assert main(["--config", str(path)]) == 0
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "main"]
+    rows = [line for line in message.splitlines() if line.startswith("| mgclip") or line.startswith("| zs_clip")]
+    assert [r.split(" | ")[0] for r in rows] == ["| mgclip", "| zs_clip"]
+    for row, model in zip(rows, ("mgclip", "zs_clip")):
+        with open(tmp_path / "logs" / model / "synthetic" / "2" / "2" / "test_1993" / "results.json") as f:
+            r = json.load(f)
+        assert f"| {r['avg']:.2f} ± 0.00 | {r['last']:.2f} ± 0.00 |" in row
+    assert message.endswith(f"python -m utils.report {tmp_path / 'logs'}")

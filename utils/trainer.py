@@ -372,6 +372,16 @@ def check_only(cfg: Config, resume: Union[bool, str] = False, run_dir: Optional[
     return lines
 
 
+def side_by_side_summary(run_dirs: List[str]) -> str:
+    """The methods of a side-by-side config in one table (rows as ``utils.report`` makes
+    them), and their rows against published figures where they run a published protocol."""
+    from utils.report import group_runs, published_markdown, published_rows
+
+    groups = group_runs([load_run(d) for d in run_dirs])
+    return (summary_markdown([summary_row(k, g) for k, g in groups.items()]) +
+            published_markdown(published_rows(groups))).rstrip()
+
+
 def run(cfg: Config, resume: bool = False) -> List[str]:
     """All seeds of ``cfg`` (each continued from its checkpoint with ``resume``); with
     several seeds also writes ``<prefix>_summary.json`` (mean and std of Avg and Last)
