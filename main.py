@@ -78,8 +78,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         print(line)
                 print("all checks passed: nothing was written; run without --check to start")
                 return 0
-            for cfg in configs:  # every method's folders and checkpoints, before the first method starts
-                precheck(cfg, resume=bool(args.resume))
+            if len(configs) > 1:  # every method's folders and checkpoints, before the first method starts
+                for cfg in configs:
+                    precheck(cfg, resume=bool(args.resume))
             run_dirs = [d for cfg in configs for d in run(cfg, resume=bool(args.resume))]
             if len(configs) > 1:
                 logging.getLogger("main").info("the methods side by side:\n%s\nplots and CSV: python -m utils.report %s",

@@ -88,6 +88,7 @@ class _Prepared:
     dm: DataManager
     learner: Any
     resume: Union[bool, str]
+    state: Optional[Dict[str, Any]]  # the checkpoint it continues from (None: starts)
 
 
 def run_one(cfg: Config, seed: int, resume: Union[bool, str] = False, run_dir: Optional[str] = None) -> str:
@@ -137,7 +138,7 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) 
         check_specs(cfg.zero_shot_eval, cfg.released_cache)  # held-out data loads, corruptions run here
     if state is not None:
         _check_same_data(state, dm, os.path.join(run_dir, CHECKPOINT))
-    return _Prepared(cfg, seed, run_dir, resolved, dm, learner, resume)
+    return _Prepared(cfg, seed, run_dir, resolved, dm, learner, resume, state)
 
 
 def check_writable(run_dir: str) -> None:
@@ -361,8 +362,7 @@ def check_only(cfg: Config, resume: Union[bool, str] = False, run_dir: Optional[
     for seed in cfg.seeds():
         folder = run_dir or run_dir_for(cfg, seed)
         p = prepare_run(cfg, seed, folder, resume)
-        state = _load_resume_state(os.path.join(folder, CHECKPOINT), resume, p.resolved)
-        start = (f"continues after task {state['completed_tasks']}/{p.dm.nb_tasks}" if state is not None else
+        start = (f"continues after task {p.state['completed_tasks']}/{p.dm.nb_tasks}" if p.state is not None else
                  "starts" + (" over (replacing its results)" if os.path.exists(os.path.join(folder, "results.json"))
                              else ""))
         lines.append(f"ok: {cfg.model_name} seed {seed}: {p.dm.nb_tasks} tasks of "
