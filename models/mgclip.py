@@ -30,15 +30,13 @@ from utils.config import ConfigError, require
 from utils.cosine_linear import CosineLinear
 from utils.errors import NonFiniteError, checked_step
 from utils.gap import EpochProbe, gap_order, gap_statistic
-from utils.lora import load_lora_state_dict, lora_disabled, lora_parameters, lora_state_dict
+from utils.lora import (LORA_ENCODERS, LORA_TARGETS, load_lora_state_dict, lora_disabled, lora_parameters,
+                        lora_state_dict)
 from utils.metrics import accuracy_dict
 from utils.replay import replay_loss, update_memory
 from utils.rng import rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
-
-LORA_TARGETS = ("q", "k", "v", "out")
-LORA_ENCODERS = ("visual", "text")
 
 
 @dataclass

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from utils.clip_backbone import ClipBackbone, SDPAttention
 
 _TARGET_ATTR = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj"}
+LORA_TARGETS = tuple(_TARGET_ATTR)  # the projections LoRA can wrap
+LORA_ENCODERS = ("visual", "text")
 
 
 class LoRALinear(loralib.Linear):
