@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import yaml
 
 from utils.config import Config, ConfigError, build_config, build_configs, load_config_file, parse_overrides
 from utils.factory import get_model
@@ -144,8 +145,6 @@ def test_all_shipped_configs_validate():
 
 
 def test_print_config_shows_every_default_and_reads_back(tmp_path, capsys):
-    import yaml
-
     from main import main
 
     assert main(["--config", "compare_demo", "--set", "rapf.beta=1", "--print-config"]) == 0
@@ -160,3 +159,31 @@ def test_print_config_shows_every_default_and_reads_back(tmp_path, capsys):
         path.write_text(yaml.safe_dump(values))
         assert build_config(str(path)).to_dict() == values
     assert not (tmp_path / "logs").exists() and not os.path.exists("logs/mgclip/synthetic/10/10/compare_1993")
+
+
+def test_a_config_extends_a_shipped_config_or_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # names resolve among the shipped configs, files beside the extending file
+    child = tmp_path / "mine.json"
+    child.write_text(json.dumps({"extends": "mgclip_cifar", "lr": 5e-4, "prefix": "mine"}))
+    cfg = build_config(str(child))
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "exps",
+                           "mgclip_cifar.json")) as f:
+        shipped = json.load(f)
+    assert cfg.lr == 5e-4 and cfg.prefix == "mine"
+    assert (cfg.dataset, cfg.epochs, cfg.class_order) == (shipped["dataset"], shipped["epochs"], shipped["class_order"])
+    # a chain of files, relative to the extending file's folder; sections merge key by key
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "base.yaml").write_text(yaml.safe_dump(
+        {"model_name": ["mgclip", "rapf"], "dataset": "synthetic", "rapf": {"lr": 0.1, "beta": 1.0}}))
+    (tmp_path / "conf" / "middle.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "seed": 7}))
+    (tmp_path / "top.json").write_text(json.dumps({"extends": "conf/middle.yaml", "rapf": {"beta": 2.0}}))
+    mg, rapf = build_configs(str(tmp_path / "top.json"))
+    assert mg.seeds() == [7] and (rapf.lr, rapf.options["beta"]) == (0.1, 2.0)
+    # a loop, and a base that does not exist, are named
+    (tmp_path / "a.json").write_text(json.dumps({"extends": "b.json"}))
+    (tmp_path / "b.json").write_text(json.dumps({"extends": "a.json", "lr": 0.1}))
+    with pytest.raises(ConfigError, match="extends itself"):
+        build_config(str(tmp_path / "a.json"))
+    (tmp_path / "typo.json").write_text(json.dumps({"extends": "mgclip_cifr"}))
+    with pytest.raises(ConfigError, match="did you mean the shipped config 'mgclip_cifar'"):
+        build_config(str(tmp_path / "typo.json"))

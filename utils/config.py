@@ -12,7 +12,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import yaml
 
@@ -449,10 +449,33 @@ def resolve_config_path(path: str) -> str:
                       f"in {shipped}){hint}")
 
 
-def load_config_file(path: str) -> Dict[str, Any]:
+def load_config_file(path: str, _chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
     """Read a JSON or YAML config file into a dict (error names the path on failure);
-    ``path`` may also name a shipped config (see :func:`resolve_config_path`)."""
+    ``path`` may also name a shipped config (see :func:`resolve_config_path`).
+
+    ``extends: BASE`` (a shipped config's name, or a file, relative to this file's folder)
+    starts from BASE's keys and replaces those this file gives; a method's section
+    (``"rapf": {...}``) is merged key by key. Bases may extend further bases."""
     path = resolve_config_path(path)
+    data = _read_config_file(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config file {path}: 'extends' must name one config (a shipped config's name or a file)")
+    here = os.path.realpath(path)
+    if here in _chain:
+        raise ConfigError(f"config file {path} extends itself through {' -> '.join(_chain + (here,))}")
+    local = os.path.join(os.path.dirname(path), base)
+    parent = load_config_file(local if os.path.isfile(local) else base, _chain + (here,))
+    merged = {**parent, **data}
+    for key, value in data.items():  # method sections: key by key
+        if isinstance(value, dict) and isinstance(parent.get(key), dict):
+            merged[key] = {**parent[key], **value}
+    return merged
+
+
+def _read_config_file(path: str) -> Dict[str, Any]:
     with open(path, "r", encoding="utf-8") as f:
         text = f.read()
     try:
