@@ -61,6 +61,10 @@ def test_summary_means_and_stds_by_hand(runs):
     assert float(csv_rows["mgclip"]["avg_mean"]) == pytest.approx(85.0)
     md = (out / "summary.md").read_text()
     assert "85.00 ± 2.00" in md and "78.00 ± 2.00" in md
+    tex = (out / "summary.tex").read_text().splitlines()
+    assert tex[0] == "\\begin{tabular}{lllcc}" and tex[-1] == "\\end{tabular}"
+    assert "mgclip & cifar100 & 10/10 & $85.00 \\pm 2.00$ & $78.00 \\pm 2.00$ \\\\" in tex
+    assert any(line.startswith("zs\\_clip & ") for line in tex)  # LaTeX's special characters escaped
 
 
 def test_pngs_are_valid_images_of_the_expected_size(runs):
@@ -92,7 +96,7 @@ def test_no_matplotlib_still_writes_tables(runs, monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     tmp_path, dirs = runs
     assert main([str(tmp_path / "logs"), "--out", str(tmp_path / "o")]) == 0
-    assert sorted(os.listdir(tmp_path / "o")) == ["summary.csv", "summary.md"]
+    assert sorted(os.listdir(tmp_path / "o")) == ["summary.csv", "summary.md", "summary.tex"]
     assert "pip install -e .[plots]" in capsys.readouterr().out
 
 

@@ -2,7 +2,7 @@
 
 Each RUN_DIR is a run directory (with ``results.json``) or a folder searched for them.
 Runs of the same method, dataset, split and prefix are grouped over seeds. Writes
-``summary.md`` and ``summary.csv`` (mean +- std over seeds; std is the population std,
+``summary.md``, ``summary.csv`` and ``summary.tex`` (a LaTeX table) (mean +- std over seeds; std is the population std,
 numpy's default; groups that run a published protocol also get a table against the
 published Avg and Last, ``utils/published.py``) and, with matplotlib installed (``pip install -e .[plots]``),
 ``accuracy_curve.png``, ``accuracy_matrix_<run>.png`` per run and ``gap.png`` for MG-CLIP.
@@ -178,6 +178,22 @@ def summary_csv(rows: List[Dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def summary_latex(rows: List[Dict[str, Any]]) -> str:
+    """The main figures as a LaTeX table body (method, dataset, split, Avg, Last as mean $\\pm$
+    std over seeds), ready for ``\\input``; needs no LaTeX package."""
+    def tex(text: Any) -> str:
+        return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%") \
+            .replace("&", "\\&").replace("#", "\\#")
+
+    def pm(mean, std) -> str:
+        return "-" if mean is None else f"${mean:.2f} \\pm {std:.2f}$"
+
+    lines = ["\\begin{tabular}{lllcc}", "\\hline", "Method & Dataset & Split & Avg & Last \\\\", "\\hline"]
+    lines += [f"{tex(r['method'])} & {tex(r['dataset'])} & {tex(r['split'])} & {pm(r['avg_mean'], r['avg_std'])} & "
+              f"{pm(r['last_mean'], r['last_std'])} \\\\" for r in rows]
+    return "\n".join(lines + ["\\hline", "\\end{tabular}"]) + "\n"
+
+
 def published_rows(groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """One row per group that runs a published protocol (``utils.published``): its mean
     Avg and Last beside the published ones, and the differences."""
@@ -348,7 +364,9 @@ def make_report(paths: Sequence[str], out: str) -> Dict[str, Any]:
     write_text(os.path.join(out, "summary.md"),
                summary_markdown(rows) + published_markdown(published) + retention_markdown(retention))
     write_text(os.path.join(out, "summary.csv"), summary_csv(rows))
-    written = {"rows": rows, "files": ["summary.md", "summary.csv"], "plots": False, "retention": retention,
+    write_text(os.path.join(out, "summary.tex"), summary_latex(rows))
+    written = {"rows": rows, "files": ["summary.md", "summary.csv", "summary.tex"], "plots": False,
+               "retention": retention,
                "published": published}
     if retention:
         buf = io.StringIO()
