@@ -3,6 +3,7 @@
 #   here:    bash benchmarks/fetch_gpu_wheels.sh           (wheels the GPU image lacks -> .whl/)
 #   device:  run(command="bash benchmarks/gpu.sh tests throughput numerics cifar", carry=[".whl"])
 #            run(command="bash benchmarks/gpu.sh compile imagenet_r rapf proof", carry=[".whl"])
+#   (each call ends by printing summarize.py's table of what $OUT holds, so output_tail shows it)
 #   here:    copy the returned files to benchmarks/results/<date>-<gpu>/, then
 #            python benchmarks/summarize.py benchmarks/results/<date>-<gpu>/
 # Stages (no argument: all of them, more than one command's limit):
@@ -42,5 +43,6 @@ for stage in "${stages[@]}"; do
   rc=$?
   [ $rc -ne 0 ] && { echo "stage $stage failed (exit $rc)"; status=$rc; }
 done
-echo "== done ($(date +%T))"
+echo "== done ($(date +%T)); the figures so far against the targets:"
+python3 benchmarks/summarize.py "$OUT_DIR" || true
 exit $status
