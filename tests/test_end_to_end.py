@@ -215,3 +215,23 @@ def test_a_side_by_side_run_ends_with_the_methods_in_one_table(tmp_path, caplog)
             r = json.load(f)
         assert f"| {r['avg']:.2f} ± 0.00 | {r['last']:.2f} ± 0.00 |" in row
     assert message.endswith(f"python -m utils.report {tmp_path / 'logs'}")
+
+
+def test_a_run_of_a_published_protocol_ends_beside_its_published_figures(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from utils import published
+
+    # a stand-in protocol that this offline run matches (the real ones need CIFAR-100 and CLIP weights)
+    monkeypatch.setattr(published, "PUBLISHED", published.PUBLISHED + (published.Published(
+        "mgclip", "synthetic", 2, 2, "tiny-random", 50.0, 40.0, "a stand-in", published._MG),))
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(tiny_args(tmp_path)))
+    with caplog.at_level(logging.INFO, logger="utils.trainer"):
+        assert main(["--config", str(path)]) == 0
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary:")]
+    with open(tmp_path / "logs" / "mgclip" / "synthetic" / "2" / "2" / "test_1993" / "results.json") as f:
+        r = json.load(f)
+    assert "Against the published figures:" in summary
+    assert (f"| {r['avg']:.2f} | 50.00 | {r['avg'] - 50:+.2f} | {r['last']:.2f} | 40.00 | {r['last'] - 40:+.2f} "
+            f"| a stand-in |") in summary

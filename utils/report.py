@@ -228,6 +228,13 @@ def published_markdown(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_text(groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]) -> str:
+    """The summary table of ``groups`` and, where they run a published protocol, the table
+    against the published figures (what a run logs when it ends)."""
+    return (summary_markdown([summary_row(k, g) for k, g in groups.items()]) +
+            published_markdown(published_rows(groups))).rstrip()
+
+
 def retention_rows(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One row per run and held-out set evaluated with ``zero_shot_eval``."""
     rows = []

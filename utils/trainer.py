@@ -28,7 +28,7 @@ from utils.errors import NonFiniteError, user_message
 from utils.factory import get_model
 from utils.io import WriteError, remove_stale_temps, write_error, write_json, write_text
 from utils.metrics import summarize
-from utils.report import group_key, load_run, summary_markdown, summary_row
+from utils.report import group_key, group_runs, load_run, summary_row, summary_text
 from utils.run_lock import RunLock
 
 logger = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> str:
 
         results["zero_shot_retention"] = [evaluate(learner, spec) for spec in cfg.zero_shot_eval]
         write_json(os.path.join(run_dir, "results.json"), results)
-    logger.info("summary:\n%s", summary_markdown([summary_row(group_key(results), [results])]).rstrip())
+    logger.info("summary:\n%s", summary_text({group_key(results): [results]}))
     logger.info("done in %.1f s -> %s", time.perf_counter() - start_run, run_dir)
     return run_dir
 
@@ -375,11 +375,7 @@ def check_only(cfg: Config, resume: Union[bool, str] = False, run_dir: Optional[
 def side_by_side_summary(run_dirs: List[str]) -> str:
     """The methods of a side-by-side config in one table (rows as ``utils.report`` makes
     them), and their rows against published figures where they run a published protocol."""
-    from utils.report import group_runs, published_markdown, published_rows
-
-    groups = group_runs([load_run(d) for d in run_dirs])
-    return (summary_markdown([summary_row(k, g) for k, g in groups.items()]) +
-            published_markdown(published_rows(groups))).rstrip()
+    return summary_text(group_runs([load_run(d) for d in run_dirs]))
 
 
 def run(cfg: Config, resume: bool = False) -> List[str]:
@@ -397,5 +393,6 @@ def run(cfg: Config, resume: bool = False) -> List[str]:
             summary[key] = {"mean": row[f"{key}_mean"], "std": row[f"{key}_std"], "values": [r[key] for r in finals]}
         path = os.path.join(os.path.dirname(run_dirs[0]), f"{cfg.prefix}_summary.json")
         write_json(path, summary)
-        logger.info("summary over %d seeds -> %s:\n%s", len(run_dirs), path, summary_markdown([row]).rstrip())
+        logger.info("summary over %d seeds -> %s:\n%s", len(run_dirs), path,
+                    summary_text({group_key(finals[0]): finals}))
     return run_dirs
