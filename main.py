@@ -41,14 +41,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     import os
 
-    from utils.checkpoint import CheckpointError
+    from toolbox.checkpoint import CheckpointError
     from utils.clip_backbone import BackboneError
-    from utils.config import ConfigError, build_config, build_configs
-    from utils.data import DatasetError
+    from utils.config import ConfigError
+    from toolbox.configs import build_config, build_configs
+    from toolbox.data import DatasetError
     from utils.errors import NonFiniteError, user_message
-    from utils.released import ReleasedFileError
-    from utils.run_lock import RunLockedError
-    from utils.trainer import RunInterrupted, check_only, precheck, run, run_one, side_by_side_summary
+    from toolbox.released import ReleasedFileError
+    from toolbox.run_lock import RunLockedError
+    from toolbox.trainer import RunInterrupted, check_only, precheck, run, run_one, side_by_side_summary
 
     try:
         if isinstance(args.resume, str):
@@ -83,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     precheck(cfg, resume=bool(args.resume))
             run_dirs = [d for cfg in configs for d in run(cfg, resume=bool(args.resume))]
             if len(configs) > 1:
-                logging.getLogger("main").info("the methods side by side:\n%s\nplots and CSV: python -m utils.report %s",
+                logging.getLogger("main").info("the methods side by side:\n%s\nplots and CSV: python -m toolbox.report %s",
                                                side_by_side_summary(run_dirs),
                                                " ".join(sorted({cfg.logdir for cfg in configs})))
     except (ConfigError, DatasetError, BackboneError, CheckpointError, RunLockedError, ReleasedFileError) as e:

@@ -41,10 +41,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.reference import ReferenceMGCLIP  # noqa: E402
 from models.mgclip import MGCLIP  # noqa: E402
-from benchmarks.registry import registered  # noqa: E402
-from utils.config import Config  # noqa: E402
-from utils.io import write_json  # noqa: E402
-from utils.trainer import run_dir_for, run_one  # noqa: E402
+from toolbox.registry import registered  # noqa: E402
+from toolbox.configs import make_config  # noqa: E402
+from toolbox.io import write_json  # noqa: E402
+from toolbox.trainer import run_dir_for, run_one  # noqa: E402
 
 PHASES = ["data", "probe", "train", "gap", "features", "classifier", "eval"]
 
@@ -87,7 +87,7 @@ class BenchReference(_FixedBudget, ReferenceMGCLIP):
     pass
 
 
-# both are MG-CLIP: registered with its options while measuring (main)
+# both are MG-CLIP subclasses (its options and release): registered only while measuring (main)
 LEARNERS = {"bench_fast": "benchmarks.end_to_end:BenchFast", "bench_reference": "benchmarks.end_to_end:BenchReference"}
 
 
@@ -158,7 +158,7 @@ def run_path(args_dict: Dict[str, Any], logdir: str, max_tasks: Optional[int] = 
     args_dict = dict(args_dict)
     _FixedBudget.fixed_epochs = int(args_dict.pop("bench_epochs"))
     _FixedBudget.max_tasks, _FixedBudget.task_end_s = max_tasks, []
-    cfg = Config.from_dict({**args_dict, "logdir": logdir})
+    cfg = make_config({**args_dict, "logdir": logdir})
     _FixedBudget.started = start = time.perf_counter()
     try:
         run_one(cfg, cfg.seeds()[0])
@@ -229,7 +229,7 @@ def main(argv: List[str] = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     out: Dict[str, Any] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke
                            else "cpu", "torch": torch.__version__, "args": vars(args), "workloads": {}}
-    with tempfile.TemporaryDirectory() as logdir, registered(LEARNERS, "mgclip"):
+    with tempfile.TemporaryDirectory() as logdir, registered(LEARNERS):
         # warm-up (CUDA context, library handles, lazy imports) so the first measured path pays none of it
         warm = workload_configs("cifar", argparse.Namespace(**{**vars(args), "smoke": True}))["fast"]
         run_path({**warm, "device": "cpu" if args.smoke else args.device}, os.path.join(logdir, "warm-up"))

@@ -32,10 +32,10 @@ from benchmarks.proof_reference import ReferencePROOF  # noqa: E402
 from benchmarks.rapf_reference import ReferenceRAPF  # noqa: E402
 from models.proof import PROOF  # noqa: E402
 from models.rapf import RAPF  # noqa: E402
-from benchmarks import registry  # noqa: E402
-from utils.config import Config  # noqa: E402
-from utils.io import write_json  # noqa: E402
-from utils.trainer import run_one  # noqa: E402
+from toolbox import registry  # noqa: E402
+from toolbox.configs import make_config  # noqa: E402
+from toolbox.io import write_json  # noqa: E402
+from toolbox.trainer import run_one  # noqa: E402
 
 
 class _Limited:
@@ -71,10 +71,11 @@ class BenchReferencePROOF(_Limited, ReferencePROOF):
 
 
 def registered(method: str = "rapf"):
-    """The two benchmark learners of ``method`` in the factory (with its options) while measuring."""
+    """The two benchmark learners of ``method`` in the registry while measuring (subclasses:
+    they declare the method's options and release)."""
     cls = {"rapf": ("BenchRAPF", "BenchReferenceRAPF"), "proof": ("BenchPROOF", "BenchReferencePROOF")}[method]
     return registry.registered({f"bench_{method}": f"{__name__}:{cls[0]}",
-                                f"bench_{method}_reference": f"{__name__}:{cls[1]}"}, method)
+                                f"bench_{method}_reference": f"{__name__}:{cls[1]}"})
 
 
 def config(args, model: str) -> Dict[str, Any]:
@@ -102,7 +103,7 @@ def run_path(cfg_dict: Dict[str, Any], logdir: str, max_tasks: Optional[int]) ->
     import json
 
     _Limited.max_tasks, _Limited.task_end_s, _Limited.started = max_tasks, [], time.perf_counter()
-    cfg = Config.from_dict({**cfg_dict, "logdir": logdir})
+    cfg = make_config({**cfg_dict, "logdir": logdir})
     try:
         run_dir = run_one(cfg, cfg.seeds()[0])
     except StopIteration:
@@ -110,7 +111,7 @@ def run_path(cfg_dict: Dict[str, Any], logdir: str, max_tasks: Optional[int]) ->
     wall = time.perf_counter() - _Limited.started
     accuracy = []
     if run_dir is None:
-        from utils.trainer import run_dir_for
+        from toolbox.trainer import run_dir_for
 
         run_dir = run_dir_for(cfg, cfg.seeds()[0])
     with open(os.path.join(run_dir, "results.json")) as f:

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.clip_backbone import autocast, load_clip, resolve_device, set_matmul_precision  # noqa: E402
-from utils.config import Config  # noqa: E402
-from utils.io import write_json  # noqa: E402
-from utils.trainer import run_one  # noqa: E402
+from toolbox.configs import make_config  # noqa: E402
+from toolbox.io import write_json  # noqa: E402
+from toolbox.trainer import run_one  # noqa: E402
 
 PRECISIONS = ("auto", "bf16")
 
@@ -68,7 +68,7 @@ def run_config(args, precision: str, logdir: str) -> Dict[str, Any]:
 
 
 def whole_run(args, precision: str, logdir: str) -> Dict[str, Any]:
-    cfg = Config.from_dict(run_config(args, precision, logdir))
+    cfg = make_config(run_config(args, precision, logdir))
     start = time.perf_counter()
     run_dir = run_one(cfg, cfg.seeds()[0])
     wall = time.perf_counter() - start
@@ -77,7 +77,8 @@ def whole_run(args, precision: str, logdir: str) -> Dict[str, Any]:
     return {"wall_s": wall, "epochs": r["epochs"]["chosen"], "neg0": r["epochs"].get("neg0"),
             "probe": [{"epoch": p["epoch"], "neg": p["neg"], "change": p["change"]} for p in r["epochs"]["probe"]],
             "accuracy": r["accuracy"], "avg": r["avg"], "last": r["last"],
-            "text_last": r["text_accuracy"][-1], "visual_last": (r["visual_accuracy"] or [None])[-1]}
+            "text_last": r["task_metrics"]["text_accuracy"][-1],
+            "visual_last": (r["task_metrics"].get("visual_accuracy") or [None])[-1]}
 
 
 def tables(result: Dict[str, Any]) -> str:

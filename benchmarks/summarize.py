@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.end_to_end import compare_at  # noqa: E402
-from utils.io import write_text  # noqa: E402
+from toolbox.io import write_text  # noqa: E402
 
 # The performance issue's targets on one H100: (measure, bound, at least?)
 TARGETS = {

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.clip_backbone import autocast, clip_transform, load_clip, resolve_device, set_matmul_precision  # noqa: E402
-from utils.io import write_json  # noqa: E402
+from toolbox.io import write_json  # noqa: E402
 from utils.lora import apply_lora, lora_parameters  # noqa: E402
 from utils.preprocess import DevicePreprocess  # noqa: E402
 

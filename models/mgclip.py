@@ -3,18 +3,16 @@
 Per task: LoRA fine-tuning of CLIP's image and text encoders (SPEC 4-8) for an epoch
 budget E that keeps the modality gap near zero-shot CLIP's (SPEC 9-12, chosen once on the
 first task by a probe), then a visual cosine classifier grown by one prototype-initialised
-block (SPEC 13-15); inference fuses both classifiers (SPEC 16). ``SPEC`` is
-``shared/SPEC.md``; every deviation is an option that is off by default, among them the
+block (SPEC 13-15); inference fuses both classifiers (SPEC 16). ``SPEC n`` is item n of
+docs/methods/mgclip.md (the released behaviour item by item, each with the test that pins
+it); every deviation is an option that is off by default, among them the
 supplementary's replay (``memory_size``), EMA of the LoRA weights (``lora_ema``) and
 per-task epoch estimation (``epochs_per_task``).
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -24,8 +22,8 @@ import torch.nn.functional as F
 
 from models.base import BaseLearner
 from utils.clip_backbone import autocast
-from utils.clip_ops import (begin_task, build_backbone, encode_dataset, eval_result, make_loader, progress, prompts,
-                            read_args, task_data, text_features)
+from utils.clip_ops import (CLIPLearner, begin_task, build_backbone, encode_dataset, eval_result, make_loader,
+                            progress, prompts, shuffled_batches, task_data, text_features)
 from utils.config import ConfigError, require
 from utils.cosine_linear import CosineLinear
 from utils.errors import NonFiniteError, checked_step
@@ -109,31 +107,26 @@ def fuse(text_logits: torch.Tensor, visual_logits: Optional[torch.Tensor], beta:
     return (p_text + beta * F.softmax(visual_logits.float(), dim=1)) / (1.0 + beta)
 
 
-class MGCLIP(BaseLearner):
+class MGCLIP(CLIPLearner, BaseLearner):
+    options_class = MGCLIPOptions
+    release = "mgclip"
+    trains = "LoRA on CLIP's image and text encoders; a visual cosine classifier"
+
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
-        self.args = args  # the BaseLearners of PROOF's repository and C3Box do not set it
-        self._task_ranges = []  # also set here for PyCIL forks whose BaseLearner lacks it
-        self.cfg, self._device = read_args(args, MGCLIPOptions)
-        self.opts = MGCLIPOptions(**self.cfg.options)
+        self._setup(args)
         if self.cfg.epochs == "auto" and int(args.get("init_cls", 2)) < 2:
             raise ConfigError(f"config key 'init_cls' = {args['init_cls']} is not allowed with epochs 'auto': the "
                               f"epoch probe's gap statistic averages the non-target logits of the first task's "
                               f"classes, so it needs at least 2 (or give an integer 'epochs')")
         self._network = build_backbone(self.cfg, self._device, lora=self.opts)
         self.visual = CosineLinear(self._network.embed_dim, scale=self.opts.visual_scale).to(self._device)
-        self._names: List[str] = []
         self.epochs: Optional[int] = None if self.cfg.epochs == "auto" else int(self.cfg.epochs)
-        self.timings: Dict[str, float] = defaultdict(float)
         self._gap_ref: Optional[Dict[str, float]] = None  # neg0 of the last probe (for a task resumed after it)
         self._probed_task: Optional[int] = None  # the task whose probe chose self.epochs
-        self.on_checkpoint = None  # set by the trainer: called once the probe has chosen E
-        seed = args.get("seed", 0)
-        self._seed = int(seed[0] if isinstance(seed, (list, tuple)) else seed)  # for the gap's batch order
+        self._last_metrics: Dict[str, float] = {}
         mode = "fixed" if self.epochs is not None else "probe_per_task" if self.opts.epochs_per_task else "probe"
-        self.record: Dict[str, Any] = {"epochs": {"mode": mode,
-                                                  "chosen": self.epochs},
-                                       "gap": [], "text_accuracy": [], "visual_accuracy": []}
+        self.record = {"epochs": {"mode": mode, "chosen": self.epochs}, "gap": []}
 
     # ------------------------------------------------------------------ task loop
     def incremental_train(self, data_manager) -> None:
@@ -157,15 +150,17 @@ class MGCLIP(BaseLearner):
         self._train_lora(self.epochs)
         if start_lora is not None:
             self._blend_lora(start_lora, self.opts.lora_ema)
-        feats, labels = self._timed("features", encode_dataset, self._network, self.ordered_train_loader,
-                                    self._device, self.cfg.precision, "features")
+        with self._timed("features"):
+            feats, labels = encode_dataset(self._network, self.ordered_train_loader, self._device,
+                                           self.cfg.precision, "features")
         if measurable:
             gap["after"] = self._task_gap(feats, labels)
             logger.info("task %d gap (mean non-target logit): before %s, after %.4f", self._cur_task,
                         f"{gap['before']['neg']:.4f}" if "before" in gap else "-", gap["after"]["neg"])
         self.record["gap"].append(gap)
         if self.opts.compensation:
-            self._timed("classifier", self._train_visual, feats, labels)
+            with self._timed("classifier"):
+                self._train_visual(feats, labels)
         if self.opts.memory_size > 0:
             self._update_memory(train_set[0])
 
@@ -189,9 +184,6 @@ class MGCLIP(BaseLearner):
         self._loss_tokens = self._task_tokens if memory is None else self._network.tokenize(
             prompts(cfg.prompt_template, self._names)).to(dev)
         return train_set
-
-    def after_task(self) -> None:  # defined here too: PyCIL's BaseLearner.after_task does nothing
-        self._known_classes = self._total_classes
 
     # ------------------------------------------------------------------ LoRA training
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -219,12 +211,13 @@ class MGCLIP(BaseLearner):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.cfg.lr * self.opts.min_lr_ratio)
         phase = "probe" if probe else "train"
         for epoch in range(epochs):
-            start = time.perf_counter()
-            net.train()
-            for step, (_, x, y) in enumerate(progress(self.train_loader, f"task {self._cur_task} {phase} {epoch + 1}/{epochs}")):
-                checked_step(opt, self._loss(x, y), f"task {self._cur_task}, {phase} epoch {epoch + 1}, step {step + 1}")
-            sched.step()
-            self.timings[phase] += time.perf_counter() - start
+            with self._timed(phase):
+                net.train()
+                batches = progress(self.train_loader, f"task {self._cur_task} {phase} {epoch + 1}/{epochs}")
+                for step, (_, x, y) in enumerate(batches):
+                    checked_step(opt, self._loss(x, y),
+                                 f"task {self._cur_task}, {phase} epoch {epoch + 1}, step {step + 1}")
+                sched.step()
             if probe is not None:
                 stat = self._task_gap()
                 stop = probe.update(stat["neg"])
@@ -287,18 +280,17 @@ class MGCLIP(BaseLearner):
         """Gap statistic on the current task's training images over its classes (SPEC 9),
         in eval mode, batches in the task's seeded shuffled order; reuses ``feats`` when the
         caller already has them."""
-        start = time.perf_counter()
         net = self._network
-        if feats is None:
-            feats, labels = encode_dataset(net, self.ordered_train_loader, self._device, self.cfg.precision, "gap")
-        with torch.no_grad():
-            txt = text_features(net.eval(), self._task_tokens, self._device, self.cfg.precision)
-        order = gap_order(len(labels), self._seed, self._cur_task)
-        neg, pos = gap_statistic(feats, labels - self._known_classes, txt, float(net.logit_scale), self.cfg.batch_size,
-                                 order)
+        with self._timed("gap"):
+            if feats is None:
+                feats, labels = encode_dataset(net, self.ordered_train_loader, self._device, self.cfg.precision, "gap")
+            with torch.no_grad():
+                txt = text_features(net.eval(), self._task_tokens, self._device, self.cfg.precision)
+            order = gap_order(len(labels), self._seed, self._cur_task)
+            neg, pos = gap_statistic(feats, labels - self._known_classes, txt, float(net.logit_scale),
+                                     self.cfg.batch_size, order)
         if not (math.isfinite(neg) and math.isfinite(pos)):
             raise NonFiniteError(f"non-finite gap statistic ({neg}, {pos}) in task {self._cur_task}")
-        self.timings["gap"] += time.perf_counter() - start
         return {"neg": neg, "pos": pos}
 
     # ------------------------------------------------------------------ gap compensation
@@ -315,9 +307,7 @@ class MGCLIP(BaseLearner):
         for _ in range(cfg.visual_epochs):
             feats, labels = self._classifier_features(feats, labels)
             target = labels - self._known_classes
-            order = torch.randperm(len(labels)).to(labels.device)
-            for i in range(0, len(labels), cfg.visual_batch_size):
-                idx = order[i:i + cfg.visual_batch_size]
+            for idx in shuffled_batches(len(labels), cfg.visual_batch_size, labels.device):
                 loss = F.cross_entropy(self.visual.block_logits(feats[idx], -1), target[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -342,49 +332,57 @@ class MGCLIP(BaseLearner):
         return text_logits, visual_logits, labels
 
     def eval_task(self):
-        start = time.perf_counter()
-        text_logits, visual_logits, labels = self.predict_logits(self.test_loader)
-        probs = fuse(text_logits, visual_logits, self.opts.fusion_beta)
-        y_true = labels.cpu().numpy()
-        y_pred = torch.topk(probs, k=min(self.topk, probs.shape[1]), dim=1).indices.cpu().numpy()
-        cnn_accy = accuracy_dict(y_pred, y_true, self._task_ranges, self._known_classes, self.topk)
-        text_acc = float((text_logits.argmax(1) == labels).float().mean() * 100)
-        cnn_accy["text_top1"] = text_acc
-        self.record["text_accuracy"].append(text_acc)
-        if visual_logits is not None:
-            vis_acc = float((visual_logits.argmax(1) == labels).float().mean() * 100)
-            cnn_accy["visual_top1"] = vis_acc
-            self.record["visual_accuracy"].append(vis_acc)
-        self.timings["eval"] += time.perf_counter() - start
+        with self._timed("eval"):
+            text_logits, visual_logits, labels = self.predict_logits(self.test_loader)
+            probs = fuse(text_logits, visual_logits, self.opts.fusion_beta)
+            y_true = labels.cpu().numpy()
+            y_pred = torch.topk(probs, k=min(self.topk, probs.shape[1]), dim=1).indices.cpu().numpy()
+            cnn_accy = accuracy_dict(y_pred, y_true, self._task_ranges, self._known_classes, self.topk)
+            # each classifier on its own (the paper's text-only and visual-only rows)
+            self._last_metrics = {"text_accuracy": float((text_logits.argmax(1) == labels).float().mean() * 100)}
+            if visual_logits is not None:
+                self._last_metrics["visual_accuracy"] = float((visual_logits.argmax(1) == labels).float().mean() * 100)
         return eval_result(self, cnn_accy)
 
-    # ------------------------------------------------------------------ helpers
-    def _timed(self, phase: str, fn, *args):
-        start = time.perf_counter()
-        out = fn(*args)
-        self.timings[phase] += time.perf_counter() - start
-        return out
+    def task_metrics(self) -> Dict[str, float]:
+        return dict(self._last_metrics)
 
-    def results_extra(self) -> Dict[str, Any]:
-        return self.record
+    # ------------------------------------------------------------------ analysis views (models/base.py)
+    @torch.no_grad()
+    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
+        if not trained:
+            with lora_disabled(self._network):
+                return self.backbone_image_view(images)
+        return self.backbone_image_view(images)  # the same encoder with its LoRA update on
 
+    @torch.no_grad()
+    def text_view(self, names, trained: bool) -> torch.Tensor:
+        if not trained:
+            with lora_disabled(self._network):
+                return self.backbone_text_view(names)
+        return self.backbone_text_view(names)
+
+    def visual_classifier(self) -> Optional[torch.Tensor]:
+        if not self.opts.compensation or not len(self.visual.blocks):
+            return None
+        return torch.cat([b.detach() for b in self.visual.blocks]).float()
+
+    # ------------------------------------------------------------------ resuming
     def state_dict(self) -> Dict[str, Any]:
         """Everything a resumed run needs (completed tasks only; see BaseLearner.state_dict)."""
         state = super().state_dict()
-        known = state["known_classes"]
         memory = self._get_memory()
         if memory is not None:  # tensors and lists of paths load with weights_only=True
             data, targets = memory
             memory = {"data": torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray)
                       else list(data), "targets": torch.from_numpy(np.asarray(targets, dtype=np.int64))}
-        return {**state, "names": self._names[:known], "lora": lora_state_dict(self._network),
+        return {**state, "lora": lora_state_dict(self._network),
                 "visual": [b.detach().cpu().clone() for b in self.visual.blocks][:len(state["task_ranges"])],
                 "epochs": self.epochs, "gap_ref": self._gap_ref, "probed_task": self._probed_task,
-                "memory": memory, "record": copy.deepcopy(self.record), "timings": dict(self.timings)}
+                "memory": memory}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._names = list(state["names"])
         load_lora_state_dict(self._network, state["lora"])
         self.visual.load_blocks(state["visual"], self._device)
         self.epochs, self._gap_ref = state["epochs"], state["gap_ref"]
@@ -394,5 +392,3 @@ class MGCLIP(BaseLearner):
             data = memory["data"]
             self._data_memory = data.numpy() if isinstance(data, torch.Tensor) else list(data)
             self._targets_memory = memory["targets"].numpy()
-        self.record = copy.deepcopy(state["record"])
-        self.timings = defaultdict(float, state["timings"])

@@ -1,5 +1,5 @@
 """PROOF: "Learning without Forgetting for Vision-Language Models" (Zhou et al., TPAMI
-2025), as its official code behaves (``SPEC-PROOF`` items P1-P10).
+2025), as its official code behaves (items P1-P10 of docs/methods/proof.md).
 
 CLIP stays frozen (its ``logit_scale`` is a trained copy). Each task adds an image and a
 text projection (``Linear(d, d)`` with bias; the projected feature is the sum over all
@@ -15,11 +15,8 @@ are not run here.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
@@ -28,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.base import BaseLearner
-from utils.clip_ops import begin_task, build_backbone, read_args, scores_result
+from utils.clip_ops import CLIPLearner, begin_task, build_backbone, scores_result, shuffled_batches
 from utils.config import ConfigError
 from utils.errors import checked_step
 from utils.feature_cache import FeatureCache
@@ -74,7 +71,7 @@ def released_templates(dataset: str, cache: str) -> List[str]:
     (fetched at the pinned commit, SHA-256 checked): the first trains, all are averaged at test."""
     import json
 
-    from utils.released import fetch_released
+    from toolbox.released import fetch_released
 
     if dataset not in PROOF_DATASET_KEYS:
         raise ConfigError(f"config key 'templates' = 'released': PROOF's templates.json has no entry for dataset "
@@ -150,13 +147,14 @@ class ProofHead(nn.Module):
         return (o, w, p) if per_sample else (o, w.mean(0), p.mean(0))
 
 
-class PROOF(BaseLearner):
+class PROOF(CLIPLearner, BaseLearner):
+    options_class = PROOFOptions
+    release = "mgclip"  # as before: 'released' class orders and names are MG-CLIP's files (PROOF's own are shuffles)
+    trains = "per-task image/text projections, context prompts, a fusion module and the logit scale, on frozen CLIP"
+
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
-        self.args = args
-        self._task_ranges = []
-        self.cfg, self._device = read_args(args, PROOFOptions)
-        self.opts = PROOFOptions(**self.cfg.options)
+        self._setup(args)
         if self.opts.templates == ["released"]:
             self.opts.templates = released_templates(str(args.get("dataset", "")), self.cfg.released_cache)
         self.epochs = (5 if args.get("dataset") == "cifar100" else 10) if self.cfg.epochs == "auto" else \
@@ -166,11 +164,9 @@ class PROOF(BaseLearner):
         self.head = ProofHead(d, float(self._network.model.logit_scale), self.opts.context_prompts).to(self._device)
         self.cache = FeatureCache(self._encode, self._network.input_resolution, self.cfg, self._device,
                                   transform=self._squash_transform() if self.opts.squash_resize else None)
-        self._names: List[str] = []
         self.prototypes = torch.zeros(0, d, device=self._device)
         self.memory: Dict[int, List[int]] = {}  # class -> indices into the cached training features
-        self.timings: Dict[str, float] = defaultdict(float)
-        self.record: Dict[str, Any] = {"trainable_parameters": [], "memory_per_class": [],
+        self.record = {"trainable_parameters": [], "memory_per_class": [],
                                        "epochs": {"mode": "fixed", "chosen": self.epochs}}
 
     def _squash_transform(self):
@@ -210,9 +206,8 @@ class PROOF(BaseLearner):
             rows = torch.cat([rows, torch.tensor([i for idx in self.memory.values() for i in idx],
                                                  dtype=torch.long, device=rows.device)])
         self._train_rows = rows  # indices into the cached training features (new classes + exemplars)
-        start = time.perf_counter()
-        self._train(feats[rows], labels[rows])
-        self.timings["train"] += time.perf_counter() - start
+        with self._timed("train"):
+            self._train(feats[rows], labels[rows])
         m = per_class_budget(self.opts.proof_memory_size, self.opts.fixed_memory, self.opts.memory_per_class,
                              self._total_classes)
         self.memory = update_herding_memory(self.memory, feats, labels, new, m)  # P8
@@ -241,26 +236,26 @@ class PROOF(BaseLearner):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs, eta_min=0.0)
         self.head.train()
         for epoch in range(self.epochs):
-            order = torch.randperm(len(labels)).to(labels.device)
-            for step, i in enumerate(range(0, len(order), self.cfg.batch_size)):
-                idx = order[i:i + self.cfg.batch_size]
+            for step, idx in enumerate(shuffled_batches(len(labels), self.cfg.batch_size, labels.device)):
                 checked_step(opt, self._losses(feats[idx], labels[idx]),
                              f"task {self._cur_task}, epoch {epoch + 1}, step {step + 1}")
             sched.step()
         self.head.eval()
 
-    def after_task(self) -> None:
-        self._known_classes = self._total_classes
-
     # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def _text_classifier(self, names: List[str]) -> torch.Tensor:
+        """P9's w-bar: each template's projected prompt features, normalised, averaged, normalised (C, d)."""
+        ensemble = torch.stack([F.normalize(self.head.project_text(self._raw_text(t, names)), dim=1)
+                                for t in self.opts.templates])
+        return F.normalize(ensemble.mean(0), dim=1)
+
     @torch.no_grad()
     def scores(self, f: torch.Tensor) -> torch.Tensor:
         """P9 on one evaluation batch of frozen features (B, d): o.w~ + o.P~ + Z.w-bar."""
         head = self.head
         z = head.project_image(f)
-        ensemble = torch.stack([F.normalize(head.project_text(self._raw_text(t, self._names)), dim=1)
-                                for t in self.opts.templates])
-        w_bar = F.normalize(ensemble.mean(0), dim=1)
+        w_bar = self._text_classifier(self._names)
         protos = F.normalize(head.project_image(self.prototypes), dim=1)
         token = F.normalize(z, dim=1) if self.opts.normalize_eval_image else z
         o, w_out, p_out = head.fuse(token, w_bar, protos, per_sample=self.opts.per_sample_eval)
@@ -272,35 +267,39 @@ class PROOF(BaseLearner):
 
     @torch.no_grad()
     def eval_task(self):
-        start = time.perf_counter()
-        feats, labels = self.cache.get(self.data_manager, "test", range(self._total_classes))
-        order = torch.argsort(labels, stable=True)  # the official test set: class by class
-        feats, labels = feats[order], labels[order]
-        b = self.cfg.batch_size  # the official evaluation batches (predictions depend on them)
-        scores = torch.cat([self.scores(feats[i:i + b]) for i in range(0, len(labels), b)])
-        self.timings["eval"] += time.perf_counter() - start
+        with self._timed("eval"):
+            feats, labels = self.cache.get(self.data_manager, "test", range(self._total_classes))
+            order = torch.argsort(labels, stable=True)  # the official test set: class by class
+            feats, labels = feats[order], labels[order]
+            b = self.cfg.batch_size  # the official evaluation batches (predictions depend on them)
+            scores = torch.cat([self.scores(feats[i:i + b]) for i in range(0, len(labels), b)])
         return scores_result(self, scores, labels)
 
-    # ------------------------------------------------------------------ records and resuming
-    def results_extra(self) -> Dict[str, Any]:
-        return self.record
+    # ------------------------------------------------------------------ analysis views (models/base.py)
+    @torch.no_grad()
+    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
+        """Frozen CLIP's image features; trained: their sum of per-task projections, as the
+        image-text term of P9 uses them (normalised here, as every view is)."""
+        f = self._encode(images)
+        return F.normalize(self.head.project_image(f) if trained else f, dim=1)
 
+    @torch.no_grad()
+    def text_view(self, names, trained: bool) -> torch.Tensor:
+        """Zero-shot: the run's prompt; trained: P9's projected template ensemble w-bar."""
+        return self._text_classifier(list(names)) if trained else self.backbone_text_view(names)
+
+    # ------------------------------------------------------------------ resuming
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
-        known = state["known_classes"]
-        return {**state, "names": self._names[:known], "tasks": len(state["task_ranges"]),
+        return {**state, "tasks": len(state["task_ranges"]),
                 "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
-                "prototypes": self.prototypes[:known].cpu(),
-                "memory": {int(c): list(idx) for c, idx in self.memory.items()},
-                "record": copy.deepcopy(self.record), "timings": dict(self.timings)}
+                "prototypes": self.prototypes[:state["known_classes"]].cpu(),
+                "memory": {int(c): list(idx) for c, idx in self.memory.items()}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._names = list(state["names"])
         for _ in range(state["tasks"]):
             self.head.new_task(self.opts.freeze_old_text_proj)
         self.head.load_state_dict(state["head"])
         self.prototypes = state["prototypes"].to(self._device)
         self.memory = {int(c): list(idx) for c, idx in state["memory"].items()}
-        self.record = copy.deepcopy(state["record"])
-        self.timings = defaultdict(float, state["timings"])

@@ -3,7 +3,7 @@ Parameter Fusion" (Huang et al., ECCV 2024), as its official code behaves.
 
 CLIP stays frozen; one linear adapter (d x d, no bias, PyTorch's default initialisation)
 maps image features before the cosine logits against the prompts of all seen classes.
-Per task (``SPEC-RAPF`` items R1-R10): text-neighbour "hard pairs" between old and new
+Per task (items R1-R10 of docs/methods/rapf.md): text-neighbour "hard pairs" between old and new
 classes (R1); training on the task's real features plus features replayed from the old
 classes' Gaussians (R3-R4) with a hinge that keeps old classes on their own text feature
 away from a similar new class's (R5-R7); the new classes' statistics (R8); then the
@@ -15,12 +15,9 @@ Cholesky factor once (``utils.gaussian``).
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import random
-import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
@@ -29,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.base import BaseLearner
-from utils.clip_ops import begin_task, build_backbone, prompts, read_args, scores_result, text_features
+from utils.clip_ops import (CLIPLearner, begin_task, build_backbone, prompts, scores_result, shuffled_batches,
+                            text_features)
 from utils.config import ConfigError, require
 from utils.errors import checked_step
 from utils.feature_cache import FeatureCache
@@ -95,26 +93,23 @@ def hinge_loss(edge: torch.Tensor, text: torch.Tensor, pairs_of_rows: torch.Tens
     return F.relu(cos_new - cos_old + margin).mean()
 
 
-class RAPF(BaseLearner):
+class RAPF(CLIPLearner, BaseLearner):
+    options_class = RAPFOptions
+    release = "rapf"
+    trains = "a linear adapter on frozen CLIP image features"
+
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
-        self.args = args
-        self._task_ranges = []
-        self.cfg, self._device = read_args(args, RAPFOptions)
-        self.opts = RAPFOptions(**self.cfg.options)
+        self._setup(args)
         if self.cfg.epochs != "auto" and int(self.cfg.epochs) < 1:
             raise ConfigError("config key 'epochs' must be >= 1 for rapf")
         self.epochs = OFFICIAL_EPOCHS if self.cfg.epochs == "auto" else int(self.cfg.epochs)
         self._network = build_backbone(self.cfg, self._device).eval()
         d = self._network.embed_dim
         self.adapter = nn.Linear(d, d, bias=False).to(self._device)  # default init: not the identity (R1.1)
-        seed = args.get("seed", 0)
-        seed = int(seed[0] if isinstance(seed, (list, tuple)) else seed)
-        self.stats = ClassGaussians(self.opts.covariance_ridge, self.opts.shrink, seed=seed)
+        self.stats = ClassGaussians(self.opts.covariance_ridge, self.opts.shrink, seed=self._seed)
         self.cache = FeatureCache(self._encode, self._network.input_resolution, self.cfg, self._device)
-        self._names: List[str] = []
-        self.timings: Dict[str, float] = defaultdict(float)
-        self.record: Dict[str, Any] = {"hard_pairs": [], "replayed_per_epoch": [], "edge_per_epoch": [],
+        self.record = {"hard_pairs": [], "replayed_per_epoch": [], "edge_per_epoch": [],
                                        "epochs": {"mode": "fixed", "chosen": self.epochs}}
 
     # ------------------------------------------------------------------ numerics
@@ -151,17 +146,15 @@ class RAPF(BaseLearner):
         logger.info("task %d: %d hard pair(s) of old and new classes", self._cur_task, len(pairs))
         feats, labels = self.cache.get(data_manager, "train", new)
         old_weight = self.adapter.weight.detach().clone()
-        start = time.perf_counter()
-        self._train(feats, labels, pairs)
-        self.timings["train"] += time.perf_counter() - start
-        start = time.perf_counter()
-        feats, labels = self._statistics_features(data_manager, new, feats, labels)
-        for c in new:  # R8: statistics of the new classes, pre-adapter features
-            self.stats.add(c, feats[labels == c])
-        if self._cur_task > 0:  # R9
-            with torch.no_grad():
-                self.adapter.weight.copy_(svd_fusion(old_weight, self.adapter.weight.detach(), self.opts.mix_bias))
-        self.timings["stats_fusion"] += time.perf_counter() - start
+        with self._timed("train"):
+            self._train(feats, labels, pairs)
+        with self._timed("stats_fusion"):
+            feats, labels = self._statistics_features(data_manager, new, feats, labels)
+            for c in new:  # R8: statistics of the new classes, pre-adapter features
+                self.stats.add(c, feats[labels == c])
+            if self._cur_task > 0:  # R9
+                with torch.no_grad():
+                    self.adapter.weight.copy_(svd_fusion(old_weight, self.adapter.weight.detach(), self.opts.mix_bias))
         self.timings["features"] = self.cache.seconds
 
     def _train(self, feats: torch.Tensor, labels: torch.Tensor, pairs: List[Tuple[int, int]]) -> None:
@@ -201,9 +194,7 @@ class RAPF(BaseLearner):
 
     def _batches(self, feats: torch.Tensor, labels: torch.Tensor):
         """One epoch of shuffled batches (the last one partial) of the cached features."""
-        order = torch.randperm(len(labels)).to(labels.device)
-        for i in range(0, len(order), self.cfg.batch_size):
-            idx = order[i:i + self.cfg.batch_size]
+        for idx in shuffled_batches(len(labels), self.cfg.batch_size, labels.device):
             yield feats[idx], labels[idx]
 
     def _batch_text(self) -> torch.Tensor:
@@ -214,33 +205,32 @@ class RAPF(BaseLearner):
         """The features R8's statistics are computed from: the task's cached ones."""
         return feats, labels
 
-    def after_task(self) -> None:
-        self._known_classes = self._total_classes
-
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def eval_task(self):
         """R10: argmax of the logits over all seen classes."""
-        start = time.perf_counter()
-        feats, labels = self.cache.get(self.data_manager, "test", range(self._total_classes))
-        scores = torch.cat([self._logits(feats[i:i + 4096], self._text).float() for i in range(0, len(labels), 4096)])
-        self.timings["eval"] += time.perf_counter() - start
+        with self._timed("eval"):
+            feats, labels = self.cache.get(self.data_manager, "test", range(self._total_classes))
+            scores = torch.cat([self._logits(feats[i:i + 4096], self._text).float()
+                                for i in range(0, len(labels), 4096)])
         return scores_result(self, scores, labels)
 
-    # ------------------------------------------------------------------ records and resuming
-    def results_extra(self) -> Dict[str, Any]:
-        return self.record
+    # ------------------------------------------------------------------ analysis views (models/base.py)
+    @torch.no_grad()
+    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
+        """The frozen image features (the official numerics), through the adapter when ``trained``."""
+        f = self._encode(images)
+        return F.normalize((self.adapter(f) if trained else f).float(), dim=1)
 
+    def text_view(self, names, trained: bool) -> torch.Tensor:
+        return self.backbone_text_view(names)  # the text side is never trained
+
+    # ------------------------------------------------------------------ resuming
     def state_dict(self) -> Dict[str, Any]:
-        state = super().state_dict()
-        return {**state, "names": self._names[:state["known_classes"]], "adapter": self.adapter.weight.detach().cpu(),
-                "stats": self.stats.state_dict(), "record": copy.deepcopy(self.record), "timings": dict(self.timings)}
+        return {**super().state_dict(), "adapter": self.adapter.weight.detach().cpu(), "stats": self.stats.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._names = list(state["names"])
         with torch.no_grad():
             self.adapter.weight.copy_(state["adapter"].to(self._device))
         self.stats.load_state_dict(state["stats"], self._device)
-        self.record = copy.deepcopy(state["record"])
-        self.timings = defaultdict(float, state["timings"])

@@ -1,5 +1,5 @@
 """Zero-shot CLIP (the Continual-CLIP baseline): no training; classify the test images of
-all seen classes by cosine similarity to the prompts of their names."""
+all seen classes by cosine similarity to the prompts of their names (docs/methods/zs_clip.md)."""
 from __future__ import annotations
 
 import logging
@@ -8,34 +8,26 @@ from typing import Any, Dict
 import torch
 
 from models.base import BaseLearner
-from utils.clip_ops import (begin_task, build_backbone, encode_dataset, make_loader, prompts, read_args, scores_result,
-                            task_data, text_features)
+from utils.clip_ops import (CLIPLearner, begin_task, build_backbone, encode_dataset, make_loader, prompts,
+                            scores_result, task_data, text_features)
 
 logger = logging.getLogger(__name__)
 
 
-class ZSCLIP(BaseLearner):
+class ZSCLIP(CLIPLearner, BaseLearner):
+    release = "mgclip"  # the class orders and name tables of MG-CLIP's release
+    trains = ""
+
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
-        self.args = args  # the BaseLearners of PROOF's repository and C3Box do not set it
-        self._task_ranges = []  # also set here for PyCIL forks whose BaseLearner lacks it
-        self.cfg, self._device = read_args(args)
+        self._setup(args)
         self._network = build_backbone(self.cfg, self._device).eval()
-        self._names = []
 
     def incremental_train(self, data_manager) -> None:
         begin_task(self, data_manager)
         test_set = task_data(data_manager, range(self._total_classes), "test", self._network.input_resolution,
                              self.cfg, self._device)
         self.test_loader = make_loader(test_set, self.cfg.eval_batch_size, False, self.cfg.num_workers, self._device)
-
-    def state_dict(self) -> Dict[str, Any]:
-        state = super().state_dict()
-        return {**state, "names": self._names[:state["known_classes"]]}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._names = list(state["names"])
 
     @torch.no_grad()
     def eval_task(self):
@@ -44,3 +36,9 @@ class ZSCLIP(BaseLearner):
         text = text_features(net, tokens, self._device, self.cfg.precision)
         feats, labels = encode_dataset(net, self.test_loader, self._device, self.cfg.precision, desc="eval")
         return scores_result(self, feats @ text.t(), labels)
+
+    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
+        return self.backbone_image_view(images)
+
+    def text_view(self, names, trained: bool) -> torch.Tensor:
+        return self.backbone_text_view(names)

@@ -57,7 +57,7 @@ def released_cache(tmp_path):
     if each had been downloaded once (copied from ../shared/released)."""
     import shutil
 
-    from utils.released import SHA256, cache_path
+    from toolbox.released import SHA256, cache_path
 
     cache = tmp_path / "released-cache"
     for name in SHA256:

@@ -10,9 +10,9 @@ import torch
 
 from main import main
 from tests.conftest import tiny_args
-from utils.config import Config
-from utils.subspace import energy_rank, gap_measures, principal_angles, span_basis, subspace_report
-from utils.trainer import run_dir_for
+from toolbox.configs import make_config
+from toolbox.subspace import energy_rank, gap_measures, principal_angles, span_basis, subspace_report
+from toolbox.trainer import run_dir_for
 
 
 def test_energy_rank_by_hand():
@@ -57,11 +57,11 @@ def run(tmp_path, model, **over):
     path = tmp_path / f"{model}.json"
     path.write_text(json.dumps(args))
     assert main(["--config", str(path), "-q"]) == 0
-    return run_dir_for(Config.from_dict(args), args["seed"])
+    return run_dir_for(make_config(args), args["seed"])
 
 
 def analyse_cli(run_dir, out):
-    from utils.analysis import main as analysis_main
+    from toolbox.analysis import main as analysis_main
 
     assert analysis_main([run_dir, "--out", str(out), "--per-class", "3"]) == 0
     with open(out / "analysis.json") as f:
@@ -86,7 +86,7 @@ def test_analysis_of_each_method_and_zero_shot_agreement(tmp_path):
 
 
 def test_analysis_errors_name_the_folder(tmp_path, capsys):
-    from utils.analysis import main as analysis_main
+    from toolbox.analysis import main as analysis_main
 
     assert analysis_main([str(tmp_path / "nope")]) == 2
     assert "no config.json" in capsys.readouterr().err
@@ -94,7 +94,7 @@ def test_analysis_errors_name_the_folder(tmp_path, capsys):
 
 def test_one_command_gives_analysis_and_retention(tmp_path):
     pytest.importorskip("imagecorruptions", reason="pip install -e .[corruptions] (CI installs it)")
-    from utils.analysis import main as analysis_main
+    from toolbox.analysis import main as analysis_main
 
     run_dir = run(tmp_path, "mgclip")
     out = tmp_path / "both"

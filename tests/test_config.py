@@ -4,12 +4,14 @@ import os
 import pytest
 import yaml
 
-from utils.config import Config, ConfigError, build_config, build_configs, load_config_file, parse_overrides
-from utils.factory import get_model
+from utils.config import ConfigError
+from toolbox.configs import build_config, build_configs, load_config_file, parse_overrides
+from toolbox.configs import make_config
+from toolbox.registry import get_model
 
 
 def test_defaults_are_the_papers():
-    c = Config.from_dict({})
+    c = make_config({})
     o = c.options  # MG-CLIP's own options (models/mgclip.py), the default method's
     assert (o["lora_rank"], o["lora_alpha"], o["lora_targets"], o["lora_encoders"]) == (8, 1.0, ["k", "v"],
                                                                                         ["visual", "text"])
@@ -21,7 +23,7 @@ def test_defaults_are_the_papers():
 
 def test_unknown_key_suggests_the_closest():
     with pytest.raises(ConfigError, match="unknown config key 'lora_rnak'; did you mean 'lora_rank'"):
-        Config.from_dict({"lora_rnak": 4})
+        make_config({"lora_rnak": 4})
 
 
 @pytest.mark.parametrize("key, value, allowed", [
@@ -36,30 +38,30 @@ def test_unknown_key_suggests_the_closest():
 ])
 def test_bad_values_say_what_is_allowed(key, value, allowed):
     with pytest.raises(ConfigError, match=key) as e:
-        Config.from_dict({key: value})
+        make_config({key: value})
     assert allowed in str(e.value)
 
 
 def test_init_cls_checked_against_synthetic_class_count():
     with pytest.raises(ConfigError, match="init_cls"):
-        Config.from_dict({"dataset": "synthetic", "synthetic_classes": 5, "init_cls": 6})
+        make_config({"dataset": "synthetic", "synthetic_classes": 5, "init_cls": 6})
 
 
 def test_fixed_epochs_required_without_gap_preservation():
     with pytest.raises(ConfigError, match="epochs"):
-        Config.from_dict({"gap_preservation": False})
-    assert Config.from_dict({"gap_preservation": False, "epochs": 2}).epochs == 2
+        make_config({"gap_preservation": False})
+    assert make_config({"gap_preservation": False, "epochs": 2}).epochs == 2
 
 
 def test_overrides_are_typed():
     d = parse_overrides(["lr=1e-3", "batch_size=64", "compensation=false", "seed=[1, 2]",
                          "lora_targets=[q,v]", "epochs=auto", "fusion_beta=2"])
-    c = Config.from_dict(d)
+    c = make_config(d)
     assert c.lr == 0.001 and isinstance(c.lr, float)
     assert c.batch_size == 64 and c.options["compensation"] is False and c.seeds() == [1, 2]
     assert c.options["lora_targets"] == ["q", "v"] and c.epochs == "auto" and c.options["fusion_beta"] == 2.0
     with pytest.raises(ConfigError, match="batch_size"):
-        Config.from_dict(parse_overrides(["batch_size=big"]))
+        make_config(parse_overrides(["batch_size=big"]))
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["lr"])
 
@@ -96,18 +98,18 @@ def test_model_registry_suggests_on_typo():
 @pytest.mark.parametrize("model", ["rapf", "proof", "zs_clip"])
 def test_mgclip_options_are_refused_by_other_methods(model):
     with pytest.raises(ConfigError, match=f"'lora_rank' is an option of mgclip, not of '{model}'"):
-        Config.from_dict({"model_name": model, "lora_rank": 16})
+        make_config({"model_name": model, "lora_rank": 16})
     with pytest.raises(ConfigError, match="'fusion_beta' is an option of mgclip"):
         build_config(None, [f"model_name={model}", "fusion_beta=2"])
 
 
 def test_a_misspelt_option_of_another_method_is_named_with_its_method():
     with pytest.raises(ConfigError, match="did you mean 'lora_rank'\\? That is an option of mgclip, not of 'rapf'"):
-        Config.from_dict({"model_name": "rapf", "lora_rnak": 4})
+        make_config({"model_name": "rapf", "lora_rnak": 4})
     with pytest.raises(ConfigError, match="did you mean 'mix_bias'\\? That is an option of rapf, not of 'mgclip'"):
-        Config.from_dict({"model_name": "mgclip", "mix_bais": 0.5})
+        make_config({"model_name": "mgclip", "mix_bais": 0.5})
     with pytest.raises(ConfigError, match="unknown config key 'lr_rate'; did you mean 'lr'\\?$"):
-        Config.from_dict({"model_name": "rapf", "lr_rate": 0.1})  # a key of its own comes first
+        make_config({"model_name": "rapf", "lr_rate": 0.1})  # a key of its own comes first
 
 
 def test_mgclip_options_reach_only_mgclip_side_by_side(tmp_path):

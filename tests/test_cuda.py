@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import tiny_args
+from toolbox.configs import make_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -115,31 +116,29 @@ def test_bf16_lora_training_step_matches_fp32_gradients():
 
 
 def test_a_whole_run_on_the_gpu(tmp_path):
-    from utils.config import Config
-    from utils.trainer import run_one
+    from toolbox.trainer import run_one
 
     args = tiny_args(tmp_path, device="cuda", precision="auto", synthetic_classes=12, synthetic_train_per_class=40,
                      synthetic_test_per_class=10, init_cls=4, increment=4, epochs="auto", probe_max_epochs=3,
                      lr=3e-3, batch_size=32, num_workers=2)
-    cfg = Config.from_dict(args)
+    cfg = make_config(args)
     run_dir = run_one(cfg, cfg.seeds()[0])
     with open(os.path.join(run_dir, "results.json")) as f:
         r = json.load(f)
     assert r["finished"] and len(r["accuracy"]) == 3 and all(0 <= a <= 100 for a in r["accuracy"])
     assert np.isfinite([g["after"]["neg"] for g in r["gap"]]).all()
-    assert max(r["visual_accuracy"]) > 100 / 12 * 3  # learns well above chance on the GPU too
+    assert max(r["task_metrics"]["visual_accuracy"]) > 100 / 12 * 3  # learns well above chance on the GPU too
 
 
 @pytest.mark.parametrize("model, over", [("rapf", {"epochs": 3}), ("proof", {"epochs": 2, "lr": 0.01}),
                                          ("zs_clip", {})])
 def test_every_other_method_runs_on_the_gpu_in_its_default_numerics(tmp_path, model, over):
     """RAPF's default on CUDA is its official fp16 path; PROOF's and zero-shot CLIP's fp32."""
-    from utils.config import Config
-    from utils.trainer import run_one
+    from toolbox.trainer import run_one
 
     args = tiny_args(tmp_path, model_name=model, device="cuda", precision="auto", synthetic_classes=12,
                      synthetic_train_per_class=20, init_cls=4, increment=4, batch_size=16, num_workers=2, **over)
-    cfg = Config.from_dict(args)
+    cfg = make_config(args)
     with open(os.path.join(run_one(cfg, cfg.seeds()[0]), "results.json")) as f:
         r = json.load(f)
     print(f"{model} on the GPU: accuracy per task {r['accuracy']}")

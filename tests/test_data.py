@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.config import Config
-from utils.data import CIFAR100_CLASSES, DatasetError, make_synthetic, read_class_names
+from toolbox.configs import make_config
+from toolbox.data import CIFAR100_CLASSES, DatasetError, make_synthetic, read_class_names
 from utils.clip_backbone import clip_transform
-from utils.data_manager import DataManager, read_class_order, shuffled_order
+from toolbox.data_manager import DataManager, read_class_order, shuffled_order
 
 
 def dm_for(tmp_path=None, **over):
@@ -248,16 +248,15 @@ def test_in_memory_images_are_served_without_worker_processes_and_the_same_batch
     from main import main
     from tests.conftest import tiny_args
     from utils.clip_ops import make_loader, task_data
-    from utils.config import Config
-    from utils.data_manager import DataManager
+    from toolbox.data_manager import DataManager
 
-    cfg = Config.from_dict(tiny_args(tmp_path, num_workers=2))
+    cfg = make_config(tiny_args(tmp_path, num_workers=2))
     dm = DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg)
     loader = make_loader(task_data(dm, range(2), "train", 32, cfg, torch.device("cpu")), 4, True, 2,
                          torch.device("cpu"))
     assert loader.loader.num_workers == 0
     write_jpeg_split(tmp_path / "imagenet-r", ["a", "b"])
-    jpeg = Config.from_dict(tiny_args(tmp_path, dataset="imagenet_r", data_path=str(tmp_path), cache_images="false",
+    jpeg = make_config(tiny_args(tmp_path, dataset="imagenet_r", data_path=str(tmp_path), cache_images="false",
                                       init_cls=2, increment=2, num_workers=2))
     jdm = DataManager(jpeg.dataset, True, 1993, 2, 2, jpeg)
     assert make_loader(task_data(jdm, range(2), "train", 32, jpeg, torch.device("cpu")), 4, True, 2,

@@ -9,8 +9,8 @@ import pytest
 
 from main import main
 from tests.conftest import ROOT, tiny_args
-from utils.config import Config
-from utils.trainer import run, run_dir_for
+from toolbox.configs import make_config
+from toolbox.trainer import run_dir_for
 
 
 def run_main(tmp_path, capsys=None, **over):
@@ -18,7 +18,7 @@ def run_main(tmp_path, capsys=None, **over):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(args))
     assert main(["--config", str(path), "-q"]) == 0
-    cfg = Config.from_dict(args)
+    cfg = make_config(args)
     return [run_dir_for(cfg, s) for s in cfg.seeds()]
 
 
@@ -32,8 +32,10 @@ def test_three_tasks_write_the_run_directory(tmp_path):
     assert sorted(n for n in os.listdir(run_dir) if n != ".run.lock") == ["checkpoint.pt", "config.json", "metrics.csv", "results.json", "run.log"]
     r = load(run_dir)
     for key in ("accuracy", "accuracy_matrix", "avg", "last", "forgetting", "bwt", "config", "seed", "timings",
-                "epochs", "gap", "text_accuracy", "visual_accuracy"):
+                "epochs", "gap", "task_metrics"):
         assert key in r, key
+    assert set(r["task_metrics"]) == {"text_accuracy", "visual_accuracy"}
+    assert all(len(v) == 3 for v in r["task_metrics"].values())
     assert r["finished"] and r["nb_tasks"] == 3 and len(r["accuracy"]) == 3
     assert [len(row) for row in r["accuracy_matrix"]] == [1, 2, 3]
     assert all(0 <= a <= 100 for a in r["accuracy"] + sum(r["accuracy_matrix"], []))
@@ -47,6 +49,9 @@ def test_three_tasks_write_the_run_directory(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(x["classes"]) for x in rows] == [2, 4, 6]
     assert float(rows[-1]["accuracy"]) == pytest.approx(r["accuracy"][-1], abs=0.01)
+    assert list(rows[0]) == ["task", "classes", "accuracy", "top5", "old", "new", "text_accuracy", "visual_accuracy",
+                             "train_s", "eval_s"]  # the learner's task metrics are columns of their own
+    assert float(rows[-1]["visual_accuracy"]) == pytest.approx(r["task_metrics"]["visual_accuracy"][-1], abs=0.01)
     # matrix row = accuracy on each task's classes; equal test sizes -> its mean is the accuracy
     assert np.mean(r["accuracy_matrix"][-1]) == pytest.approx(r["accuracy"][-1], abs=1e-6)
 
@@ -54,8 +59,8 @@ def test_three_tasks_write_the_run_directory(tmp_path):
 def test_without_compensation_fused_equals_text(tmp_path):
     (run_dir,) = run_main(tmp_path, compensation=False)
     r = load(run_dir)
-    assert r["accuracy"] == pytest.approx(r["text_accuracy"])
-    assert r["visual_accuracy"] == []
+    assert r["accuracy"] == pytest.approx(r["task_metrics"]["text_accuracy"])
+    assert "visual_accuracy" not in r["task_metrics"]
 
 
 def test_zero_shot_baseline_runs(tmp_path):
@@ -75,7 +80,7 @@ def test_same_seed_same_results_and_seed_lists(tmp_path):
     (tmp_path / "again").mkdir()
     (again,) = run_main(tmp_path / "again", seed=3)
     ra2 = load(again)
-    for key in ("accuracy", "accuracy_matrix", "gap", "text_accuracy", "visual_accuracy", "class_order"):
+    for key in ("accuracy", "accuracy_matrix", "gap", "task_metrics", "class_order"):
         assert ra2[key] == ra[key], key
 
 
@@ -86,7 +91,7 @@ def test_learning_on_easy_data_is_clearly_above_chance(tmp_path):
     r = load(run_dir)
     chance = 100 / 30
     assert r["last"] > 5 * chance
-    assert r["visual_accuracy"][-1] > 60
+    assert r["task_metrics"]["visual_accuracy"][-1] > 60
 
 
 def test_bad_config_exits_cleanly(tmp_path):
@@ -99,7 +104,7 @@ def test_bad_config_exits_cleanly(tmp_path):
 
 
 def test_demo_config_is_offline_and_small():
-    cfg = Config.from_dict(json.load(open(os.path.join(ROOT, "exps", "mgclip_demo.json"))))
+    cfg = make_config(json.load(open(os.path.join(ROOT, "exps", "mgclip_demo.json"))))
     assert cfg.backbone == "tiny-random" and cfg.dataset == "synthetic" and cfg.device == "cpu"
     assert cfg.synthetic_classes // cfg.increment >= 3
 
@@ -165,7 +170,7 @@ def test_zero_shot_predictions_equal_a_hand_computation(tmp_path):
     import torch.nn.functional as F
 
     from models.zs_clip import ZSCLIP
-    from utils.data_manager import DataManager
+    from toolbox.data_manager import DataManager
 
     args = tiny_args(tmp_path, model_name="zs_clip")
     dm = DataManager("synthetic", True, 1993, 2, 2, args)
@@ -186,13 +191,13 @@ def test_zero_shot_predictions_equal_a_hand_computation(tmp_path):
 def test_durations_read_naturally_and_each_task_says_how_long_is_left(tmp_path, caplog):
     import logging
 
-    from utils.trainer import _duration
+    from toolbox.trainer import _duration
 
     assert [_duration(s) for s in (0.42, 9.94, 42.4, 185, 7620)] == ["0.4 s", "9.9 s", "42 s", "3 min 05 s",
                                                                      "2 h 07 min"]
     path = tmp_path / "c.json"
     path.write_text(json.dumps(tiny_args(tmp_path)))
-    with caplog.at_level(logging.INFO, logger="utils.trainer"):
+    with caplog.at_level(logging.INFO, logger="toolbox.trainer"):
         assert main(["--config", str(path)]) == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("task ")]
     assert [line.split(":")[0] for line in lines] == ["task 1/3", "task 2/3", "task 3/3"]
@@ -214,20 +219,20 @@ def test_a_side_by_side_run_ends_with_the_methods_in_one_table(tmp_path, caplog)
         with open(tmp_path / "logs" / model / "synthetic" / "2" / "2" / "test_1993" / "results.json") as f:
             r = json.load(f)
         assert f"| {r['avg']:.2f} ± 0.00 | {r['last']:.2f} ± 0.00 |" in row
-    assert message.endswith(f"python -m utils.report {tmp_path / 'logs'}")
+    assert message.endswith(f"python -m toolbox.report {tmp_path / 'logs'}")
 
 
 def test_a_run_of_a_published_protocol_ends_beside_its_published_figures(tmp_path, caplog, monkeypatch):
     import logging
 
-    from utils import published
+    from toolbox import published
 
     # a stand-in protocol that this offline run matches (the real ones need CIFAR-100 and CLIP weights)
     monkeypatch.setattr(published, "PUBLISHED", published.PUBLISHED + (published.Published(
         "mgclip", "synthetic", 2, 2, "tiny-random", 50.0, 40.0, "a stand-in", published._MG),))
     path = tmp_path / "c.json"
     path.write_text(json.dumps(tiny_args(tmp_path)))
-    with caplog.at_level(logging.INFO, logger="utils.trainer"):
+    with caplog.at_level(logging.INFO, logger="toolbox.trainer"):
         assert main(["--config", str(path)]) == 0
     (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary:")]
     with open(tmp_path / "logs" / "mgclip" / "synthetic" / "2" / "2" / "test_1993" / "results.json") as f:

@@ -17,6 +17,7 @@ from PIL import Image
 from tests import fork_trees
 from tests.conftest import ROOT
 from utils.class_names import CIFAR100_CLASSES
+from toolbox.configs import make_config
 
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
 SECTIONS = {"pycil": "### PyCIL", "proof": "### PROOF's repository", "c3box": "### C3Box"}
@@ -108,12 +109,12 @@ def test_a_c3box_mind_json_is_read_with_its_meaning(tmp_path):
 
 
 def test_c3box_keys_in_conflict_or_in_our_own_configs_are_refused():
-    from utils.config import Config, ConfigError, map_c3box_keys
+    from utils.config import ConfigError, map_c3box_keys
 
     with pytest.raises(ConfigError, match="'init_lr'.*'lr'.*disagree"):
         map_c3box_keys({"init_lr": 0.1, "lr": 0.2})
     with pytest.raises(ConfigError, match="C3Box's name.*use 'visual_lr'.*probe_max_epochs"):
-        Config.from_dict({"visual_clsf_lr": 0.1})
+        make_config({"visual_clsf_lr": 0.1})
     mapped, _ = map_c3box_keys({"init_lr": 0.1, "epochs": 5, "probe_max_epochs": 7})
     assert mapped == {"lr": 0.1, "epochs": 5, "probe_max_epochs": 7}  # an explicit probe maximum keeps epochs
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from models.mgclip import MGCLIP, fuse
 from tests.conftest import tiny_args
 from utils.cosine_linear import CosineLinear
-from utils.data_manager import DataManager
+from toolbox.data_manager import DataManager
 from utils.lora import lora_layers
 
 
@@ -166,7 +166,8 @@ def test_eval_task_returns_pycil_dicts(tmp_path):
     assert nme is None
     assert {"grouped", "top1", "top5"} <= set(cnn) and "total" in cnn["grouped"] and "00-01" in cnn["grouped"]
     assert 0 <= cnn["top1"] <= cnn["top5"] <= 100
-    assert 0 <= cnn["text_top1"] <= 100 and 0 <= cnn["visual_top1"] <= 100
+    metrics = learner.task_metrics()
+    assert set(metrics) == {"text_accuracy", "visual_accuracy"} and all(0 <= v <= 100 for v in metrics.values())
 
 
 class ForkDataManager:

@@ -12,8 +12,8 @@ open_clip = pytest.importorskip("open_clip", reason="pip install -e .[openclip] 
 from main import main  # noqa: E402
 from tests.conftest import tiny_args  # noqa: E402
 from utils.clip_backbone import TINY_OPENCLIP, BackboneError, load_clip  # noqa: E402
-from utils.config import Config  # noqa: E402
-from utils.trainer import run_dir_for  # noqa: E402
+from toolbox.configs import make_config  # noqa: E402
+from toolbox.trainer import run_dir_for  # noqa: E402
 
 
 def reference_model():
@@ -65,7 +65,7 @@ def test_each_learner_runs_on_openclip_with_one_key(tmp_path, model):
     args = tiny_args(tmp_path, model_name=model, backbone="openclip:tiny-random", synthetic_classes=6)
     (tmp_path / "c.json").write_text(json.dumps(args))
     assert main(["--config", str(tmp_path / "c.json"), "-q"]) == 0
-    with open(os.path.join(run_dir_for(Config.from_dict(args), 1993), "results.json")) as f:
+    with open(os.path.join(run_dir_for(make_config(args), 1993), "results.json")) as f:
         r = json.load(f)
     assert r["finished"] and len(r["accuracy"]) == 3
 

@@ -10,7 +10,8 @@ from tests.conftest import tiny_args
 from tests.test_mgclip import make
 from utils.clip_backbone import load_clip
 from utils.clip_ops import encode_dataset, prompts, text_features
-from utils.config import Config, ConfigError
+from utils.config import ConfigError
+from toolbox.configs import make_config
 from utils.lora import lora_state_dict
 
 
@@ -29,7 +30,7 @@ def hand_ce(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def test_defaults_are_off():
-    o = Config.from_dict({}).options
+    o = make_config({}).options
     assert o["memory_size"] == 0 and o["lora_ema"] == 0.0 and o["epochs_per_task"] is False
     assert o["replay_weight"] == 0.1  # the released code's weight on the exemplars' loss
 
@@ -38,12 +39,12 @@ def test_defaults_are_off():
     ("memory_size", -1, "memory_size"), ("lora_ema", 1.0, "lora_ema"), ("replay_weight", -0.5, "replay_weight")])
 def test_bad_option_values_name_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message):
-        Config.from_dict({key: value})
+        make_config({key: value})
 
 
 def test_per_task_estimation_needs_the_probe():
     with pytest.raises(ConfigError, match="epochs_per_task"):
-        Config.from_dict({"epochs_per_task": True, "epochs": 2})
+        make_config({"epochs_per_task": True, "epochs": 2})
 
 
 def test_memory_is_random_per_class_and_shrinks_keeping_the_first(tmp_path):
@@ -143,7 +144,7 @@ def test_per_task_probe_uses_zero_shot_reference_and_restarts_from_the_task_star
 
 def test_resume_with_every_option_on_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings, write_cfg
-    from utils.checkpoint import load_checkpoint
+    from toolbox.checkpoint import load_checkpoint
 
     cfg_path, run_dir = write_cfg(tmp_path, memory_size=8, lora_ema=0.2, epochs_per_task=True)
     snapshots = run_keeping_checkpoints(cfg_path, monkeypatch)

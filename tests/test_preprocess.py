@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from utils.clip_backbone import CLIP_STD, clip_transform
-from utils.data_manager import DataManager
+from toolbox.data_manager import DataManager
 from utils.preprocess import DevicePreprocess, resized_size
 
 

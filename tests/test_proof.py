@@ -13,16 +13,16 @@ import torch.nn.functional as F
 from main import main
 from models.proof import PROOF, FusionBlock, ProofHead
 from tests.conftest import tiny_args
-from utils.config import Config
-from utils.data_manager import DataManager
+from toolbox.configs import make_config
+from toolbox.data_manager import DataManager
 from utils.herding import herding_order, per_class_budget, update_herding_memory
-from utils.trainer import run_dir_for
+from toolbox.trainer import run_dir_for
 
 
 def make(tmp_path, **over):
     args = tiny_args(tmp_path, **{"model_name": "proof", "epochs": 2, "batch_size": 8, "lr": 0.01,
                                   "proof_memory_size": 12, **over})
-    cfg = Config.from_dict(args)
+    cfg = make_config(args)
     dm = DataManager(cfg.dataset, True, cfg.seeds()[0], cfg.init_cls, cfg.increment, cfg)
     return PROOF(cfg.to_dict()), dm
 
@@ -204,7 +204,7 @@ def test_proof_learns_and_resumes_exactly(tmp_path, monkeypatch):
                      proof_memory_size=12)
     (tmp_path / "p.json").write_text(json.dumps(args))
     snapshots = run_keeping_checkpoints(tmp_path / "p.json", monkeypatch)
-    run_dir = run_dir_for(Config.from_dict(args), 1993)
+    run_dir = run_dir_for(make_config(args), 1993)
     reference = without_timings(read(run_dir))
     assert reference["trainable_parameters"][1] - reference["trainable_parameters"][0] == 16 * 16 + 16
     assert reference["memory_per_class"] == [6, 3, 2]  # 12 // seen classes
@@ -213,7 +213,7 @@ def test_proof_learns_and_resumes_exactly(tmp_path, monkeypatch):
 
 def test_proof_and_mgclip_on_the_tiny_openclip_model_side_by_side(tmp_path):
     pytest.importorskip("open_clip", reason="pip install -e .[openclip] (CI installs it)")
-    from utils.report import make_report
+    from toolbox.report import make_report
 
     logdir = tmp_path / "logs"
     assert main(["--config", "compare_demo", "--set", f"logdir={logdir}", "--set", "seed=1993",
@@ -245,7 +245,7 @@ def test_proof_configs_equal_the_official_ones_key_by_key(official, ours, logged
     from tests.conftest import ROOT
 
     o = {**official_proof(official), **logged}
-    cfg = Config.from_dict(json.load(open(os.path.join(ROOT, "exps", ours))))
+    cfg = make_config(json.load(open(os.path.join(ROOT, "exps", ours))))
     opts = cfg.options
     names = {"cifar224": "cifar100", "imagenetr": "imagenet_r", "cub": "cub200"}
     assert (cfg.dataset, cfg.init_cls, cfg.increment, cfg.seed) == (names[o["dataset"]], o["init_cls"], o["increment"],

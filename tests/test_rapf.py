@@ -16,8 +16,10 @@ import yaml
 from main import main
 from models.rapf import RAPF, RAPFOptions, hard_pairs, hinge_loss, official_old_per_batch
 from tests.conftest import ROOT, SHARED_RELEASED, tiny_args
-from utils.config import Config, ConfigError, build_configs
-from utils.data_manager import DataManager
+from utils.config import ConfigError
+from toolbox.configs import build_configs
+from toolbox.configs import make_config
+from toolbox.data_manager import DataManager
 from utils.fusion import svd_fusion
 from utils.gaussian import ClassGaussians, shrunk_covariance
 
@@ -28,7 +30,7 @@ def rapf_args(tmp_path, **over):
 
 def make(tmp_path, **over):
     args = rapf_args(tmp_path, **over)
-    cfg = Config.from_dict(args)
+    cfg = make_config(args)
     dm = DataManager(cfg.dataset, True, cfg.seeds()[0], cfg.init_cls, cfg.increment, cfg)
     return RAPF(cfg.to_dict()), dm
 
@@ -286,15 +288,15 @@ def test_rapf_learns_separable_features_and_keeps_old_classes_by_replay(tmp_path
 
 # ----------------------------------------------------------------------------- config and runs
 def test_rapf_options_belong_to_rapf():
-    cfg = Config.from_dict({"model_name": "rapf", "beta": 1, "shrink": True, "milestones": [3, 6]})
+    cfg = make_config({"model_name": "rapf", "beta": 1, "shrink": True, "milestones": [3, 6]})
     assert cfg.options["beta"] == 1.0 and cfg.options["shrink"] is True and cfg.options["milestones"] == [3, 6]
-    assert cfg.to_dict()["beta"] == 1.0 and Config.from_dict(cfg.to_dict()).options == cfg.options
+    assert cfg.to_dict()["beta"] == 1.0 and make_config(cfg.to_dict()).options == cfg.options
     with pytest.raises(ConfigError, match="'beta' is an option of rapf, not of 'mgclip'"):
-        Config.from_dict({"model_name": "mgclip", "beta": 1})
+        make_config({"model_name": "mgclip", "beta": 1})
     with pytest.raises(ConfigError, match="did you mean 'mix_bias'"):
-        Config.from_dict({"model_name": "rapf", "mix_bais": 0.5})
+        make_config({"model_name": "rapf", "mix_bais": 0.5})
     with pytest.raises(ConfigError, match="'beta' = -1.0"):
-        Config.from_dict({"model_name": "rapf", "beta": -1})
+        make_config({"model_name": "rapf", "beta": -1})
 
 
 def test_side_by_side_sections_and_set(tmp_path):
@@ -312,7 +314,7 @@ def test_side_by_side_sections_and_set(tmp_path):
 
 
 def test_the_side_by_side_demo_runs_offline_and_reports_three_methods(tmp_path):
-    from utils.report import make_report
+    from toolbox.report import make_report
 
     logdir = tmp_path / "logs"
     assert main(["--config", "compare_demo", "--set", f"logdir={logdir}", "--set", "seed=1993",
@@ -329,12 +331,12 @@ def test_the_side_by_side_demo_runs_offline_and_reports_three_methods(tmp_path):
 
 def test_rapf_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
-    from utils.trainer import run_dir_for
+    from toolbox.trainer import run_dir_for
 
     args = rapf_args(tmp_path, synthetic_classes=6, epochs=2, hard_pair_threshold=10.0, beta=0.2)
     (tmp_path / "r.json").write_text(json.dumps(args))
     snapshots = run_keeping_checkpoints(tmp_path / "r.json", monkeypatch)
-    run_dir = run_dir_for(Config.from_dict(args), 1993)
+    run_dir = run_dir_for(make_config(args), 1993)
     reference = without_timings(read(run_dir))
     assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
 
@@ -358,7 +360,7 @@ def test_every_official_rapf_config_has_a_config_here_key_by_key():
         pytest.skip("needs ../shared/released/rapf")
     ours = {}
     for path in glob.glob(os.path.join(ROOT, "exps", "rapf_*.json")):
-        cfg = Config.from_dict(json.load(open(path)))
+        cfg = make_config(json.load(open(path)))
         ours[(cfg.dataset, cfg.init_cls, cfg.increment)] = cfg
     names = {"cifar100": "cifar100", "imagenet100": "imagenet100", "imagenet_R": "imagenet_r", "cub200": "cub200"}
     for path in glob.glob(os.path.join(folder, "*.yaml")):
@@ -375,7 +377,7 @@ def test_every_official_rapf_config_has_a_config_here_key_by_key():
 
 
 def test_released_rapf_class_orders_are_rapfs_own(released_cache):
-    from utils.released import release_of, released_file
+    from toolbox.released import release_of, released_file
 
     assert release_of("released", "rapf") == "rapf" and release_of("released:mgclip", "rapf") == "mgclip"
     assert released_file("class_order", "imagenet_r", "rapf") == "rapf/class_orders/imagenet_R_order.yaml"
@@ -387,7 +389,7 @@ def test_released_rapf_class_orders_are_rapfs_own(released_cache):
 def test_a_split_list_divides_an_unsplit_dataset_folder(tmp_path):
     from PIL import Image
 
-    from utils.data import DatasetError
+    from toolbox.data import DatasetError
 
     rng = np.random.default_rng(0)
     wnids = ["n01443537", "n01484850", "n01494475", "n01498041"]
@@ -413,7 +415,7 @@ def test_a_split_list_divides_an_unsplit_dataset_folder(tmp_path):
 
 def test_the_released_imagenet_r_split_list_reads_as_24000_and_6001_images():
     from tests.conftest import shared_released
-    from utils.data import read_split_list
+    from toolbox.data import read_split_list
 
     split = read_split_list(shared_released("rapf/imgr_split/imgr_train_test_split.txt"))
     assert len(split["train"]) == 24000 and len(split["test"]) == 6001  # counted in the file (30,001 paths)

@@ -17,9 +17,10 @@ from PIL import Image
 from main import main
 from tests.conftest import ROOT, SHARED_RELEASED, shared_released, tiny_args
 from utils.config import Config
-from utils.data_manager import DataManager
-from utils.released import SHA256, ReleasedFileError, cache_path, fetch_released, url_of
-from utils.trainer import run_dir_for
+from toolbox.configs import make_config
+from toolbox.data_manager import DataManager
+from toolbox.released import SHA256, ReleasedFileError, cache_path, fetch_released, url_of
+from toolbox.trainer import run_dir_for
 
 CONFIGS = os.path.join(SHARED_RELEASED, "mgclip", "configs", "class")
 
@@ -64,7 +65,7 @@ def expected_from_released(rel):
 def test_paper_config_equals_the_released_config_key_by_key(released, ours):
     rel = released_yaml(released)
     with open(os.path.join(ROOT, "exps", ours)) as f:
-        cfg = Config.from_dict(json.load(f))
+        cfg = make_config(json.load(f))
     flat = cfg.to_dict()  # shared keys and MG-CLIP's own options
     for key, value in expected_from_released(rel).items():
         assert flat[key] == value, f"{ours}: {key} = {flat[key]!r}, released {value!r}"
@@ -80,7 +81,7 @@ def test_paper_config_equals_the_released_config_key_by_key(released, ours):
 
 def test_every_paper_config_uses_the_released_class_order_and_names():
     for path in glob.glob(os.path.join(ROOT, "exps", "mgclip_*.json")):
-        cfg = Config.from_dict(json.load(open(path)))
+        cfg = make_config(json.load(open(path)))
         if cfg.dataset in ("cifar100", "imagenet100", "imagenet_r"):
             assert cfg.class_order == "released", path
             if cfg.dataset != "cifar100":
@@ -126,7 +127,7 @@ def test_released_class_order_and_names_with_a_local_copy(tmp_path, released_cac
 
 
 def test_a_released_name_file_that_does_not_match_the_folders_is_refused(tmp_path, released_cache):
-    from utils.data import DatasetError
+    from toolbox.data import DatasetError
 
     wnids = released_wnids("mgclip/dataset_reqs/imagenet_R_classes.txt")
     fake_imagenet_r(tmp_path, wnids[:199] + ["n99999999"])
@@ -214,7 +215,7 @@ def test_released_for_a_dataset_without_such_a_file_is_refused():
     from utils.config import ConfigError
 
     with pytest.raises(ConfigError, match="'class_order'.*'released' only for datasets"):
-        Config.from_dict({"dataset": "synthetic", "class_order": "released"})
+        make_config({"dataset": "synthetic", "class_order": "released"})
 
 
 # ----------------------------------------------------------------------------- probe and numerics
@@ -235,14 +236,14 @@ def test_auto_epochs_that_pick_e_equal_a_run_given_e_bit_for_bit(tmp_path, monke
     args = tiny_args(tmp_path / "auto", epochs="auto", **common)
     (tmp_path / "auto.json").write_text(json.dumps(args))
     snapshots = run_keeping_checkpoints(tmp_path / "auto.json", monkeypatch)  # the first is right after the probe
-    auto_dir = run_dir_for(Config.from_dict(args), 7)
+    auto_dir = run_dir_for(make_config(args), 7)
     with open(os.path.join(auto_dir, "results.json")) as f:
         chosen = json.load(f)["epochs"]["chosen"]
     assert 1 <= chosen < 4  # the probe stopped at a violation, so E is really chosen
     args = tiny_args(tmp_path / "fixed", epochs=chosen, **common)
     (tmp_path / "fixed.json").write_text(json.dumps(args))
     assert main(["--config", str(tmp_path / "fixed.json"), "-q"]) == 0
-    fixed = results_without(run_dir_for(Config.from_dict(args), 7), "epochs")
+    fixed = results_without(run_dir_for(make_config(args), 7), "epochs")
     auto = results_without(auto_dir, "epochs")
     resumed = resume_from_copy(auto_dir, snapshots[0], tmp_path / "resumed_after_probe")
     for key in ("config", "epochs"):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.report import FIG_DPI, FIG_SIZE, ReportError, main, make_report
+from toolbox.report import FIG_DPI, FIG_SIZE, main, make_report
+from toolbox.configs import make_config
 
 
 def fake_run(root, model, seed, acc, matrix, prefix="p", epochs=None, gap=None, text=None, visual=None,
@@ -23,7 +24,7 @@ def fake_run(root, model, seed, acc, matrix, prefix="p", epochs=None, gap=None, 
     if gap is not None:
         r["gap"] = gap
     if text is not None:
-        r["text_accuracy"], r["visual_accuracy"] = text, visual
+        r["task_metrics"] = {"text_accuracy": text, "visual_accuracy": visual}
     (d / "results.json").write_text(json.dumps(r))
     return d
 
@@ -53,14 +54,16 @@ def test_summary_means_and_stds_by_hand(runs):
     assert mg["avg_mean"] == pytest.approx(85.0) and mg["avg_std"] == pytest.approx(2.0)
     assert mg["last_mean"] == pytest.approx(78.0) and mg["last_std"] == pytest.approx(2.0)
     assert mg["forgetting_mean"] == pytest.approx((6.0 + 7.0) / 2) and mg["bwt_mean"] == pytest.approx(-1.5)
-    assert mg["text_last_mean"] == pytest.approx(62.0) and mg["visual_last_mean"] == pytest.approx(71.0)
+    assert mg["metrics"] == pytest.approx({"text_accuracy": 62.0, "visual_accuracy": 71.0})
     assert mg["wall_s_mean"] == pytest.approx(15.0) and mg["epochs"] == "1" and mg["seeds"] == "1 2"
-    assert rows["zs_clip"]["avg_std"] == 0.0 and rows["zs_clip"]["text_last_mean"] is None
+    assert rows["zs_clip"]["avg_std"] == 0.0 and rows["zs_clip"]["metrics"] == {}
     with open(out / "summary.csv") as f:
         csv_rows = {r["method"]: r for r in csv.DictReader(f)}
     assert float(csv_rows["mgclip"]["avg_mean"]) == pytest.approx(85.0)
+    assert float(csv_rows["mgclip"]["visual_last_mean"]) == pytest.approx(71.0) and csv_rows["zs_clip"]["text_last_mean"] == ""
     md = (out / "summary.md").read_text()
     assert "85.00 ± 2.00" in md and "78.00 ± 2.00" in md
+    assert md.splitlines()[0].endswith("| wall s | text Last | visual Last |")  # a column per task metric
     tex = (out / "summary.tex").read_text().splitlines()
     assert tex[0] == "\\begin{tabular}{lllcc}" and tex[-1] == "\\end{tabular}"
     assert "mgclip & cifar100 & 10/10 & $85.00 \\pm 2.00$ & $78.00 \\pm 2.00$ \\\\" in tex
@@ -119,10 +122,9 @@ def test_bad_run_directories_are_named(tmp_path, capsys):
 
 def test_report_on_real_runs(tmp_path):
     from tests.conftest import tiny_args
-    from utils.config import Config
-    from utils.trainer import run
+    from toolbox.trainer import run
 
-    run(Config.from_dict(tiny_args(tmp_path, epochs="auto", probe_max_epochs=2, seed=[1, 2])))
+    run(make_config(tiny_args(tmp_path, epochs="auto", probe_max_epochs=2, seed=[1, 2])))
     written = make_report([str(tmp_path / "logs")], str(tmp_path / "rep"))
     (row,) = written["rows"]
     results = [json.load(open(os.path.join(root, "results.json")))
@@ -159,12 +161,12 @@ def test_runs_of_a_published_protocol_are_set_beside_its_figures(tmp_path, capsy
 
 def test_the_readme_config_tables_give_the_figures_the_report_uses():
     """Every single-config row of the README's config tables: its published Avg / Last are
-    what utils/published.py gives for that config (and a row without figures has none)."""
+    what toolbox/published.py gives for that config (and a row without figures has none)."""
     import re
 
     from tests.conftest import ROOT
-    from utils.config import build_config
-    from utils.published import published_for
+    from toolbox.configs import build_config
+    from toolbox.published import published_for
 
     def number(cell):
         found = re.match(r"\s*(\d+(?:\.\d+)?)", cell)
@@ -196,7 +198,7 @@ def test_the_readme_config_tables_give_the_figures_the_report_uses():
 
 
 def test_published_ablations_and_few_shot_runs_are_matched_by_their_options():
-    from utils.published import published_for
+    from toolbox.published import published_for
 
     base = {"dataset": "imagenet100", "init_cls": 10, "increment": 10, "backbone": "ViT-B/16"}
     assert published_for("mgclip", base).last == 78.38  # the method as released

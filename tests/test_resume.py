@@ -11,10 +11,10 @@ import torch
 
 from main import main
 from tests.conftest import ROOT, tiny_args
-from utils import trainer
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from utils.config import Config
-from utils.trainer import run_dir_for
+from toolbox import trainer
+from toolbox.checkpoint import load_checkpoint, save_checkpoint
+from toolbox.configs import make_config
+from toolbox.trainer import run_dir_for
 
 
 def without_timings(results):
@@ -31,7 +31,7 @@ def write_cfg(tmp_path, **over):
                                   "probe_max_epochs": 2, **over})
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(args))
-    return path, run_dir_for(Config.from_dict(args), args["seed"])
+    return path, run_dir_for(make_config(args), args["seed"])
 
 
 def run_keeping_checkpoints(cfg_path, monkeypatch):
@@ -142,7 +142,7 @@ def test_changed_config_is_refused_naming_keys_and_run_only_keys_may_differ(tmp_
 def test_resume_with_config_continues_each_seed(tmp_path):
     cfg_path, _ = write_cfg(tmp_path, seed=[1, 2])
     assert main(["--config", str(cfg_path), "-q", "--resume"]) == 0  # nothing to resume: starts
-    cfg = Config.from_dict(json.loads(cfg_path.read_text()))
+    cfg = make_config(json.loads(cfg_path.read_text()))
     assert all(read(run_dir_for(cfg, s))["finished"] for s in (1, 2))
 
 

@@ -8,14 +8,15 @@ import pytest
 
 from main import main
 from tests.conftest import tiny_args
-from utils.config import Config, ConfigError
-from utils.trainer import run_dir_for
+from utils.config import ConfigError
+from toolbox.configs import make_config
+from toolbox.trainer import run_dir_for
 
 pytest.importorskip("imagecorruptions", reason="pip install -e .[corruptions] (CI installs it)")
 
 
 def test_corruptions_are_deterministic_per_seed_and_leave_numpy_alone():
-    from utils.retention import corrupt_images
+    from toolbox.retention import corrupt_images
 
     images = (np.random.RandomState(0).rand(4, 32, 32, 3) * 255).astype(np.uint8)
     np.random.seed(5)
@@ -32,7 +33,7 @@ def test_corruptions_are_deterministic_per_seed_and_leave_numpy_alone():
 def test_every_imagenet_c_corruption_runs_here():
     """imagecorruptions 1.1.2 predates numpy 2 and scikit-image 0.19; fog, glass_blur and
     gaussian_blur fail there unless their two old spellings are translated."""
-    from utils.retention import check_corruption, corrupt_images, corruptions_module
+    from toolbox.retention import check_corruption, corrupt_images, corruptions_module
 
     _, names = corruptions_module()
     images = (np.random.RandomState(1).rand(2, 32, 32, 3) * 255).astype(np.uint8)
@@ -52,11 +53,11 @@ def test_corruptions_run_without_pkg_resources():
     import sys
 
     from tests.conftest import ROOT
-    from utils.retention import corrupt_images
+    from toolbox.retention import corrupt_images
 
     code = ("import sys; sys.modules['pkg_resources'] = None\n"
             "import numpy as np\n"
-            "from utils.retention import corrupt_images\n"
+            "from toolbox.retention import corrupt_images\n"
             "images = (np.random.RandomState(3).rand(2, 40, 40, 3) * 255).astype(np.uint8)\n"
             "sys.stdout.write(corrupt_images(images, 'frost', 4, seed=1).tobytes().hex())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
@@ -71,7 +72,7 @@ def test_gaussian_blur_is_a_per_channel_gaussian_filter_by_hand():
     repeated, clipped to [0, 1], then x255 and truncated to uint8."""
     from scipy.ndimage import gaussian_filter
 
-    from utils.retention import corrupt_images
+    from toolbox.retention import corrupt_images
 
     images = (np.random.RandomState(2).rand(2, 40, 48, 3) * 255).astype(np.uint8)
     for severity, sigma in zip(range(1, 6), (1, 2, 3, 4, 6)):
@@ -88,13 +89,13 @@ def test_broken_or_unknown_corruptions_are_refused_before_the_run(tmp_path, caps
     assert "corruption 'gaussian_nois' is not one of" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "logs")
     with pytest.raises(ConfigError, match="unknown key 'severty'; did you mean 'severity'"):
-        Config.from_dict({"zero_shot_eval": [{"dataset": "synthetic", "severty": 2}]})
+        make_config({"zero_shot_eval": [{"dataset": "synthetic", "severty": 2}]})
     with pytest.raises(ConfigError, match="severity.*1-5"):
-        Config.from_dict({"zero_shot_eval": [{"dataset": "synthetic", "severity": 9}]})
+        make_config({"zero_shot_eval": [{"dataset": "synthetic", "severity": 9}]})
 
 
 def test_retention_in_results_and_report_and_zero_shot_clip_retains_exactly(tmp_path):
-    from utils.report import make_report
+    from toolbox.report import make_report
 
     held_out = [{"dataset": "synthetic", "synthetic_classes": 5, "synthetic_test_per_class": 4, "name": "clean"},
                 {"dataset": "synthetic", "synthetic_classes": 5, "synthetic_test_per_class": 4,
@@ -104,7 +105,7 @@ def test_retention_in_results_and_report_and_zero_shot_clip_retains_exactly(tmp_
         args = tiny_args(tmp_path, model_name=model, zero_shot_eval=held_out)
         (tmp_path / f"{model}.json").write_text(json.dumps(args))
         assert main(["--config", str(tmp_path / f"{model}.json"), "-q"]) == 0
-        dirs[model] = run_dir_for(Config.from_dict(args), 1993)
+        dirs[model] = run_dir_for(make_config(args), 1993)
     with open(os.path.join(dirs["zs_clip"], "results.json")) as f:
         zs = json.load(f)["zero_shot_retention"]
     with open(os.path.join(dirs["mgclip"], "results.json")) as f:
@@ -119,7 +120,7 @@ def test_retention_in_results_and_report_and_zero_shot_clip_retains_exactly(tmp_
                      init_cls=5, increment=5, class_order="default")
     (tmp_path / "zs5.json").write_text(json.dumps(args))
     assert main(["--config", str(tmp_path / "zs5.json"), "-q"]) == 0
-    with open(os.path.join(run_dir_for(Config.from_dict(args), 1993), "results.json")) as f:
+    with open(os.path.join(run_dir_for(make_config(args), 1993), "results.json")) as f:
         assert json.load(f)["accuracy"][0] == pytest.approx(zs[0]["zero_shot_clip"])
     written = make_report([str(tmp_path / "logs")], str(tmp_path / "report"))
     assert len(written["retention"]) == 4 and "retention.csv" in written["files"]
@@ -127,12 +128,12 @@ def test_retention_in_results_and_report_and_zero_shot_clip_retains_exactly(tmp_
 
 
 def test_retention_command_on_a_finished_run(tmp_path):
-    from utils.retention import main as retention_main
+    from toolbox.retention import main as retention_main
 
     args = tiny_args(tmp_path)
     (tmp_path / "a.json").write_text(json.dumps(args))
     assert main(["--config", str(tmp_path / "a.json"), "-q"]) == 0
-    run_dir = run_dir_for(Config.from_dict(args), 1993)
+    run_dir = run_dir_for(make_config(args), 1993)
     assert retention_main([run_dir, "--dataset", "synthetic", "--corruption", "defocus_blur", "--severity", "2",
                            "--max-images", "10"]) == 0
     with open(os.path.join(run_dir, "retention.json")) as f:
@@ -143,7 +144,7 @@ def test_retention_command_on_a_finished_run(tmp_path):
 
 def test_held_out_folder_dataset_with_the_released_pet_name_table(tmp_path, released_cache):
     from tests.test_data import write_jpeg_split
-    from utils.retention import held_out_images
+    from toolbox.retention import held_out_images
 
     with open(os.path.join(released_cache, "mgclip", "f40bfceae673", "dataset_reqs", "oxford_pet_classes.txt")) as f:
         names = [line.split("\t")[-1].strip() for line in f if line.strip()]

@@ -15,17 +15,17 @@ from main import main
 from tests.conftest import ROOT, tiny_args
 from tests.test_data import write_jpeg_split
 from tests.test_resume import snapshot
-from utils.config import Config
-from utils.report import ReportError, make_report
-from utils.run_lock import OWNER_NAME
-from utils.trainer import run_dir_for
+from toolbox.configs import make_config
+from toolbox.report import ReportError, make_report
+from toolbox.run_lock import OWNER_NAME
+from toolbox.trainer import run_dir_for
 
 
 def write_cfg(folder, name="cfg.json", **over):
     args = tiny_args(folder, **over)
     path = folder / name
     path.write_text(json.dumps(args))
-    return path, run_dir_for(Config.from_dict(args), args["seed"] if isinstance(args["seed"], int) else args["seed"][0])
+    return path, run_dir_for(make_config(args), args["seed"] if isinstance(args["seed"], int) else args["seed"][0])
 
 
 def subprocess_env():
@@ -86,8 +86,8 @@ def test_a_rerun_refused_for_an_empty_class_folder_leaves_the_earlier_run(tmp_pa
 def test_an_empty_class_in_an_in_memory_dataset_is_named(tmp_path):
     import numpy as np
 
-    from utils.data import DatasetError, RawData
-    from utils.data_manager import check_every_class_has_images
+    from toolbox.data import DatasetError, RawData
+    from toolbox.data_manager import check_every_class_has_images
 
     raw = RawData(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 2, 2]), np.zeros((3, 8, 8, 3), np.uint8),
                   np.array([0, 1, 2]), ["cat", "dog", "eel"])
@@ -141,7 +141,7 @@ def test_a_second_run_into_a_busy_folder_stops_at_once_naming_folder_and_process
 def test_a_killed_holder_leaves_no_lock_that_blocks_resume(tmp_path):
     cfg_path, run_dir = write_cfg(tmp_path)
     os.makedirs(run_dir)
-    holder = ("import os, signal, sys; from utils.run_lock import RunLock; "
+    holder = ("import os, signal, sys; from toolbox.run_lock import RunLock; "
               "lock = RunLock(sys.argv[1]); lock.__enter__(); os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.run([sys.executable, "-c", holder, run_dir], env=subprocess_env(), cwd=ROOT)
     assert proc.returncode == -signal.SIGKILL
@@ -242,7 +242,7 @@ def test_typos_get_useful_suggestions(tmp_path, capsys, item, expected):
 
 
 def test_free_text_values_with_yaml_characters_stay_strings():
-    from utils.config import parse_overrides
+    from toolbox.configs import parse_overrides
 
     assert parse_overrides(["prompt_template=a photo: {}."]) == {"prompt_template": "a photo: {}."}
 
@@ -254,7 +254,7 @@ def test_report_counts_a_run_once_and_never_pools_different_configs(tmp_path):
         assert main(["--config", str(cfg_path), "-q"]) == 0
     cfg_path, other = write_cfg(tmp_path, "lr.json", seed=3, lr=0.01)
     assert main(["--config", str(cfg_path), "-q"]) == 0
-    run_1 = run_dir_for(Config.from_dict(tiny_args(tmp_path)), 1)
+    run_1 = run_dir_for(make_config(tiny_args(tmp_path)), 1)
     rows = make_report([str(root), run_1, os.path.dirname(run_1)], str(tmp_path / "out"))["rows"]
     by_prefix = {r["prefix"]: r for r in rows}
     assert set(by_prefix) == {"test [lr=0.001]", "test [lr=0.01]"}

@@ -1,10 +1,15 @@
-"""Shared plumbing for CLIP learners: reading ``args``, building the backbone, loaders,
-feature extraction and prompts. Learners (``models/``) call these; nothing here knows a
-particular method."""
+"""Shared plumbing for CLIP learners: ``CLIPLearner`` (the setup, bookkeeping, timing and
+checkpoint parts every learner shares), reading ``args``, building the backbone, loaders,
+feature extraction, prompts and minibatches. Learners (``models/``) use these; nothing here
+knows a particular method."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import sys
+import time
+from collections import defaultdict
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -44,6 +49,67 @@ def read_args(args: Dict[str, Any], options_cls=None) -> Tuple[Config, torch.dev
         logger.warning("the fork's trainer made device %s, but this machine has no CUDA: running on the CPU", device)
         device = torch.device("cpu")
     return cfg, device
+
+
+class CLIPLearner:
+    """Mixed in ahead of a PyCIL ``BaseLearner`` (this toolbox's or a fork's, which may set
+    neither ``args`` nor ``_task_ranges``): ``class MGCLIP(CLIPLearner, BaseLearner)``.
+
+    ``_setup(args)`` gives the learner ``args``, ``cfg`` (typed, ``cfg.options`` its own
+    options), ``opts`` (an ``options_class`` instance, or None), ``_device``, ``_seed``,
+    ``_names`` (class names of the seen classes), ``record`` (its results.json records) and
+    ``timings`` (seconds per phase, ``with self._timed("train"):``). Checkpoints carry the
+    names, records and timings besides the learner's own state."""
+
+    options_class: Optional[type] = None
+
+    def _setup(self, args: Dict[str, Any]) -> None:
+        self.args = args  # the BaseLearners of PROOF's repository and C3Box do not set it
+        self._task_ranges: List[range] = []  # nor does every PyCIL fork's keep task ranges
+        self._names: List[str] = []
+        self.record: Dict[str, Any] = {}
+        self.timings: Dict[str, float] = defaultdict(float)
+        self.on_checkpoint: Optional[Callable[[], None]] = None
+        self.cfg, self._device = read_args(args, self.options_class)
+        self.opts = self.options_class(**self.cfg.options) if self.options_class is not None else None
+        seed = args.get("seed", 0)
+        self._seed = int(seed[0] if isinstance(seed, (list, tuple)) else seed)
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] += time.perf_counter() - start
+
+    def after_task(self) -> None:  # defined here: PyCIL's BaseLearner.after_task does nothing
+        self._known_classes = self._total_classes
+
+    def results_extra(self) -> Dict[str, Any]:
+        return self.record
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        return {**state, "names": self._names[:state["known_classes"]], "record": copy.deepcopy(self.record),
+                "timings": dict(self.timings)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._names = list(state["names"])
+        self.record = copy.deepcopy(state.get("record", {}))
+        self.timings = defaultdict(float, state.get("timings", {}))
+
+    # the analysis views (models/base.py) of the backbone as it is now: zero-shot CLIP for a frozen one
+    @torch.no_grad()
+    def backbone_image_view(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(self._device, self.cfg.precision):
+            return F.normalize(self._network.encode_image(images).float(), dim=1)
+
+    @torch.no_grad()
+    def backbone_text_view(self, names: Sequence[str]) -> torch.Tensor:
+        tokens = self._network.tokenize(prompts(self.cfg.prompt_template, names)).to(self._device)
+        return text_features(self._network.eval(), tokens, self._device, self.cfg.precision)
 
 
 def begin_task(learner, data_manager) -> range:
@@ -89,7 +155,7 @@ def class_names(data_manager, indices: Sequence[int], dataset_name: str = "") ->
     if order is not None and "cifar" in (dataset_name or getattr(data_manager, "dataset_name", "")):
         return [CIFAR100_CLASSES[order[i]] for i in indices]
     raise RuntimeError("the data manager has no get_class_names() and no known name table fits dataset "
-                       f"'{dataset_name}': add get_class_names(indices) to it (see utils/data_manager.py)")
+                       f"'{dataset_name}': add get_class_names(indices) to it (see toolbox/data_manager.py)")
 
 
 class Batches:
@@ -213,6 +279,14 @@ def text_features(backbone: ClipBackbone, tokens: torch.Tensor, device: torch.de
     with autocast(device, precision):
         t = backbone.encode_text(tokens.to(device))
     return F.normalize(t.float(), dim=1)
+
+
+def shuffled_batches(n: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """One epoch of minibatch indices over ``n`` items in a fresh random order (torch's
+    global stream; the last batch partial), as index tensors on ``device``."""
+    order = torch.randperm(n).to(device)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
 
 
 def prompts(template: str, names: Sequence[str]) -> List[str]:

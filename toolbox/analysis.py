@@ -1,8 +1,8 @@
-"""Modality-gap and subspace analysis of a run: ``python -m utils.analysis RUN_DIR [--out DIR]``.
+"""Modality-gap and subspace analysis of a run: ``python -m toolbox.analysis RUN_DIR [--out DIR]``.
 
 From the run's checkpoint (its last completed task), on a seeded subset of the seen
 classes' test images, for zero-shot CLIP and for the trained model:
-- gap measures (``utils.subspace.gap_measures``): mean cosine of each image with its own
+- gap measures (``toolbox.subspace.gap_measures``): mean cosine of each image with its own
   class's prompt, distance between the image and text centroids, the gap statistic;
 - MG-CLIP supplementary Section 3: the image features' basis at 95 % energy, the bases
   of the text classifier (prompt features), of the visual classifier where the method has
@@ -10,7 +10,7 @@ classes' test images, for zero-shot CLIP and for the trained model:
 - a 2-D picture of image and text features before and after training (UMAP where
   ``umap-learn`` is installed, PCA otherwise; needs matplotlib).
 With ``--held-out SPEC`` (repeatable) it also measures zero-shot retention on held-out,
-optionally corrupted data (``utils.retention``), so one command gives both.
+optionally corrupted data (``toolbox.retention``), so one command gives both.
 Writes ``analysis.json`` (every number), ``analysis.md`` and ``analysis.csv`` (the tables)
 and ``features_2d.png``. What a method lacks (e.g. RAPF and zero-shot CLIP have no visual
 classifier) is skipped with a line saying so.
@@ -18,7 +18,6 @@ classifier) is skipped with a line saying so.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import logging
@@ -28,85 +27,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from utils.io import atomic_write, write_json, write_text
-from utils.subspace import energy_rank, gap_measures, span_basis, subspace_report
+from toolbox.io import atomic_write, write_json, write_text
+from toolbox.restore import RunDirError, load_learner
+from toolbox.subspace import energy_rank, gap_measures, span_basis, subspace_report
 
 logger = logging.getLogger(__name__)
-
-
-class AnalysisError(RuntimeError):
-    """The run directory cannot be analysed; the message says why and what to do."""
-
-
-# ----------------------------------------------------------------------------- feature views
-class Views:
-    """Normalised image and text features of a learner, as zero-shot CLIP ("trained" false)
-    and as the trained model: LoRA on/off (MG-CLIP), adapter on/off (RAPF), the same
-    frozen CLIP twice (zero-shot CLIP)."""
-
-    def __init__(self, learner):
-        self.learner = learner
-        self.net = learner._network
-        self.kind = "rapf" if hasattr(learner, "adapter") else "mgclip" if hasattr(learner, "visual") else "frozen"
-
-    def _lora(self, trained: bool):
-        if self.kind == "mgclip" and not trained:
-            from utils.lora import lora_disabled
-
-            return lora_disabled(self.net)
-        return contextlib.nullcontext()
-
-    @torch.no_grad()
-    def image(self, x: torch.Tensor, trained: bool) -> torch.Tensor:
-        from utils.clip_backbone import autocast
-
-        learner = self.learner
-        if self.kind == "rapf":
-            f = learner._encode(x)
-            return F.normalize((learner.adapter(f) if trained else f).float(), dim=1)
-        with self._lora(trained), autocast(learner._device, learner.cfg.precision):
-            return F.normalize(self.net.encode_image(x).float(), dim=1)
-
-    @torch.no_grad()
-    def text(self, names: List[str], trained: bool) -> torch.Tensor:
-        from utils.clip_ops import prompts, text_features
-
-        tokens = self.net.tokenize(prompts(self.learner.cfg.prompt_template, names)).to(self.learner._device)
-        with self._lora(trained):
-            return text_features(self.net.eval(), tokens, self.learner._device, self.learner.cfg.precision)
-
-    def visual(self) -> Optional[torch.Tensor]:
-        if self.kind != "mgclip" or not self.learner.opts.compensation or not len(self.learner.visual.blocks):
-            return None
-        return torch.cat([b.detach() for b in self.learner.visual.blocks]).float()
-
-
-# ----------------------------------------------------------------------------- loading
-def load_learner(run_dir: str):
-    """(learner restored from the checkpoint, data manager, resolved config)."""
-    from utils.checkpoint import CheckpointError, load_checkpoint
-    from utils.config import ConfigError, build_config
-    from utils.data_manager import DataManager
-    from utils.factory import get_model
-
-    config = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(config):
-        raise AnalysisError(f"{run_dir}: no config.json (is it a run directory?)")
-    try:
-        cfg = build_config(config)
-        state = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
-    except (ConfigError, CheckpointError) as e:
-        raise AnalysisError(str(e)) from None
-    seed = int(state["config"]["seed"])
-    resolved = {**cfg.to_dict(), "seed": seed}
-    dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg)
-    learner = get_model(cfg.model_name, resolved)
-    learner.load_state_dict(state["learner"])
-    if state["completed_tasks"] == 0:
-        raise AnalysisError(f"{run_dir}: no task has completed yet; analyse it after its first task")
-    return learner, dm, cfg
 
 
 def sample_images(dm, classes: int, per_class: int, seed: int, resolution: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -125,40 +51,41 @@ def sample_images(dm, classes: int, per_class: int, seed: int, resolution: int) 
 # ----------------------------------------------------------------------------- the analysis
 def analyse(run_dir: str, per_class: int = 20, seed: int = 0, energy: float = 0.95,
             held_out: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
-    """The measures of the module doc; with ``held_out`` specs (see ``utils.retention``)
+    """The measures of the module doc; with ``held_out`` specs (see ``toolbox.retention``)
     also the zero-shot retention on each."""
     learner, dm, cfg = load_learner(run_dir)
     if held_out:
-        from utils.retention import check_specs
+        from toolbox.retention import check_specs
 
         check_specs(held_out, cfg.released_cache)
-    views = Views(learner)
+    trains = learner.trains  # what "trained" means below; a learner that does not say fails here
     classes = learner._known_classes
     names = learner._names[:classes]
     x, y = sample_images(dm, classes, per_class, seed, learner._network.input_resolution)
-    out: Dict[str, Any] = {"run": run_dir, "model_name": cfg.model_name, "classes": classes, "images": len(y),
-                           "per_class": per_class, "seed": seed, "energy": energy, "skipped": []}
+    out: Dict[str, Any] = {"run": run_dir, "model_name": cfg.model_name, "trains": trains, "classes": classes,
+                           "images": len(y), "per_class": per_class, "seed": seed, "energy": energy, "skipped": []}
     feats = {}
     for trained in (False, True):
         key = "trained" if trained else "zero_shot"
-        img = torch.cat([views.image(x[i:i + 256].to(learner._device), trained) for i in range(0, len(y), 256)]).cpu()
-        txt = views.text(names, trained).cpu()
+        img = torch.cat([learner.image_view(x[i:i + 256].to(learner._device), trained)
+                         for i in range(0, len(y), 256)]).cpu()
+        txt = learner.text_view(names, trained).cpu()
         feats[key] = (img, txt)
         k, basis = energy_rank(img, energy)
         out[key] = {**gap_measures(img, y, txt), "image_energy_rank": k,
                     "text_rank": span_basis(txt.t()).shape[1],
                     "image_vs_text": subspace_report(basis, span_basis(txt.t()))}
     text_basis = span_basis(feats["trained"][1].t())
-    visual = views.visual()
+    visual = learner.visual_classifier()
     if visual is None:
         out["skipped"].append(f"{cfg.model_name} has no visual classifier: no visual or union basis")
     else:
         out["trained"]["visual_rank"] = span_basis(visual.t().cpu()).shape[1]
         out["trained"]["text_vs_visual"] = subspace_report(text_basis, span_basis(visual.t().cpu()))
-    if views.kind == "frozen":
-        out["skipped"].append("zero-shot CLIP is not trained: 'trained' repeats 'zero_shot'")
+    if not trains:
+        out["skipped"].append(f"{cfg.model_name} trains nothing: 'trained' repeats 'zero_shot'")
     if held_out:
-        from utils.retention import evaluate
+        from toolbox.retention import evaluate
 
         out["zero_shot_retention"] = [evaluate(learner, spec) for spec in held_out]
     out["_features"] = feats
@@ -245,7 +172,7 @@ def plot_features(result: Dict[str, Any], path: str) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m utils.analysis", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m toolbox.analysis", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run directory (with config.json and checkpoint.pt)")
     p.add_argument("--out", help="output folder (default: RUN/analysis)")
     p.add_argument("--per-class", type=int, default=20, help="test images per seen class (default 20)")
@@ -257,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from utils.config import ConfigError
-    from utils.data import DatasetError
+    from toolbox.data import DatasetError
 
     import yaml
 
@@ -269,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except yaml.YAMLError as e:
         print(f"error: --held-out is not a YAML mapping ({e})", file=sys.stderr)
         return 2
-    except (AnalysisError, DatasetError, ConfigError) as e:
+    except (RunDirError, DatasetError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(args.run, "analysis")

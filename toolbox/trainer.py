@@ -20,21 +20,22 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
-from utils.checkpoint import (CheckpointError, config_differences, load_checkpoint, rng_state, save_checkpoint,
+from toolbox.checkpoint import (CheckpointError, config_differences, load_checkpoint, rng_state, save_checkpoint,
                               set_rng_state)
+from toolbox.data_manager import DataManager
+from toolbox.io import WriteError, remove_stale_temps, write_error, write_json, write_text
+from toolbox.registry import get_model
+from toolbox.report import group_key, group_runs, load_run, summary_row, summary_text
+from toolbox.run_lock import RunLock
 from utils.config import Config
-from utils.data_manager import DataManager
 from utils.errors import NonFiniteError, user_message
-from utils.factory import get_model
-from utils.io import WriteError, remove_stale_temps, write_error, write_json, write_text
 from utils.metrics import summarize
-from utils.report import group_key, group_runs, load_run, summary_row, summary_text
-from utils.run_lock import RunLock
 
 logger = logging.getLogger(__name__)
 
-CSV_FIELDS = ["task", "classes", "accuracy", "top5", "old", "new", "text_accuracy", "visual_accuracy",
-              "train_s", "eval_s"]
+# metrics.csv: these columns, then the learner's own task_metrics() (models/base.py) before the timings
+CSV_FIELDS = ["task", "classes", "accuracy", "top5", "old", "new"]
+CSV_TIMINGS = ["train_s", "eval_s"]
 
 
 def _duration(seconds: float) -> str:
@@ -61,12 +62,13 @@ def run_dir_for(cfg: Config, seed: int) -> str:
                         f"{cfg.prefix}_{seed}")
 
 
-def _metrics_csv(rows: List[Dict[str, Any]]) -> str:
+def _metrics_csv(rows: List[Dict[str, Any]], metric_names: List[str]) -> str:
+    columns = CSV_FIELDS + metric_names + CSV_TIMINGS
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buf.getvalue()
 
 
@@ -133,7 +135,7 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) 
     dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg)
     learner = get_model(cfg.model_name, resolved)  # builds the backbone on the device
     if cfg.zero_shot_eval:
-        from utils.retention import check_specs
+        from toolbox.retention import check_specs
 
         check_specs(cfg.zero_shot_eval, cfg.released_cache)  # held-out data loads, corruptions run here
     if state is not None:
@@ -208,14 +210,22 @@ class _RunLogHandler(logging.FileHandler):
 class _Progress:
     """The metrics gathered so far (saved in checkpoints)."""
 
-    FIELDS = ("accuracies", "matrix", "rows", "task_timings", "grouped", "top5")
+    FIELDS = ("accuracies", "matrix", "rows", "task_timings", "grouped", "top5", "task_metrics")
 
     def __init__(self, saved: Optional[Dict[str, Any]] = None):
         for f in self.FIELDS:
-            setattr(self, f, list(saved[f]) if saved else [])
+            setattr(self, f, list(saved.get(f, [])) if saved else [])
 
     def to_dict(self) -> Dict[str, Any]:
         return {f: getattr(self, f) for f in self.FIELDS}
+
+    def metric_names(self) -> List[str]:
+        """The learner's task metrics, in order of first appearance."""
+        return list(dict.fromkeys(name for metrics in self.task_metrics for name in metrics))
+
+    def metrics_by_name(self) -> Dict[str, List[Optional[float]]]:
+        """results.json's ``task_metrics``: each metric's value per task (None where a task lacks it)."""
+        return {name: [m.get(name) for m in self.task_metrics] for name in self.metric_names()}
 
 
 def _run(p: _Prepared, where: Dict[str, Any]) -> str:
@@ -249,8 +259,7 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> str:
             "learner": learner.state_dict(), "rng": rng_state(), "results": progress.to_dict(),
             "elapsed_s": time.perf_counter() - start_run})
 
-    if hasattr(learner, "on_checkpoint"):
-        learner.on_checkpoint = save_checkpoint_now  # e.g. MG-CLIP, once the epoch probe has chosen E
+    learner.on_checkpoint = save_checkpoint_now  # e.g. MG-CLIP calls it once the epoch probe has chosen E
 
     first = len(progress.accuracies)
     if first == dm.nb_tasks:
@@ -282,17 +291,17 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> str:
             "nb_tasks": dm.nb_tasks, "completed_tasks": task + 1, "finished": task + 1 == dm.nb_tasks,
             "class_order": dm.class_order,
             "accuracy": progress.accuracies, "accuracy_matrix": progress.matrix, "top5": progress.top5,
-            "grouped": progress.grouped,
+            "grouped": progress.grouped, "task_metrics": progress.metrics_by_name(),
             **summarize(progress.accuracies, progress.matrix),
             **learner.results_extra(),
             "config": resolved,
             "timings": {"total_s": time.perf_counter() - start_run, "per_task": progress.task_timings},
         }
         write_json(os.path.join(run_dir, "results.json"), results)
-        write_text(os.path.join(run_dir, "metrics.csv"), _metrics_csv(progress.rows))
+        write_text(os.path.join(run_dir, "metrics.csv"), _metrics_csv(progress.rows, progress.metric_names()))
         save_checkpoint_now()
     if cfg.zero_shot_eval:
-        from utils.retention import evaluate
+        from toolbox.retention import evaluate
 
         results["zero_shot_retention"] = [evaluate(learner, spec) for spec in cfg.zero_shot_eval]
         write_json(os.path.join(run_dir, "results.json"), results)
@@ -329,19 +338,16 @@ def _record_task(progress: _Progress, task: int, learner, cnn_accy: Dict[str, An
     progress.matrix.append([float(a) for a in cnn_accy["per_task"]])
     progress.grouped.append(cnn_accy["grouped"])
     timing = {"train_s": train_s, "eval_s": eval_s}
-    phases = getattr(learner, "timings", None)
-    if phases:
-        timing["phases_cumulative_s"] = dict(phases)
+    if learner.timings:
+        timing["phases_cumulative_s"] = dict(learner.timings)
     progress.task_timings.append(timing)
+    metrics = {name: float(value) for name, value in learner.task_metrics().items()}
+    progress.task_metrics.append(metrics)
     progress.rows.append({
         "task": task, "classes": learner._total_classes, "accuracy": round(progress.accuracies[-1], 2),
         "top5": progress.top5[-1], "old": cnn_accy["grouped"].get("old"), "new": cnn_accy["grouped"].get("new"),
-        "text_accuracy": _round(cnn_accy.get("text_top1")), "visual_accuracy": _round(cnn_accy.get("visual_top1")),
+        **{name: round(value, 2) for name, value in metrics.items()},
         "train_s": round(train_s, 2), "eval_s": round(eval_s, 2)})
-
-
-def _round(x: Optional[float]) -> Optional[float]:
-    return None if x is None else round(float(x), 2)
 
 
 def precheck(cfg: Config, resume: bool = False) -> None:
@@ -373,7 +379,7 @@ def check_only(cfg: Config, resume: Union[bool, str] = False, run_dir: Optional[
 
 
 def side_by_side_summary(run_dirs: List[str]) -> str:
-    """The methods of a side-by-side config in one table (rows as ``utils.report`` makes
+    """The methods of a side-by-side config in one table (rows as ``toolbox.report`` makes
     them), and their rows against published figures where they run a published protocol."""
     return summary_text(group_runs([load_run(d) for d in run_dirs]))
 

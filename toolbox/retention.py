@@ -4,7 +4,7 @@ CLIP, optionally on ImageNet-C corruptions generated on the fly (``imagecorrupti
 
 - In a run: ``zero_shot_eval: [{dataset: cifar100, corruption: gaussian_noise, severity: 3}]``
   evaluates after the last task into ``results.json`` (``zero_shot_retention``).
-- On a finished run: ``python -m utils.retention RUN_DIR --dataset cifar100 --corruption
+- On a finished run: ``python -m toolbox.retention RUN_DIR --dataset cifar100 --corruption
   gaussian_noise --severity 3`` writes ``retention.json`` in the run directory.
 
 Each held-out spec: ``dataset`` (any dataset the toolbox loads; its test split),
@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.config import Config, ConfigError, check_held_out_spec
+from toolbox.configs import check_held_out_spec
+from toolbox.restore import RunDirError, load_learner
+from utils.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ def held_out_config(spec: Dict[str, Any], released_cache: str) -> Config:
                                  "synthetic_image_size") if spec.get(k) is not None}
     names = keys.get("class_names", "")
     if names.startswith("released:") and "/" in names:
-        from utils.released import fetch_released
+        from toolbox.released import fetch_released
 
         keys["class_names"] = fetch_released(names.split(":", 1)[1], released_cache)
     return Config.from_dict({"dataset": spec["dataset"], "class_order": "default", **keys, "init_cls": 1,
@@ -129,8 +131,8 @@ def held_out_images(spec: Dict[str, Any], resolution: int,
     """The held-out test images resized and cropped like CLIP (uint8 (N, R, R, 3)), labels,
     class names."""
     from utils.clip_backbone import clip_resize_crop
-    from utils.data import build_raw_data
-    from utils.data_manager import open_rgb
+    from toolbox.data import build_raw_data
+    from toolbox.data_manager import open_rgb
 
     raw = build_raw_data(held_out_config(spec, released_cache))
     idx = np.arange(len(raw.test_targets))
@@ -143,16 +145,17 @@ def held_out_images(spec: Dict[str, Any], resolution: int,
 
 
 @torch.no_grad()
-def zero_shot_accuracy(views, images: np.ndarray, labels: np.ndarray, names: List[str], trained: bool,
+def zero_shot_accuracy(learner, images: np.ndarray, labels: np.ndarray, names: List[str], trained: bool,
                        batch: int = 256) -> float:
-    """Top-1 (%) of zero-shot classification of ``images`` (uint8, CLIP-sized) among ``names``."""
+    """Top-1 (%) of zero-shot classification of ``images`` (uint8, CLIP-sized) among ``names``
+    with the learner's views (``models/base.py``): as trained, or as zero-shot CLIP."""
     from utils.preprocess import DevicePreprocess
 
-    normalise = DevicePreprocess(images.shape[1], views.learner._device)  # CLIP-sized: normalisation only
-    text = views.text(names, trained)
+    normalise = DevicePreprocess(images.shape[1], learner._device)  # CLIP-sized: normalisation only
+    text = learner.text_view(names, trained)
     correct = 0
     for i in range(0, len(labels), batch):
-        feats = views.image(normalise(torch.from_numpy(images[i:i + batch])), trained)
+        feats = learner.image_view(normalise(torch.from_numpy(images[i:i + batch])), trained)
         pred = (feats @ text.t()).argmax(1).cpu().numpy()
         correct += int((pred == labels[i:i + batch]).sum())
     return 100.0 * correct / len(labels)
@@ -160,14 +163,11 @@ def zero_shot_accuracy(views, images: np.ndarray, labels: np.ndarray, names: Lis
 
 def evaluate(learner, spec: Dict[str, Any]) -> Dict[str, Any]:
     """One held-out spec: zero-shot CLIP's and the trained model's accuracy, and the delta."""
-    from utils.analysis import Views
-
-    views = Views(learner)
     images, labels, names = held_out_images(spec, learner._network.input_resolution, learner.cfg.released_cache)
     if spec.get("corruption"):
         images = corrupt_images(images, spec["corruption"], spec.get("severity", 3), spec.get("seed", 0))
-    clip_acc = zero_shot_accuracy(views, images, labels, names, trained=False)
-    model_acc = zero_shot_accuracy(views, images, labels, names, trained=True)
+    clip_acc = zero_shot_accuracy(learner, images, labels, names, trained=False)
+    model_acc = zero_shot_accuracy(learner, images, labels, names, trained=True)
     label = spec.get("name") or spec["dataset"] + (f" {spec['corruption']}-{spec.get('severity', 3)}"
                                                    if spec.get("corruption") else "")
     logger.info("zero-shot retention on %s: zero-shot CLIP %.2f %%, after training %.2f %% (%+.2f)", label,
@@ -178,7 +178,7 @@ def evaluate(learner, spec: Dict[str, Any]) -> Dict[str, Any]:
 
 def check_specs(specs: List[Dict[str, Any]], released_cache: str = Config.released_cache) -> None:
     """Before a run: each spec is valid, its corruption runs here, and its data loads."""
-    from utils.data import build_raw_data
+    from toolbox.data import build_raw_data
 
     for spec in specs:
         check_held_out_spec(spec)
@@ -188,7 +188,7 @@ def check_specs(specs: List[Dict[str, Any]], released_cache: str = Config.releas
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m utils.retention", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m toolbox.retention", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run directory (with config.json and checkpoint.pt)")
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-path", dest="data_path")
@@ -200,17 +200,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", help="output file (default: RUN/retention.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from utils.analysis import AnalysisError, load_learner
-    from utils.data import DatasetError
-    from utils.io import write_json
-    from utils.released import ReleasedFileError
+    from toolbox.data import DatasetError
+    from toolbox.io import write_json
+    from toolbox.released import ReleasedFileError
 
     spec = {k: v for k, v in vars(args).items() if k not in ("run", "out") and v is not None}
     try:
         learner, _, _ = load_learner(args.run)
         check_specs([spec], learner.cfg.released_cache)
         result = evaluate(learner, spec)
-    except (AnalysisError, ConfigError, DatasetError, ReleasedFileError) as e:
+    except (RunDirError, ConfigError, DatasetError, ReleasedFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(args.run, "retention.json")

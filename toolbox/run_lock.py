@@ -16,7 +16,7 @@ from typing import Optional
 
 from filelock import FileLock, Timeout
 
-from utils.io import remove_quietly, write_error, write_json
+from toolbox.io import remove_quietly, write_error, write_json
 
 LOCK_NAME = ".run.lock"
 OWNER_NAME = ".run.owner.json"

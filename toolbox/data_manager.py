@@ -18,8 +18,9 @@ from torch.utils.data import Dataset
 
 from utils.clip_backbone import clip_resize_crop, clip_transform
 from utils.config import Config
-from utils.data import DatasetError, RawData, build_raw_data
-from utils.released import fetch_released, release_of, released_file
+from toolbox.data import DatasetError, RawData, build_raw_data
+from toolbox.registry import method_release
+from toolbox.released import fetch_released, release_of, released_file
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +79,20 @@ def check_class_order(order: Sequence[int], num_classes: int, source: str) -> Li
     return order
 
 
+def _release(cfg: Config, value: Any) -> Optional[str]:
+    """The release a config value names ("released" = the run's method's own), or None."""
+    if not isinstance(value, str):
+        return None
+    return release_of(value, method_release(cfg.model_name), cfg.model_name)
+
+
 def resolve_released(cfg: Config) -> Config:
     """``cfg`` with ``class_names`` / ``imagenet100_classes`` / ``imagenet_r_split`` = "released" replaced by the
     local, verified copy of the official file (downloaded on first use)."""
-    changes = {key: fetch_released(released_file(key, cfg.dataset, release_of(getattr(cfg, key), cfg.model_name)),
+    changes = {key: fetch_released(released_file(key, cfg.dataset, _release(cfg, getattr(cfg, key))),
                                    cfg.released_cache)
                for key in ("class_names", "imagenet100_classes", "imagenet_r_split")
-               if release_of(getattr(cfg, key), cfg.model_name)}
+               if _release(cfg, getattr(cfg, key))}
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
@@ -189,8 +197,8 @@ class DataManager:
         elif spec in ("shuffle", "default"):
             # "shuffle": PyCIL's seeded permutation (when the caller's ``shuffle`` is true)
             order = shuffled_order(n, seed) if spec == "shuffle" and shuffle else list(range(n))
-        elif release_of(spec, cfg.model_name):  # an official class-order file (fetched, SHA-256 checked)
-            path = fetch_released(released_file("class_order", cfg.dataset, release_of(spec, cfg.model_name)),
+        elif _release(cfg, spec):  # an official class-order file (fetched, SHA-256 checked)
+            path = fetch_released(released_file("class_order", cfg.dataset, _release(cfg, spec)),
                                   cfg.released_cache)
             order = check_class_order(read_class_order(path), n, path)
         else:

@@ -1,7 +1,7 @@
 """Linear-algebra measures of the modality gap and of classifier subspaces (MG-CLIP
 supplementary, Section 3): energy rank of a feature matrix, orthonormal bases and numerical ranks,
 principal angles between subspaces, and the gap measures between image and text features.
-Pure functions on tensors; ``utils/analysis.py`` applies them to runs."""
+Pure functions on tensors; ``toolbox/analysis.py`` applies them to runs."""
 from __future__ import annotations
 
 import math

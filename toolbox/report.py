@@ -1,10 +1,10 @@
-"""Compare runs side by side: ``python -m utils.report RUN_DIR [RUN_DIR ...] [--out DIR]``.
+"""Compare runs side by side: ``python -m toolbox.report RUN_DIR [RUN_DIR ...] [--out DIR]``.
 
 Each RUN_DIR is a run directory (with ``results.json``) or a folder searched for them.
 Runs of the same method, dataset, split and prefix are grouped over seeds. Writes
 ``summary.md``, ``summary.csv`` and ``summary.tex`` (a LaTeX table) (mean +- std over seeds; std is the population std,
 numpy's default; groups that run a published protocol also get a table against the
-published Avg and Last, ``utils/published.py``) and, with matplotlib installed (``pip install -e .[plots]``),
+published Avg and Last, ``toolbox/published.py``) and, with matplotlib installed (``pip install -e .[plots]``),
 ``accuracy_curve.png``, ``accuracy_matrix_<run>.png`` per run and ``gap.png`` for MG-CLIP.
 """
 from __future__ import annotations
@@ -20,14 +20,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from utils.io import atomic_write, write_text
+from toolbox.io import atomic_write, write_text
+from utils.config import PLACEMENT_KEYS
 
 logger = logging.getLogger(__name__)
 
 FIG_SIZE = (6.4, 4.0)  # inches; at FIG_DPI the PNGs are 640 x 400 pixels
 FIG_DPI = 100
+# summary.csv: these columns, then "<m>_last_mean" for each task metric m of the runs (see metric_label)
 CSV_COLUMNS = ["method", "prefix", "dataset", "split", "seeds", "avg_mean", "avg_std", "last_mean", "last_std",
-               "forgetting_mean", "bwt_mean", "epochs", "wall_s_mean", "text_last_mean", "visual_last_mean"]
+               "forgetting_mean", "bwt_mean", "epochs", "wall_s_mean"]
 
 
 class ReportError(RuntimeError):
@@ -78,9 +80,9 @@ def group_key(r: Dict[str, Any]) -> Tuple[str, str, str, str]:
 
 
 # Keys that may differ between the seeds of one group: the seed, and where and how fast a
-# run ran. (Class-order and name files are compared by their config value.)
-NOT_COMPARED = frozenset({"seed", "device", "num_workers", "logdir", "data_path", "clip_cache", "cache_images",
-                          "cache_max_gb"})
+# run ran (the same keys a resumed run may change). Class-order and name files are compared
+# by their config value here.
+NOT_COMPARED = frozenset({"seed"}) | PLACEMENT_KEYS
 
 
 def group_runs(runs: List[Dict[str, Any]]) -> Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]:
@@ -119,11 +121,23 @@ def _std(values: List[Optional[float]]) -> Optional[float]:
     return float(np.std(vals)) if vals else None
 
 
+def metric_names(runs: List[Dict[str, Any]]) -> List[str]:
+    """The learners' task metrics (results.json ``task_metrics``) in order of first appearance."""
+    return list(dict.fromkeys(name for r in runs for name in (r.get("task_metrics") or {})))
+
+
+def metric_label(name: str) -> str:
+    """A task metric's short name in tables: ``text_accuracy`` -> ``text``."""
+    return name[:-len("_accuracy")] if name.endswith("_accuracy") else name
+
+
 def summary_row(key: Tuple[str, str, str, str], runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One group's figures; ``metrics`` holds the mean Last of each task metric."""
     method, prefix, dataset, split = key
 
-    def last_of(r, field):
-        return r[field][-1] if r.get(field) else None
+    def last_of(r, name):
+        values = (r.get("task_metrics") or {}).get(name) or []
+        return values[-1] if values else None
 
     def epochs_of(ep):  # E, or each task's E with per-task estimation ("2/1/1")
         per_task = ep.get("per_task")
@@ -140,8 +154,7 @@ def summary_row(key: Tuple[str, str, str, str], runs: List[Dict[str, Any]]) -> D
         "bwt_mean": _mean([r.get("bwt") for r in runs]),
         "epochs": " ".join(str(e) for e in epochs),
         "wall_s_mean": _mean([(r.get("timings") or {}).get("total_s") for r in runs]),
-        "text_last_mean": _mean([last_of(r, "text_accuracy") for r in runs]),
-        "visual_last_mean": _mean([last_of(r, "visual_accuracy") for r in runs]),
+        "metrics": {name: _mean([last_of(r, name) for r in runs]) for name in metric_names(runs)},
     }
 
 
@@ -153,28 +166,38 @@ def _pm(mean: Optional[float], std: Optional[float]) -> str:
     return "-" if mean is None else f"{mean:.2f} ± {std:.2f}"
 
 
-MD_HEADER = ("| method | prefix | dataset | split | seeds | Avg | Last | forgetting | BWT | E | wall s "
-             "| text Last | visual Last |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+MD_COLUMNS = ["method", "prefix", "dataset", "split", "seeds", "Avg", "Last", "forgetting", "BWT", "E", "wall s"]
 
 
-def markdown_row(row: Dict[str, Any]) -> str:
+def _row_metrics(rows: List[Dict[str, Any]]) -> List[str]:
+    return list(dict.fromkeys(name for r in rows for name in r["metrics"]))
+
+
+def markdown_row(row: Dict[str, Any], metrics: Sequence[str]) -> str:
     cells = [row["method"], row["prefix"], row["dataset"], row["split"], row["seeds"],
              _pm(row["avg_mean"], row["avg_std"]), _pm(row["last_mean"], row["last_std"]),
              _fmt(row["forgetting_mean"]), _fmt(row["bwt_mean"]), row["epochs"] or "-",
-             _fmt(row["wall_s_mean"], 1), _fmt(row["text_last_mean"]), _fmt(row["visual_last_mean"])]
+             _fmt(row["wall_s_mean"], 1)] + [_fmt(row["metrics"].get(name)) for name in metrics]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def summary_markdown(rows: List[Dict[str, Any]]) -> str:
-    return "\n".join([MD_HEADER] + [markdown_row(r) for r in rows]) + "\n"
+    """The table: the shared columns, then "<metric> Last" for each task metric of the rows."""
+    metrics = _row_metrics(rows)
+    header = MD_COLUMNS + [f"{metric_label(name)} Last" for name in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + [markdown_row(r, metrics) for r in rows]) + "\n"
 
 
 def summary_csv(rows: List[Dict[str, Any]]) -> str:
+    metrics = _row_metrics(rows)
+    columns = CSV_COLUMNS + [f"{metric_label(name)}_last_mean" for name in metrics]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    w = csv.DictWriter(buf, fieldnames=columns)
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_COLUMNS})
+        flat = {**r, **{f"{metric_label(name)}_last_mean": r["metrics"].get(name) for name in metrics}}
+        w.writerow({k: ("" if flat[k] is None else flat[k]) for k in columns})
     return buf.getvalue()
 
 
@@ -195,9 +218,9 @@ def summary_latex(rows: List[Dict[str, Any]]) -> str:
 
 
 def published_rows(groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
-    """One row per group that runs a published protocol (``utils.published``): its mean
+    """One row per group that runs a published protocol (``toolbox.published``): its mean
     Avg and Last beside the published ones, and the differences."""
-    from utils.published import published_for
+    from toolbox.published import published_for
 
     rows = []
     for key, runs in groups.items():
@@ -405,7 +428,7 @@ def make_report(paths: Sequence[str], out: str) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m toolbox.report", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run directories, or folders that hold them")
     p.add_argument("--out", default="report", help="output folder (default: report)")
     args = p.parse_args(argv)

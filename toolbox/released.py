@@ -65,14 +65,18 @@ RAPF_FILES: Dict[str, Dict[str, str]] = {
 }
 
 TABLES = {"mgclip": MGCLIP_FILES, "rapf": RAPF_FILES}
-METHOD_RELEASE = {"mgclip": "mgclip", "rapf": "rapf", "zs_clip": "mgclip", "proof": "mgclip"}  # zero-shot CLIP: MG-CLIP's files
 
 
-def release_of(value: str, model_name: str) -> Optional[str]:
-    """Which release a config value names: "released" = the run's method's own release,
-    "released:rapf" = that release's; None if the value is not of this kind."""
+def release_of(value: str, method_release: Optional[str], model_name: str = "the method") -> Optional[str]:
+    """Which release a config value names: "released" = the run's method's own release
+    (``method_release``, as its learner declares it), "released:rapf" = that release's;
+    None if the value is not of this kind. A method that declares no release has no
+    "released" files of its own: the value must name one."""
     if value == "released":
-        return METHOD_RELEASE.get(model_name, "mgclip")
+        if method_release is None:
+            raise ReleasedFileError(f"'released': {model_name} declares no official release of its own; name one "
+                                    f"(released:{', released:'.join(TABLES)}) or give a file")
+        return method_release
     if isinstance(value, str) and value.startswith("released:"):
         release = value.split(":", 1)[1]
         if release not in TABLES:

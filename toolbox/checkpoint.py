@@ -14,11 +14,16 @@ from typing import Any, Dict, List
 
 import torch
 
-from utils.config import RUN_ONLY_KEYS
-from utils.io import atomic_write
+from toolbox.io import atomic_write
+from utils.config import BY_CONTENT_KEYS, PLACEMENT_KEYS
 from utils.rng import rng_state, set_rng_state  # noqa: F401  (part of the checkpoint API)
 
 FORMAT_VERSION = 1
+
+# Keys that may differ between a run and its resumption: where things are and how fast they
+# run (not what is computed), and the data files the resumed run compares by what they give
+# (class order and names are checked against the checkpoint's).
+RUN_ONLY_KEYS = PLACEMENT_KEYS | BY_CONTENT_KEYS
 
 
 class CheckpointError(RuntimeError):

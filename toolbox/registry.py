@@ -1,0 +1,80 @@
+"""The method registry: a name -> the learner class, which declares everything else the
+toolbox needs of its method (``options_class``: its options dataclass, or None;
+``release``: the official release whose data files ``released`` stands for, or None; the
+optional hooks of ``models/base.py``).
+
+Adding a method is one file in ``models/`` and one line in ``LEARNERS`` (or, for a
+learner that lives elsewhere, ``with registered({"name": "package.module:Class"})``).
+Learners are imported by dotted path on demand, so an entry costs nothing until it is used.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+from dataclasses import fields
+from typing import Any, Dict, Iterator, List, Optional, Set
+
+from utils.config import ConfigError
+
+LEARNERS: Dict[str, str] = {
+    "mgclip": "models.mgclip:MGCLIP",
+    "proof": "models.proof:PROOF",
+    "rapf": "models.rapf:RAPF",
+    "zs_clip": "models.zs_clip:ZSCLIP",
+}
+
+
+def check_model_name(model_name: str) -> str:
+    """``model_name`` in lower case if registered, else a ConfigError with the closest name."""
+    name = str(model_name).lower()
+    if name not in LEARNERS:
+        close = difflib.get_close_matches(name, list(LEARNERS), n=1, cutoff=0.4)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown model_name '{model_name}'{hint} (known: {', '.join(sorted(LEARNERS))})")
+    return name
+
+
+def learner_class(model_name: str) -> type:
+    module, cls = LEARNERS[check_model_name(model_name)].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def options_class(model_name: str) -> Optional[type]:
+    """The options dataclass the learner of ``model_name`` declares (None: no options)."""
+    return getattr(learner_class(model_name), "options_class", None)
+
+
+def option_names(model_name: str) -> Set[str]:
+    cls = options_class(model_name)
+    return {f.name for f in fields(cls)} if cls is not None else set()
+
+
+def option_owner(key: str) -> List[str]:
+    """The registered methods that have an option named ``key``."""
+    return [m for m in LEARNERS if key in option_names(m)]
+
+
+def method_release(model_name: str) -> Optional[str]:
+    """The official release whose files ``released`` means for this method (None: it has none)."""
+    return getattr(learner_class(model_name), "release", None)
+
+
+def get_model(model_name: str, args: Dict[str, Any]):
+    """The learner registered as ``model_name``, built with ``args`` (a dict)."""
+    return learner_class(model_name)(args)
+
+
+@contextlib.contextmanager
+def registered(learners: Dict[str, str]) -> Iterator[None]:
+    """``learners`` (name -> "module:Class") are registered inside the block only, so a
+    temporary learner (a benchmark's, a test's) never shows in another run's errors."""
+    clash = sorted(set(learners) & set(LEARNERS))
+    if clash:
+        raise ValueError(f"already registered: {', '.join(clash)}")
+    LEARNERS.update(learners)
+    try:
+        yield
+    finally:
+        for name in learners:
+            LEARNERS.pop(name, None)
