@@ -1,5 +1,5 @@
 """One table from a folder of GPU measurements (the JSON files ``gpu.sh`` writes), each
-figure beside its target, ready for the README's Performance section.
+figure beside its target, ready for docs/performance.md.
 
     python benchmarks/summarize.py benchmarks/results/<date>-<gpu>/
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from main import main
+from models.base import BaseLearner
+from models.zs_clip import ZSCLIP
 from tests.conftest import tiny_args
 from toolbox.configs import make_config
 from toolbox.subspace import energy_rank, gap_measures, principal_angles, span_basis, subspace_report
@@ -83,6 +85,37 @@ def test_analysis_of_each_method_and_zero_shot_agreement(tmp_path):
     assert mg["images"] == 6 * 3 and mg["classes"] == 6
     for name in ("analysis.md", "analysis.csv", "features_2d.png"):
         assert os.path.isfile(tmp_path / "mg" / name)
+
+
+def test_a_proof_run_is_analysed_as_trained_not_as_zero_shot_clip(tmp_path):
+    """PROOF trains projections on frozen CLIP: its trained view is the projected features
+    (once reported as untrained zero-shot CLIP, the method guessed from attribute names)."""
+    proof = analyse_cli(run(tmp_path, "proof", epochs=2), tmp_path / "proof")
+    zs = analyse_cli(run(tmp_path, "zs_clip"), tmp_path / "zs")
+    assert "projections" in proof["trains"] and zs["trains"] == ""
+    for key in ("matched_cosine", "centroid_distance", "gap_statistic"):
+        assert proof["zero_shot"][key] == pytest.approx(zs["zero_shot"][key], rel=1e-5)  # the same frozen CLIP
+        assert proof["trained"][key] != pytest.approx(proof["zero_shot"][key], rel=1e-3)
+    assert not any("trains nothing" in s for s in proof["skipped"])
+    assert any("trains nothing" in s for s in zs["skipped"])
+
+
+def test_a_learner_without_the_analysis_hooks_fails_loudly(tmp_path, capsys):
+    from toolbox.analysis import main as analysis_main
+    from toolbox.registry import registered
+
+    with registered({"bare_zs": "tests.test_analysis:BareLearner"}):
+        run_dir = run(tmp_path, "bare_zs")
+        assert analysis_main([run_dir, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "BareLearner does not say what it trains" in err and not os.path.exists(tmp_path / "out")
+
+
+class BareLearner(ZSCLIP):
+    """Zero-shot CLIP without the contract's analysis hooks (``trains``, the views)."""
+    trains = BaseLearner.trains
+    image_view = BaseLearner.image_view
+    text_view = BaseLearner.text_view
 
 
 def test_analysis_errors_name_the_folder(tmp_path, capsys):

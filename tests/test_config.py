@@ -189,3 +189,12 @@ def test_a_config_extends_a_shipped_config_or_a_file(tmp_path, monkeypatch):
     (tmp_path / "typo.json").write_text(json.dumps({"extends": "mgclip_cifr"}))
     with pytest.raises(ConfigError, match="did you mean the shipped config 'mgclip_cifar'"):
         build_config(str(tmp_path / "typo.json"))
+
+
+def test_set_model_name_takes_a_list_of_methods():
+    """Side by side from the command line: a YAML list for model_name (it is a string key,
+    and string keys keep free text such as 'a photo: {}' raw; model_name is not free text)."""
+    configs = build_configs(None, ["model_name=[mgclip,rapf,zs_clip]", "dataset=synthetic"])
+    assert [c.model_name for c in configs] == ["mgclip", "rapf", "zs_clip"]
+    assert parse_overrides(["prompt_template=a photo: {}."]) == {"prompt_template": "a photo: {}."}
+    assert parse_overrides(["prefix=[a,b]"]) == {"prefix": "[a,b]"}  # free text stays text

@@ -178,7 +178,7 @@ def test_imagenet_r_folders_with_class_names(tmp_path):
 def test_missing_dataset_names_path_and_key(tmp_path):
     with pytest.raises(DatasetError) as e:
         DataManager("imagenet_r", True, 0, 2, 1, {"data_path": str(tmp_path)})
-    assert str(tmp_path) in str(e.value) and "data_path" in str(e.value) and "README" in str(e.value)
+    assert str(tmp_path) in str(e.value) and "data_path" in str(e.value) and "docs/data.md" in str(e.value)
 
 
 def test_undecodable_image_names_the_file(tmp_path):

@@ -1,5 +1,5 @@
 """The plugin runs unchanged in PyCIL, PROOF's repository and C3Box: for each, the
-README's steps (its file list, its factory branch, its config) in a tree with that fork's
+docs/forks.md's steps (its file list, its factory branch, its config) in a tree with that fork's
 contract (``tests/fork_trees.py``), run through the fork's own ``main.py`` -> trainer in a
 Python that cannot see this repository."""
 import json
@@ -19,21 +19,21 @@ from tests.conftest import ROOT
 from utils.class_names import CIFAR100_CLASSES
 from toolbox.configs import make_config
 
-README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-SECTIONS = {"pycil": "### PyCIL", "proof": "### PROOF's repository", "c3box": "### C3Box"}
+README = open(os.path.join(ROOT, "docs", "forks.md"), encoding="utf-8").read()  # the steps a fork's user follows
+SECTIONS = {"pycil": "## PyCIL", "proof": "## PROOF's repository", "c3box": "## C3Box"}
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
 
 
 def readme_files():
     m = re.search(r"Copy `models/mgclip\.py` and `utils/\{([a-z_,]+)\}\.py`", README)
-    assert m, "the README's fork section no longer names the files to copy"
+    assert m, "docs/forks.md no longer names the files to copy"
     return ["models/mgclip.py"] + [f"utils/{name}.py" for name in m.group(1).split(",")]
 
 
 def readme_factory_branch():
     m = re.search(r"utils/factory\.py` `get_model`:\s*```python\n(.*?)```", README, re.S)
-    assert m, "the README's fork section no longer shows the factory branch"
+    assert m, "docs/forks.md no longer shows the factory branch"
     return m.group(1)
 
 

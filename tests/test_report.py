@@ -159,8 +159,8 @@ def test_runs_of_a_published_protocol_are_set_beside_its_figures(tmp_path, capsy
     assert line in md and line in capsys.readouterr().out
 
 
-def test_the_readme_config_tables_give_the_figures_the_report_uses():
-    """Every single-config row of the README's config tables: its published Avg / Last are
+def test_the_config_tables_of_the_docs_give_the_figures_the_report_uses():
+    """Every single-config row of docs/configs.md's config tables: its published Avg / Last are
     what toolbox/published.py gives for that config (and a row without figures has none)."""
     import re
 
@@ -173,7 +173,7 @@ def test_the_readme_config_tables_give_the_figures_the_report_uses():
         return float(found.group(1)) if found else None
 
     header, checked = None, 0
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "docs", "configs.md"), encoding="utf-8") as f:
         for line in f:
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if line.startswith("| config |"):
@@ -212,3 +212,19 @@ def test_published_ablations_and_few_shot_runs_are_matched_by_their_options():
     assert published_for("mgclip", {**cifar, "shots_per_class": 5}).last == 75.10
     assert published_for("mgclip", {**cifar, "shots_per_class": 7}) is None
     assert published_for("zs_clip", cifar) is None
+
+
+def test_runs_that_differ_only_in_where_they_ran_are_one_group(tmp_path):
+    """The keys a resumed run may change (where it reads and writes, how fast it runs;
+    utils.config.PLACEMENT_KEYS) never split a group; anything else does."""
+    from utils.config import PLACEMENT_KEYS
+
+    M = [[90.0], [80.0, 70.0]]
+    places = {"device": "cpu", "released_cache": "/a", "clip_cache": "/c", "data_path": "/d", "num_workers": 0}
+    fake_run(tmp_path / "logs", "mgclip", 1, [90.0, 75.0], M, lora_rank=8, **places)
+    fake_run(tmp_path / "logs", "mgclip", 2, [90.0, 75.0], M, lora_rank=8, device="cuda", released_cache="/b",
+             clip_cache="/e", data_path="/f", num_workers=4)
+    fake_run(tmp_path / "logs", "mgclip", 3, [90.0, 75.0], M, lora_rank=4)
+    rows = make_report([str(tmp_path / "logs")], str(tmp_path / "out"))["rows"]
+    assert sorted((r["prefix"], r["seeds"]) for r in rows) == [("p [lora_rank=4]", "3"), ("p [lora_rank=8]", "1 2")]
+    assert set(places) <= PLACEMENT_KEYS

@@ -196,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except yaml.YAMLError as e:
         print(f"error: --held-out is not a YAML mapping ({e})", file=sys.stderr)
         return 2
-    except (RunDirError, DatasetError, ConfigError) as e:
+    except (RunDirError, DatasetError, ConfigError, NotImplementedError) as e:  # the last: a hook the learner lacks
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(args.run, "analysis")

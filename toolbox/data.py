@@ -263,11 +263,11 @@ def load_cub_official(root: str, class_names: Optional[str]) -> RawData:
 HOW_TO_GET = {
     "imagenet_r": ("Get ImageNet-R (imagenet-r.tar from the ImageNet-R authors), split it 80/20 into "
                    "imagenet-r/train/<class>/ and imagenet-r/test/<class>/ (the split the released MG-CLIP "
-                   "and PyCIL code use), and give class names with 'class_names'. See README 'Datasets'."),
+                   "and PyCIL code use), and give class names with 'class_names'. See docs/data.md."),
     "cub200": ("Put CUB_200_2011 (the official archive with images.txt and train_test_split.txt) or a "
-               "cub200/train/<class>/ + cub200/test/<class>/ split under data_path. See README 'Datasets'."),
+               "cub200/train/<class>/ + cub200/test/<class>/ split under data_path. See docs/data.md."),
     "imagenet100": ("Point data_path at an ImageNet-1k root with train/<wnid>/ and val/<wnid>/ folders and "
-                    "set 'imagenet100_classes' to a file of the 100 wnids. See README 'Datasets'."),
+                    "set 'imagenet100_classes' to a file of the 100 wnids. See docs/data.md."),
 }
 
 

@@ -1,6 +1,6 @@
 """The published Avg / Last of the protocols the shipped configs reproduce, so that a
 report can set a run beside its published figure. Facts from the papers' tables and the
-official logs (the README's config tables list the same figures, and a test keeps them equal).
+official logs (docs/configs.md's config tables list the same figures, and a test keeps them equal).
 
 A run matches a protocol by method, dataset, split, backbone and, for MG-CLIP, the options
 the published runs fixed (replay memory, few-shot cut, LoRA rank, beta, alpha, both

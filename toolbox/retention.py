@@ -176,6 +176,18 @@ def evaluate(learner, spec: Dict[str, Any]) -> Dict[str, Any]:
             "zero_shot_clip": clip_acc, "model": model_acc, "delta": model_acc - clip_acc}
 
 
+def check_views(learner) -> None:
+    """Retention compares the learner's views (``models/base.py``) as trained and as
+    zero-shot CLIP: a learner without them is refused before a run starts."""
+    from models.base import BaseLearner
+
+    missing = [hook for hook in ("image_view", "text_view")
+               if getattr(type(learner), hook, None) is getattr(BaseLearner, hook)]
+    if missing:
+        raise ConfigError(f"config key 'zero_shot_eval': {type(learner).__name__} has no {' or '.join(missing)} "
+                          f"(models/base.py), so its zero-shot retention cannot be measured; remove the key")
+
+
 def check_specs(specs: List[Dict[str, Any]], released_cache: str = Config.released_cache) -> None:
     """Before a run: each spec is valid, its corruption runs here, and its data loads."""
     from toolbox.data import build_raw_data
@@ -207,9 +219,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     spec = {k: v for k, v in vars(args).items() if k not in ("run", "out") and v is not None}
     try:
         learner, _, _ = load_learner(args.run)
+        check_views(learner)
         check_specs([spec], learner.cfg.released_cache)
         result = evaluate(learner, spec)
-    except (RunDirError, ConfigError, DatasetError, ReleasedFileError) as e:
+    except (RunDirError, ConfigError, DatasetError, ReleasedFileError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(args.run, "retention.json")

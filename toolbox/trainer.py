@@ -135,8 +135,9 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) 
     dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg)
     learner = get_model(cfg.model_name, resolved)  # builds the backbone on the device
     if cfg.zero_shot_eval:
-        from toolbox.retention import check_specs
+        from toolbox.retention import check_specs, check_views
 
+        check_views(learner)
         check_specs(cfg.zero_shot_eval, cfg.released_cache)  # held-out data loads, corruptions run here
     if state is not None:
         _check_same_data(state, dm, os.path.join(run_dir, CHECKPOINT))

@@ -1,0 +1,82 @@
+"""The method registry: a new method is one file plus one registration and then runs
+through main.py, the report and the analysis; what a learner declares (options, release)
+is what the toolbox uses, and what it does not declare fails loudly."""
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from main import main
+from models.zs_clip import ZSCLIP
+from tests.conftest import ROOT, tiny_args
+from toolbox.configs import build_configs, make_config
+from toolbox.registry import LEARNERS, method_release, option_owner, options_class, registered
+from utils.config import ConfigError
+
+
+@pytest.fixture
+def zs_copy(tmp_path, monkeypatch):
+    """models/zs_clip.py copied, unchanged, into a module of its own, registered as ``zs_copy``."""
+    package = tmp_path / "newmethods"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    shutil.copy(os.path.join(ROOT, "models", "zs_clip.py"), package / "zs_copy.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with registered({"zs_copy": "newmethods.zs_copy:ZSCLIP"}):
+        yield
+    sys.modules.pop("newmethods.zs_copy", None)
+    sys.modules.pop("newmethods", None)
+
+
+def test_a_new_method_runs_through_main_report_and_analysis(tmp_path, zs_copy, capsys):
+    from toolbox.analysis import main as analysis_main
+    from toolbox.report import main as report_main
+    from toolbox.trainer import run_dir_for
+
+    args = tiny_args(tmp_path, model_name=["zs_copy", "zs_clip"])
+    path = tmp_path / "both.json"
+    path.write_text(json.dumps(args))
+    assert main(["--config", str(path), "-q"]) == 0
+    copy_dir = run_dir_for(make_config({**args, "model_name": "zs_copy"}), 1993)
+    original_dir = run_dir_for(make_config({**args, "model_name": "zs_clip"}), 1993)
+    with open(os.path.join(copy_dir, "results.json")) as f, open(os.path.join(original_dir, "results.json")) as g:
+        copy, original = json.load(f), json.load(g)
+    assert copy["model_name"] == "zs_copy" and copy["accuracy_matrix"] == original["accuracy_matrix"]
+    capsys.readouterr()
+    assert report_main([str(tmp_path / "logs"), "--out", str(tmp_path / "report")]) == 0
+    assert "| zs_copy | test | synthetic | 2/2 |" in capsys.readouterr().out
+    assert analysis_main([copy_dir, "--out", str(tmp_path / "analysis"), "--per-class", "2"]) == 0
+    with open(tmp_path / "analysis" / "analysis.json") as f:
+        assert json.load(f)["model_name"] == "zs_copy"
+
+
+def test_a_registration_lasts_only_inside_its_block(zs_copy):
+    assert "zs_copy" in LEARNERS
+    with pytest.raises(ValueError, match="already registered: zs_copy"):
+        with registered({"zs_copy": "x:Y"}):
+            pass
+
+
+def test_what_the_learners_declare():
+    assert {m: method_release(m) for m in sorted(LEARNERS)} == {"mgclip": "mgclip", "proof": "mgclip",
+                                                                 "rapf": "rapf", "zs_clip": "mgclip"}
+    assert options_class("zs_clip") is None and options_class("mgclip").__name__ == "MGCLIPOptions"
+    assert option_owner("lora_rank") == ["mgclip"] and option_owner("beta") == ["rapf"]
+
+
+class NoRelease(ZSCLIP):
+    """Zero-shot CLIP declaring no official release (before: silently MG-CLIP's files)."""
+    release = None
+
+
+def test_released_files_for_a_method_without_a_release_are_refused_by_name(tmp_path):
+    with registered({"norelease": "tests.test_registry:NoRelease"}):
+        with pytest.raises(ConfigError, match="norelease declares no official release"):
+            make_config({"model_name": "norelease", "dataset": "cifar100", "class_order": "released"})
+        cfg = make_config({"model_name": "norelease", "dataset": "cifar100", "class_order": "released:rapf"})
+        assert cfg.class_order == "released:rapf"
+        # side by side, 'released' is the first method's release; one without it keeps the value (and is refused)
+        with pytest.raises(ConfigError, match="norelease declares no official release"):
+            build_configs(None, ["model_name=[norelease,zs_clip]", "dataset=cifar100", "class_order=released"])
