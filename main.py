@@ -42,14 +42,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     import os
 
     from toolbox.checkpoint import CheckpointError
-    from utils.clip_backbone import BackboneError
-    from utils.config import ConfigError
     from toolbox.configs import build_config, build_configs
     from toolbox.data import DatasetError
-    from utils.errors import NonFiniteError, user_message
     from toolbox.released import ReleasedFileError
     from toolbox.run_lock import RunLockedError
     from toolbox.trainer import RunInterrupted, check_only, precheck, run, run_one, side_by_side_summary
+    from utils.clip_backbone import BackboneError
+    from utils.config import ConfigError
+    from utils.errors import NonFiniteError, user_message
 
     try:
         if isinstance(args.resume, str):
@@ -84,9 +84,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     precheck(cfg, resume=bool(args.resume))
             run_dirs = [d for cfg in configs for d in run(cfg, resume=bool(args.resume))]
             if len(configs) > 1:
-                logging.getLogger("main").info("the methods side by side:\n%s\nplots and CSV: python -m toolbox.report %s",
-                                               side_by_side_summary(run_dirs),
-                                               " ".join(sorted({cfg.logdir for cfg in configs})))
+                logging.getLogger("main").info(
+                    "the methods side by side:\n%s\nplots and CSV: python -m toolbox.report %s",
+                    side_by_side_summary(run_dirs), " ".join(sorted({cfg.logdir for cfg in configs})))
     except (ConfigError, DatasetError, BackboneError, CheckpointError, RunLockedError, ReleasedFileError) as e:
         # Problems with the user's input, or a run folder in use: one clear line, no traceback.
         print(f"error: {user_message(e)}", file=sys.stderr)

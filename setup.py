@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="MG-CLIP (Mind the Gap, ICCV 2025) and CLIP baselines for class-incremental learning, PyCIL style",
     python_requires=">=3.9",
-    packages=["models", "utils", "exps"],
+    packages=["models", "utils", "toolbox", "exps"],
     package_data={"exps": ["*.json", "*.yaml", "*.yml"]},
     py_modules=["main"],
     install_requires=[
@@ -24,7 +24,7 @@ setup(
         "filelock>=3.12",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "ruff>=0.6"],
         "plots": ["matplotlib"],
         "corruptions": ["imagecorruptions>=1.1.2"],
         "openclip": ["open_clip_torch>=2.20"],

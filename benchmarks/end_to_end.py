@@ -41,9 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.reference import ReferenceMGCLIP  # noqa: E402
 from models.mgclip import MGCLIP  # noqa: E402
-from toolbox.registry import registered  # noqa: E402
 from toolbox.configs import make_config  # noqa: E402
 from toolbox.io import write_json  # noqa: E402
+from toolbox.registry import registered  # noqa: E402
 from toolbox.trainer import run_dir_for, run_one  # noqa: E402
 
 PHASES = ["data", "probe", "train", "gap", "features", "classifier", "eval"]

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.clip_backbone import autocast, load_clip, resolve_device, set_matmul_precision  # noqa: E402
 from toolbox.configs import make_config  # noqa: E402
 from toolbox.io import write_json  # noqa: E402
 from toolbox.trainer import run_one  # noqa: E402
+from utils.clip_backbone import autocast, load_clip, resolve_device, set_matmul_precision  # noqa: E402
 
 PRECISIONS = ("auto", "bf16")
 
@@ -93,7 +93,8 @@ def tables(result: Dict[str, Any]) -> str:
         va = a["probe"][i]["neg"] if i < len(a["probe"]) else None
         vb = b["probe"][i]["neg"] if i < len(b["probe"]) else None
         diff = f"{vb - va:+.4f}" if va is not None and vb is not None else "-"
-        lines.append(f"| {i + 1} | {'-' if va is None else f'{va:.4f}'} | {'-' if vb is None else f'{vb:.4f}'} | {diff} |")
+        cells = ["-" if v is None else f"{v:.4f}" for v in (va, vb)]
+        lines.append(f"| {i + 1} | {cells[0]} | {cells[1]} | {diff} |")
 
     def fmt(x):
         return "-" if x is None else f"{x:.2f}"

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.clip_backbone import autocast, clip_transform, load_clip, resolve_device, set_matmul_precision  # noqa: E402
 from toolbox.io import write_json  # noqa: E402
+from utils.clip_backbone import autocast, clip_transform, load_clip, resolve_device, set_matmul_precision  # noqa: E402
 from utils.lora import apply_lora, lora_parameters  # noqa: E402
 from utils.preprocess import DevicePreprocess  # noqa: E402
 
@@ -86,8 +86,8 @@ def profile_table(rows: List[Dict]) -> str:
         if r.get("profile"):
             out += [f"\nprofile: {r['what']} ({r['path']}, batch {r['batch']}), top operators by self time",
                     "| operator | ms / step | share | calls / step |", "|---|---|---|---|"]
-            out += [f"| {p['op'][:60]} | {p['ms_per_step']:.2f} | {100 * p['share']:.1f} % | {p['calls_per_step']:.0f} |"
-                    for p in r["profile"]]
+            out += [f"| {p['op'][:60]} | {p['ms_per_step']:.2f} | {100 * p['share']:.1f} % "
+                    f"| {p['calls_per_step']:.0f} |" for p in r["profile"]]
     return "\n".join(out)
 
 

@@ -22,14 +22,31 @@ import torch.nn.functional as F
 
 from models.base import BaseLearner
 from utils.clip_backbone import autocast
-from utils.clip_ops import (CLIPLearner, begin_task, build_backbone, encode_dataset, eval_result, make_loader,
-                            progress, prompts, shuffled_batches, task_data, text_features)
+from utils.clip_ops import (
+    CLIPLearner,
+    begin_task,
+    build_backbone,
+    encode_dataset,
+    eval_result,
+    make_loader,
+    progress,
+    prompts,
+    shuffled_batches,
+    task_data,
+    text_features,
+)
 from utils.config import ConfigError, require
 from utils.cosine_linear import CosineLinear
 from utils.errors import NonFiniteError, checked_step
 from utils.gap import EpochProbe, gap_order, gap_statistic
-from utils.lora import (LORA_ENCODERS, LORA_TARGETS, load_lora_state_dict, lora_disabled, lora_parameters,
-                        lora_state_dict)
+from utils.lora import (
+    LORA_ENCODERS,
+    LORA_TARGETS,
+    load_lora_state_dict,
+    lora_disabled,
+    lora_parameters,
+    lora_state_dict,
+)
 from utils.metrics import accuracy_dict
 from utils.replay import replay_loss, update_memory
 from utils.rng import rng_state, set_rng_state
@@ -208,7 +225,8 @@ class MGCLIP(CLIPLearner, BaseLearner):
         net = self._network
         params = lora_parameters(net)
         opt = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.cfg.lr * self.opts.min_lr_ratio)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs,
+                                                           eta_min=self.cfg.lr * self.opts.min_lr_ratio)
         phase = "probe" if probe else "train"
         for epoch in range(epochs):
             with self._timed(phase):
@@ -276,7 +294,8 @@ class MGCLIP(CLIPLearner, BaseLearner):
             range(self._known_classes, self._total_classes), self.opts.memory_size)
         logger.info("replay memory: %d exemplars", len(self._targets_memory))
 
-    def _task_gap(self, feats: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    def _task_gap(self, feats: Optional[torch.Tensor] = None,
+                  labels: Optional[torch.Tensor] = None) -> Dict[str, float]:
         """Gap statistic on the current task's training images over its classes (SPEC 9),
         in eval mode, batches in the task's seeded shuffled order; reuses ``feats`` when the
         caller already has them."""

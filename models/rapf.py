@@ -26,8 +26,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.base import BaseLearner
-from utils.clip_ops import (CLIPLearner, begin_task, build_backbone, prompts, scores_result, shuffled_batches,
-                            text_features)
+from utils.clip_ops import (
+    CLIPLearner,
+    begin_task,
+    build_backbone,
+    prompts,
+    scores_result,
+    shuffled_batches,
+    text_features,
+)
 from utils.config import ConfigError, require
 from utils.errors import checked_step
 from utils.feature_cache import FeatureCache
@@ -54,10 +61,11 @@ class RAPFOptions:
     covariance_ridge: float = 1e-4
 
     def validate(self) -> None:
-        checks = [("beta", self.beta > 0, "a number > 0"), ("old_per_batch", self.old_per_batch >= 0, "an integer >= 0"),
+        checks = [("beta", self.beta > 0, "a number > 0"),
+                  ("old_per_batch", self.old_per_batch >= 0, "an integer >= 0"),
                   ("hard_pair_threshold", self.hard_pair_threshold >= 0, "a number >= 0"),
-                  ("mix_bias", self.mix_bias >= 0, "a number >= 0"), ("hinge_margin", self.hinge_margin >= 0,
-                                                                       "a number >= 0"),
+                  ("mix_bias", self.mix_bias >= 0, "a number >= 0"),
+                  ("hinge_margin", self.hinge_margin >= 0, "a number >= 0"),
                   ("milestones", all(m >= 1 for m in self.milestones), "a list of epochs >= 1"),
                   ("lr_gamma", 0 < self.lr_gamma <= 1, "a number in (0, 1]"),
                   ("covariance_ridge", self.covariance_ridge >= 0, "a number >= 0")]

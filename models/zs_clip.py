@@ -8,8 +8,17 @@ from typing import Any, Dict
 import torch
 
 from models.base import BaseLearner
-from utils.clip_ops import (CLIPLearner, begin_task, build_backbone, encode_dataset, make_loader, prompts,
-                            scores_result, task_data, text_features)
+from utils.clip_ops import (
+    CLIPLearner,
+    begin_task,
+    build_backbone,
+    encode_dataset,
+    make_loader,
+    prompts,
+    scores_result,
+    task_data,
+    text_features,
+)
 
 logger = logging.getLogger(__name__)
 

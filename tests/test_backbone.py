@@ -7,8 +7,7 @@ import warnings
 import pytest
 import torch
 
-from utils.clip_backbone import (TINY_RANDOM, BackboneError, fetch_openai_weights, import_clip, load_clip,
-                                 resolve_device)
+from utils.clip_backbone import TINY_RANDOM, BackboneError, fetch_openai_weights, import_clip, load_clip, resolve_device
 
 clip = import_clip()
 
@@ -155,7 +154,8 @@ def test_downloaded_file_with_wrong_sha_is_refused_and_removed(tmp_path, monkeyp
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.skipif(os.environ.get("MGCLIP_SLOW_TESTS") != "1", reason="compiles for ~40 s on a CPU; MGCLIP_SLOW_TESTS=1")
+@pytest.mark.skipif(os.environ.get("MGCLIP_SLOW_TESTS") != "1",
+                    reason="compiles for ~40 s on a CPU; MGCLIP_SLOW_TESTS=1")
 def test_compiled_image_encoder_equals_eager():
     from utils.clip_ops import compile_image_encoder
     from utils.lora import apply_lora, load_lora_state_dict, lora_disabled, lora_layers, lora_state_dict

@@ -4,10 +4,9 @@ import os
 import pytest
 import yaml
 
-from utils.config import ConfigError
-from toolbox.configs import build_config, build_configs, load_config_file, parse_overrides
-from toolbox.configs import make_config
+from toolbox.configs import build_config, build_configs, load_config_file, make_config, parse_overrides
 from toolbox.registry import get_model
+from utils.config import ConfigError
 
 
 def test_defaults_are_the_papers():
@@ -126,6 +125,7 @@ def test_the_learner_reads_its_options_whatever_the_forks_model_name(tmp_path):
     """A fork's factory may register the plugin under its own name ("mind"): the learner,
     not ``model_name``, says whose options the args hold."""
     from conftest import tiny_args
+
     from models.mgclip import MGCLIP
     from utils.lora import lora_layers
 

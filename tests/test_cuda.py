@@ -1,6 +1,6 @@
-"""The CUDA paths: the default numerics (fp32, TF32 matmuls), the bf16 option, device preprocessing on the GPU, pinned loaders, a whole
-run, torch.compile. Skipped where there is no GPU (CI); ``benchmarks/gpu.sh`` runs them on a
-lent GPU machine before it measures anything.
+"""The CUDA paths: the default numerics (fp32, TF32 matmuls), the bf16 option, device
+preprocessing on the GPU, pinned loaders, a whole run, torch.compile. Skipped where there is
+no GPU (CI); ``benchmarks/gpu.sh`` runs them on a lent GPU machine before it measures anything.
 
 Each check compares the GPU path with an independent CPU / fp32 computation."""
 import json
@@ -67,8 +67,8 @@ def test_default_numerics_are_fp32_with_tf32_and_match_strict_fp32():
 
 
 def test_bf16_gap_statistic_agrees_with_fp32():
-    from utils.gap import gap_statistic
     from utils.clip_backbone import autocast, load_clip, set_matmul_precision
+    from utils.gap import gap_statistic
 
     net = load_clip("vit-b16-random").to(CUDA).eval()
     g = torch.Generator().manual_seed(3)

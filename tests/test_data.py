@@ -9,8 +9,8 @@ from PIL import Image
 
 from toolbox.configs import make_config
 from toolbox.data import CIFAR100_CLASSES, DatasetError, make_synthetic, read_class_names
-from utils.clip_backbone import clip_transform
 from toolbox.data_manager import DataManager, read_class_order, shuffled_order
+from utils.clip_backbone import clip_transform
 
 
 def dm_for(tmp_path=None, **over):
@@ -132,7 +132,8 @@ def test_cifar100_offline_error_names_path_and_key(tmp_path, monkeypatch):
 def test_synthetic_classes_are_distinguishable():
     raw = make_synthetic(8, 10, 10, 16)
     # each image's mean colour, nearest class-mean colour
-    colour = lambda imgs: imgs.reshape(len(imgs), -1, 3).mean(1)
+    def colour(imgs):
+        return imgs.reshape(len(imgs), -1, 3).mean(1)
     means = np.stack([colour(raw.train_images[raw.train_targets == c]).mean(0) for c in range(8)])
     test = colour(raw.test_images)
     pred = np.argmin(((test[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
@@ -160,7 +161,8 @@ def write_jpeg_split(root, classes, per_split=(3, 2), size=20):
         for c in classes:
             os.makedirs(root / split / c, exist_ok=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / split / c / f"{i}.jpg")
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.jpg")
 
 
 def test_imagenet_r_folders_with_class_names(tmp_path):
@@ -247,8 +249,8 @@ def test_in_memory_images_are_served_without_worker_processes_and_the_same_batch
     a loader over JPEG paths keeps them. A run's figures do not depend on the workers."""
     from main import main
     from tests.conftest import tiny_args
-    from utils.clip_ops import make_loader, task_data
     from toolbox.data_manager import DataManager
+    from utils.clip_ops import make_loader, task_data
 
     cfg = make_config(tiny_args(tmp_path, num_workers=2))
     dm = DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg)

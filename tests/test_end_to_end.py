@@ -29,7 +29,8 @@ def load(run_dir):
 
 def test_three_tasks_write_the_run_directory(tmp_path):
     (run_dir,) = run_main(tmp_path, epochs="auto", probe_max_epochs=2)
-    assert sorted(n for n in os.listdir(run_dir) if n != ".run.lock") == ["checkpoint.pt", "config.json", "metrics.csv", "results.json", "run.log"]
+    assert sorted(n for n in os.listdir(run_dir) if n != ".run.lock") == ["checkpoint.pt", "config.json", "metrics.csv",
+                                                                          "results.json", "run.log"]
     r = load(run_dir)
     for key in ("accuracy", "accuracy_matrix", "avg", "last", "forgetting", "bwt", "config", "seed", "timings",
                 "epochs", "gap", "task_metrics"):
@@ -178,7 +179,8 @@ def test_zero_shot_predictions_equal_a_hand_computation(tmp_path):
     learner.incremental_train(dm)
     cnn, _ = learner.eval_task()
     net = learner._network
-    text = F.normalize(net.encode_text(net.tokenize([f"a good photo of a {n}." for n in dm.get_class_names(range(2))])), dim=1)
+    prompts = [f"a good photo of a {n}." for n in dm.get_class_names(range(2))]
+    text = F.normalize(net.encode_text(net.tokenize(prompts)), dim=1)
     correct = total = 0
     with torch.no_grad():
         for _, x, y in learner.test_loader:

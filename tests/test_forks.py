@@ -16,8 +16,8 @@ from PIL import Image
 
 from tests import fork_trees
 from tests.conftest import ROOT
-from utils.class_names import CIFAR100_CLASSES
 from toolbox.configs import make_config
+from utils.class_names import CIFAR100_CLASSES
 
 README = open(os.path.join(ROOT, "docs", "forks.md"), encoding="utf-8").read()  # the steps a fork's user follows
 SECTIONS = {"pycil": "## PyCIL", "proof": "## PROOF's repository", "c3box": "## C3Box"}

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from utils.gap import gap_statistic
-from utils.gap import EpochProbe, GapAccumulator, batch_gap_terms, choose_epochs, relative_change
+from utils.gap import EpochProbe, GapAccumulator, batch_gap_terms, choose_epochs, gap_statistic, relative_change
 
 
 def test_batch_terms_by_hand():

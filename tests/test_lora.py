@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from utils.clip_backbone import load_clip
-from utils.lora import (LoRALinear, apply_lora, load_lora_state_dict, lora_disabled, lora_layers,
-                        lora_parameters, lora_state_dict)
+from utils.lora import (
+    LoRALinear,
+    apply_lora,
+    load_lora_state_dict,
+    lora_disabled,
+    lora_layers,
+    lora_parameters,
+    lora_state_dict,
+)
 
 X_IMG = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from models.mgclip import MGCLIP, fuse
 from tests.conftest import tiny_args
-from utils.cosine_linear import CosineLinear
 from toolbox.data_manager import DataManager
+from utils.cosine_linear import CosineLinear
 from utils.lora import lora_layers
 
 
@@ -108,8 +108,8 @@ def test_probe_chooses_e_then_restarts_from_zero_shot(tmp_path, monkeypatch, scr
     def spy_train(epochs, probe=None, log=None):
         layers = lora_layers(learner._network)
         calls.append({"epochs": epochs, "probe": probe is not None,
-                      "b_zero": all(torch.count_nonzero(l.lora_B) == 0 for l in layers),
-                      "a_initial": all(torch.equal(l.lora_A, a) for l, a in zip(layers, a_init))})
+                      "b_zero": all(torch.count_nonzero(m.lora_B) == 0 for m in layers),
+                      "a_initial": all(torch.equal(m.lora_A, a) for m, a in zip(layers, a_init))})
         return real_train(epochs, probe, log)
 
     monkeypatch.setattr(learner, "_train_lora", spy_train)
@@ -132,7 +132,7 @@ def test_probe_chooses_e_then_restarts_from_zero_shot(tmp_path, monkeypatch, scr
     assert rec["chosen"] == expected_e and rec["neg0"] == -10.0
     assert [p["neg"] for p in rec["probe"]] == script[:len(rec["probe"])]
     assert len(rec["probe"]) == min(len(script), 3)
-    assert any(torch.count_nonzero(l.lora_B) > 0 for l in lora_layers(learner._network))  # then it trained
+    assert any(torch.count_nonzero(m.lora_B) > 0 for m in lora_layers(learner._network))  # then it trained
 
 
 def test_earlier_visual_rows_bit_identical_after_later_tasks(tmp_path):
@@ -230,7 +230,7 @@ def test_lora_carries_over_between_tasks_with_a_fresh_optimizer(tmp_path, monkey
     learner, dm = make(tiny_args(tmp_path))
     learner.incremental_train(dm)
     learner.after_task()
-    after_first = [l.lora_B.detach().clone() for l in lora_layers(learner._network)]
+    after_first = [m.lora_B.detach().clone() for m in lora_layers(learner._network)]
     assert any(torch.count_nonzero(b) for b in after_first)
     optimizers = []
     real_adam = torch.optim.Adam
@@ -238,7 +238,7 @@ def test_lora_carries_over_between_tasks_with_a_fresh_optimizer(tmp_path, monkey
     def spy_adam(params, **kw):
         params = list(params)
         # at the start of task 2 LoRA is where task 1 left it (no reset, no merge)
-        optimizers.append(all(torch.equal(l.lora_B, b) for l, b in zip(lora_layers(learner._network), after_first)))
+        optimizers.append(all(torch.equal(m.lora_B, b) for m, b in zip(lora_layers(learner._network), after_first)))
         return real_adam(params, **kw)
 
     monkeypatch.setattr(torch.optim, "Adam", spy_adam)

@@ -11,9 +11,9 @@ open_clip = pytest.importorskip("open_clip", reason="pip install -e .[openclip] 
 
 from main import main  # noqa: E402
 from tests.conftest import tiny_args  # noqa: E402
-from utils.clip_backbone import TINY_OPENCLIP, BackboneError, load_clip  # noqa: E402
 from toolbox.configs import make_config  # noqa: E402
 from toolbox.trainer import run_dir_for  # noqa: E402
+from utils.clip_backbone import TINY_OPENCLIP, BackboneError, load_clip  # noqa: E402
 
 
 def reference_model():

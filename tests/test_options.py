@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from utils.gap import gap_statistic
 from tests.conftest import tiny_args
 from tests.test_mgclip import make
+from toolbox.configs import make_config
 from utils.clip_backbone import load_clip
 from utils.clip_ops import encode_dataset, prompts, text_features
 from utils.config import ConfigError
-from toolbox.configs import make_config
+from utils.gap import gap_statistic
 from utils.lora import lora_state_dict
 
 

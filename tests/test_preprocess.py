@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.clip_backbone import CLIP_STD, clip_transform
 from toolbox.data_manager import DataManager
+from utils.clip_backbone import CLIP_STD, clip_transform
 from utils.preprocess import DevicePreprocess, resized_size
 
 

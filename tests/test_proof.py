@@ -15,8 +15,8 @@ from models.proof import PROOF, FusionBlock, ProofHead
 from tests.conftest import tiny_args
 from toolbox.configs import make_config
 from toolbox.data_manager import DataManager
-from utils.herding import herding_order, per_class_budget, update_herding_memory
 from toolbox.trainer import run_dir_for
+from utils.herding import herding_order, per_class_budget, update_herding_memory
 
 
 def make(tmp_path, **over):
@@ -250,8 +250,8 @@ def test_proof_configs_equal_the_official_ones_key_by_key(official, ours, logged
     names = {"cifar224": "cifar100", "imagenetr": "imagenet_r", "cub": "cub200"}
     assert (cfg.dataset, cfg.init_cls, cfg.increment, cfg.seed) == (names[o["dataset"]], o["init_cls"], o["increment"],
                                                                      o["seed"][0])
-    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.eval_batch_size) == (o["tuned_epoch"], o["init_lr"], o["batch_size"],
-                                                                         o["batch_size"])
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.eval_batch_size) == (o["tuned_epoch"], o["init_lr"],
+                                                                         o["batch_size"], o["batch_size"])
     assert (opts["weight_decay"], opts["optimizer"], opts["proof_memory_size"], opts["fixed_memory"],
             opts["memory_per_class"]) == (o["weight_decay"], o["optimizer"], o["memory_size"], o["fixed_memory"],
                                           o["memory_per_class"])

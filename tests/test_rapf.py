@@ -16,10 +16,9 @@ import yaml
 from main import main
 from models.rapf import RAPF, RAPFOptions, hard_pairs, hinge_loss, official_old_per_batch
 from tests.conftest import ROOT, SHARED_RELEASED, tiny_args
-from utils.config import ConfigError
-from toolbox.configs import build_configs
-from toolbox.configs import make_config
+from toolbox.configs import build_configs, make_config
 from toolbox.data_manager import DataManager
+from utils.config import ConfigError
 from utils.fusion import svd_fusion
 from utils.gaussian import ClassGaussians, shrunk_covariance
 
@@ -397,7 +396,8 @@ def test_a_split_list_divides_an_unsplit_dataset_folder(tmp_path):
     for w in wnids:
         os.makedirs(tmp_path / "imagenet-r" / w)
         for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imagenet-r" / w / f"a_{i}.jpg")
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imagenet-r" / w / f"a_{i}.jpg")
             lines["train" if i < 3 else "test"].append(f"{w}/a_{i}.jpg")
     split = tmp_path / "split.txt"
     split.write_text("train\n" + "\n".join(lines["train"]) + "\ntest\n" + "\n".join(lines["test"]) + "\n")

@@ -16,11 +16,11 @@ from PIL import Image
 
 from main import main
 from tests.conftest import ROOT, SHARED_RELEASED, shared_released, tiny_args
-from utils.config import Config
 from toolbox.configs import make_config
 from toolbox.data_manager import DataManager
 from toolbox.released import SHA256, ReleasedFileError, cache_path, fetch_released, url_of
 from toolbox.trainer import run_dir_for
+from utils.config import Config
 
 CONFIGS = os.path.join(SHARED_RELEASED, "mgclip", "configs", "class")
 
@@ -104,7 +104,8 @@ def fake_imagenet_r(root, wnids):
     for split in ("train", "test"):
         for w in wnids:
             os.makedirs(root / "imagenet-r" / split / w)
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "imagenet-r" / split / w / "0.jpg")
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "imagenet-r" / split / w / "0.jpg")
 
 
 def released_wnids(name):
@@ -142,7 +143,8 @@ def test_released_imagenet100_class_file_is_accepted_as_it_is(tmp_path, released
     for split in ("train", "val"):
         for w in wnids:
             os.makedirs(tmp_path / "imagenet" / split / w)
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imagenet" / split / w / "a.JPEG")
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imagenet" / split / w / "a.JPEG")
     dm = DataManager("imagenet100", True, 0, 10, 10, {
         "data_path": str(tmp_path), "class_order": "released", "imagenet100_classes": "released",
         "class_names": "released", "released_cache": released_cache})

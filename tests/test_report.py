@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolbox.report import FIG_DPI, FIG_SIZE, main, make_report
 from toolbox.configs import make_config
+from toolbox.report import FIG_DPI, FIG_SIZE, main, make_report
 
 
 def fake_run(root, model, seed, acc, matrix, prefix="p", epochs=None, gap=None, text=None, visual=None,
@@ -33,13 +33,15 @@ def fake_run(root, model, seed, acc, matrix, prefix="p", epochs=None, gap=None, 
 def runs(tmp_path):
     M1 = [[90.0], [80.0, 70.0]]
     M2 = [[94.0], [84.0, 72.0]]
-    ep = lambda e: {"mode": "probe", "chosen": e, "neg0": -20.0, "alpha": 0.1,
-                    "probe": [{"epoch": 1, "neg": -21.0}, {"epoch": 2, "neg": -23.0}]}
+    def ep(e):
+        return {"mode": "probe", "chosen": e, "neg0": -20.0, "alpha": 0.1,
+                        "probe": [{"epoch": 1, "neg": -21.0}, {"epoch": 2, "neg": -23.0}]}
     gap = [{"task": 0, "before": {"neg": -20.0}, "after": {"neg": -21.0}},
            {"task": 1, "before": {"neg": -19.0}, "after": {"neg": -20.5}}]
-    a = fake_run(tmp_path / "logs", "mgclip", 1, [90.0, 76.0], M1, epochs=ep(1), gap=gap, text=[80, 60], visual=[85, 70])
-    b = fake_run(tmp_path / "logs", "mgclip", 2, [94.0, 80.0], M2, epochs=ep(1), gap=gap, text=[82, 64], visual=[87, 72],
-                 total_s=20.0)
+    a = fake_run(tmp_path / "logs", "mgclip", 1, [90.0, 76.0], M1, epochs=ep(1), gap=gap, text=[80, 60],
+                 visual=[85, 70])
+    b = fake_run(tmp_path / "logs", "mgclip", 2, [94.0, 80.0], M2, epochs=ep(1), gap=gap, text=[82, 64],
+                 visual=[87, 72], total_s=20.0)
     c = fake_run(tmp_path / "logs", "zs_clip", 1, [70.0, 60.0], [[70.0], [65.0, 55.0]])
     return tmp_path, [a, b, c]
 
@@ -60,7 +62,8 @@ def test_summary_means_and_stds_by_hand(runs):
     with open(out / "summary.csv") as f:
         csv_rows = {r["method"]: r for r in csv.DictReader(f)}
     assert float(csv_rows["mgclip"]["avg_mean"]) == pytest.approx(85.0)
-    assert float(csv_rows["mgclip"]["visual_last_mean"]) == pytest.approx(71.0) and csv_rows["zs_clip"]["text_last_mean"] == ""
+    assert float(csv_rows["mgclip"]["visual_last_mean"]) == pytest.approx(71.0)
+    assert csv_rows["zs_clip"]["text_last_mean"] == ""
     md = (out / "summary.md").read_text()
     assert "85.00 ± 2.00" in md and "78.00 ± 2.00" in md
     assert md.splitlines()[0].endswith("| wall s | text Last | visual Last |")  # a column per task metric

@@ -8,9 +8,9 @@ import pytest
 
 from main import main
 from tests.conftest import tiny_args
-from utils.config import ConfigError
 from toolbox.configs import make_config
 from toolbox.trainer import run_dir_for
+from utils.config import ConfigError
 
 pytest.importorskip("imagecorruptions", reason="pip install -e .[corruptions] (CI installs it)")
 

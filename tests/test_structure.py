@@ -120,12 +120,14 @@ def test_nothing_in_the_learner_contract_is_dead():
     pycil_surface = {"__init__", "incremental_train", "eval_task", "after_task", "exemplar_size", "_get_memory"}
     tree = ast.parse(open(os.path.join(ROOT, "models", "base.py"), encoding="utf-8").read())
     defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
-    source = "".join(open(os.path.join(ROOT, f), encoding="utf-8").read() for f in code_files() if f != "models/base.py")
+    source = "".join(open(os.path.join(ROOT, f), encoding="utf-8").read()
+                     for f in code_files() if f != "models/base.py")
     unused = sorted(name for name in defined - pycil_surface if not re.search(rf"\b{name}\b", source))
     assert unused == []
 
 
-METHOD_DOCS = {"mgclip": r"SPEC (\d+)(?:-(\d+))?", "rapf": r"\bR(\d+)(?:-R(\d+))?\b", "proof": r"\bP(\d+)(?:-P(\d+))?\b"}
+METHOD_DOCS = {"mgclip": r"SPEC (\d+)(?:-(\d+))?", "rapf": r"\bR(\d+)(?:-R(\d+))?\b",
+               "proof": r"\bP(\d+)(?:-P(\d+))?\b"}
 
 
 def doc_items(method):

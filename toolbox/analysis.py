@@ -183,10 +183,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "'{dataset: cifar100, corruption: gaussian_noise, severity: 3}' (repeatable)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from utils.config import ConfigError
-    from toolbox.data import DatasetError
-
     import yaml
+
+    from toolbox.data import DatasetError
+    from utils.config import ConfigError
 
     try:
         specs = [yaml.safe_load(text) for text in args.held_out]

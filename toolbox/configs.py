@@ -204,7 +204,8 @@ def _read_config_file(path: str) -> Dict[str, Any]:
         else:
             data = json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {e}") from None
+        kind = "YAML" if path.endswith((".yaml", ".yml")) else "JSON"
+        raise ConfigError(f"config file {path} is not valid {kind}: {e}") from None
     if data is None or data == {}:
         raise ConfigError(f"config file {path} is empty: give at least the keys that differ from the defaults "
                           f"(e.g. dataset, model_name); see exps/ for complete configs")

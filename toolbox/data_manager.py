@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.clip_backbone import clip_resize_crop, clip_transform
-from utils.config import Config
 from toolbox.data import DatasetError, RawData, build_raw_data
 from toolbox.registry import method_release
 from toolbox.released import fetch_released, release_of, released_file
+from utils.clip_backbone import clip_resize_crop, clip_transform
+from utils.config import Config
 
 logger = logging.getLogger(__name__)
 

@@ -106,7 +106,8 @@ def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int) -> n
         out = np.empty_like(images)
         for i, image in enumerate(images):
             np.random.seed((seed * 1_000_003 + i) % 2**32)
-            out[i] = np.clip(np.asarray(corrupt(image, corruption_name=name, severity=severity)), 0, 255).astype(np.uint8)
+            corrupted = np.asarray(corrupt(image, corruption_name=name, severity=severity))
+            out[i] = np.clip(corrupted, 0, 255).astype(np.uint8)
         return out
     finally:
         np.random.set_state(saved)
@@ -130,9 +131,9 @@ def held_out_images(spec: Dict[str, Any], resolution: int,
                     released_cache: str = Config.released_cache) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """The held-out test images resized and cropped like CLIP (uint8 (N, R, R, 3)), labels,
     class names."""
-    from utils.clip_backbone import clip_resize_crop
     from toolbox.data import build_raw_data
     from toolbox.data_manager import open_rgb
+    from utils.clip_backbone import clip_resize_crop
 
     raw = build_raw_data(held_out_config(spec, released_cache))
     idx = np.arange(len(raw.test_targets))

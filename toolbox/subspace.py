@@ -52,7 +52,8 @@ def subspace_report(a: torch.Tensor, b: torch.Tensor) -> Dict[str, float]:
             "overlap": float((torch.cos(angles) ** 2).mean()) if degrees else None}
 
 
-def gap_measures(image: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, scale: float = 100.0) -> Dict[str, float]:
+def gap_measures(image: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
+                 scale: float = 100.0) -> Dict[str, float]:
     """Between normalised image features (N, d) with labels (N,) and normalised class text
     features (C, d): the mean cosine of each image with its class's text, the distance
     between the two centroids, and the gap statistic (mean over images of the mean

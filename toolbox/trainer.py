@@ -20,8 +20,14 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
-from toolbox.checkpoint import (CheckpointError, config_differences, load_checkpoint, rng_state, save_checkpoint,
-                              set_rng_state)
+from toolbox.checkpoint import (
+    CheckpointError,
+    config_differences,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from toolbox.data_manager import DataManager
 from toolbox.io import WriteError, remove_stale_temps, write_error, write_json, write_text
 from toolbox.registry import get_model

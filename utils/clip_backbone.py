@@ -50,8 +50,8 @@ def ensure_pkg_resources() -> None:
             pass
     shim = types.ModuleType("pkg_resources")
     try:
-        import packaging.version  # noqa: F401
         import packaging as _packaging
+        import packaging.version  # noqa: F401
     except ImportError:  # pragma: no cover - packaging is nearly always present
         _packaging = types.ModuleType("packaging")
         _version = types.ModuleType("packaging.version")

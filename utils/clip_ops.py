@@ -274,7 +274,8 @@ def encode_dataset(backbone: ClipBackbone, loader: Batches, device: torch.device
     return torch.cat(feats), torch.cat(labels)
 
 
-def text_features(backbone: ClipBackbone, tokens: torch.Tensor, device: torch.device, precision: str = "auto") -> torch.Tensor:
+def text_features(backbone: ClipBackbone, tokens: torch.Tensor, device: torch.device,
+                  precision: str = "auto") -> torch.Tensor:
     """L2-normalized text features (n, D) float32 of token ids ``tokens`` (grad flows if enabled)."""
     with autocast(device, precision):
         t = backbone.encode_text(tokens.to(device))

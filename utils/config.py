@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Union
 
 
-
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and what to do."""
 
@@ -52,18 +51,24 @@ class Config:
     logdir: str = field(default="logs", metadata=PLACE)
     num_workers: int = field(default=0, metadata=PLACE)
     preprocess: str = "device"  # "device": batched resize/normalize on the device; "pil": per image with PIL
-    cache_images: str = field(default="auto", metadata=PLACE)  # JPEG datasets: decode + resize once per run ("auto": if under cache_max_gb)
+    # JPEG datasets: decode + resize once per run ("auto": if under cache_max_gb)
+    cache_images: str = field(default="auto", metadata=PLACE)
     cache_max_gb: float = field(default=8.0, metadata=PLACE)
     compile: bool = False  # torch.compile the image encoder (warm-up costs tens of seconds)
 
     # --- data ---
     dataset: str = "cifar100"
     data_path: str = field(default="data", metadata=PLACE)
-    class_order: Union[str, List[int]] = field(default="shuffle", metadata=BY_CONTENT)  # "shuffle" | "default" | "released" | list | file path
-    class_names: Optional[str] = field(default=None, metadata=BY_CONTENT)  # file: one name per line, or tab-separated (name last); or "released"
-    imagenet100_classes: Optional[str] = field(default=None, metadata=BY_CONTENT)  # file of the 100 wnids (imagenet100 only); or "released"
-    imagenet_r_split: Optional[str] = None  # list file assigning imagenet-r/<wnid>/<file> to train/test; or "released:rapf"
-    released_cache: str = field(default="~/.cache/mgclip-toolbox/released", metadata=PLACE)  # official data files (toolbox/released.py)
+    # "shuffle" | "default" | "released" | list | file path
+    class_order: Union[str, List[int]] = field(default="shuffle", metadata=BY_CONTENT)
+    # file: one name per line, or tab-separated (name last); or "released"
+    class_names: Optional[str] = field(default=None, metadata=BY_CONTENT)
+    # file of the 100 wnids (imagenet100 only); or "released"
+    imagenet100_classes: Optional[str] = field(default=None, metadata=BY_CONTENT)
+    # list file assigning imagenet-r/<wnid>/<file> to train/test; or "released:rapf"
+    imagenet_r_split: Optional[str] = None
+    # official data files (toolbox/released.py)
+    released_cache: str = field(default="~/.cache/mgclip-toolbox/released", metadata=PLACE)
     init_cls: int = 10
     increment: int = 10
     shots_per_class: Optional[int] = None  # few-shot: keep k training images per class (seeded)
