@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 
@@ -21,10 +22,30 @@ def tiny_args(tmp_path=None, **overrides):
     }
     if tmp_path is not None:
         args["logdir"] = str(tmp_path / "logs")
-    if overrides.get("model_name", "mgclip") != "mgclip":
-        del args["visual_batch_size"]  # MG-CLIP's own option: another method refuses it
     args.update(overrides)
+    if "visual_batch_size" not in overrides:  # MG-CLIP's option: only where a method has it (others refuse it)
+        from toolbox.registry import option_names
+
+        models = args["model_name"] if isinstance(args["model_name"], list) else [args["model_name"]]
+        if not any("visual_batch_size" in option_names(m) for m in models):
+            del args["visual_batch_size"]
     return args
+
+
+def write_cfg(folder, name="cfg.json", **over):
+    """A tiny config written to ``folder/name``; returns (its path, the run folder of its first seed)."""
+    from toolbox.configs import make_config
+    from toolbox.trainer import run_dir_for
+
+    args = tiny_args(folder, **over)
+    path = folder / name
+    path.write_text(json.dumps(args))
+    seed = args["seed"] if isinstance(args["seed"], int) else args["seed"][0]
+    return path, run_dir_for(make_config({**args, "model_name": _first(args["model_name"])}), seed)
+
+
+def _first(model_name):
+    return model_name[0] if isinstance(model_name, list) else model_name
 
 
 @pytest.fixture

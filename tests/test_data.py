@@ -272,3 +272,15 @@ def test_in_memory_images_are_served_without_worker_processes_and_the_same_batch
         with open(results) as f:
             accuracies.append(json.load(f)["accuracy_matrix"])
     assert accuracies[0] == accuracies[1]
+
+
+def test_an_empty_class_in_an_in_memory_dataset_is_named(tmp_path):
+    import numpy as np
+
+    from toolbox.data import DatasetError, RawData
+    from toolbox.data_manager import check_every_class_has_images
+
+    raw = RawData(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 2, 2]), np.zeros((3, 8, 8, 3), np.uint8),
+                  np.array([0, 1, 2]), ["cat", "dog", "eel"])
+    with pytest.raises(DatasetError, match=r"1 \(dog\) have no training images"):
+        check_every_class_has_images(raw, "mine")

@@ -1,10 +1,14 @@
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from main import main
 from models.mgclip import MGCLIP, fuse
-from tests.conftest import tiny_args
+from tests.conftest import tiny_args, write_cfg
 from toolbox.data_manager import DataManager
 from utils.cosine_linear import CosineLinear
 from utils.lora import lora_layers
@@ -267,3 +271,21 @@ def test_gap_reference_is_zero_shot_clip_even_with_trained_lora(tmp_path):
         for _, x, y in learner.ordered_train_loader:
             acc.add(100.0 * F.normalize(plain.encode_image(x), dim=1) @ txt.T, y)
     assert neg0 == pytest.approx(acc.negative, rel=1e-5)
+
+
+def test_a_last_task_of_one_class_runs_without_a_gap_statistic(tmp_path):
+    # 5 classes in tasks of 2: the last task has one class, whose gap statistic (a mean over
+    # non-target logits) does not exist; the run must not stop on a NaN there
+    cfg_path, run_dir = write_cfg(tmp_path, synthetic_classes=5, epochs="auto", probe_max_epochs=2)
+    assert main(["--config", str(cfg_path), "-q"]) == 0
+    with open(os.path.join(run_dir, "results.json")) as f:
+        r = json.load(f)
+    assert r["finished"] and len(r["accuracy"]) == 3
+    assert "after" in r["gap"][1] and r["gap"][2] == {"task": 2}
+
+
+def test_the_probe_needs_two_classes_in_the_first_task(tmp_path, capsys):
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(tiny_args(tmp_path, init_cls=1, epochs="auto")))
+    assert main(["--config", str(cfg_path), "-q"]) == 2
+    assert "'init_cls'" in capsys.readouterr().err

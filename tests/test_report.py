@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from main import main as run_main
+from tests.conftest import tiny_args, write_cfg
 from toolbox.configs import make_config
-from toolbox.report import FIG_DPI, FIG_SIZE, main, make_report
+from toolbox.report import FIG_DPI, FIG_SIZE, ReportError, main, make_report
+from toolbox.trainer import run_dir_for
 
 
 def fake_run(root, model, seed, acc, matrix, prefix="p", epochs=None, gap=None, text=None, visual=None,
@@ -231,3 +234,23 @@ def test_runs_that_differ_only_in_where_they_ran_are_one_group(tmp_path):
     rows = make_report([str(tmp_path / "logs")], str(tmp_path / "out"))["rows"]
     assert sorted((r["prefix"], r["seeds"]) for r in rows) == [("p [lora_rank=4]", "3"), ("p [lora_rank=8]", "1 2")]
     assert set(places) <= PLACEMENT_KEYS
+
+
+def test_report_counts_a_run_once_and_never_pools_different_configs(tmp_path):
+    root = tmp_path / "logs"
+    for seed in (1, 2):
+        cfg_path, _ = write_cfg(tmp_path, f"s{seed}.json", seed=seed)
+        assert run_main(["--config", str(cfg_path), "-q"]) == 0
+    cfg_path, other = write_cfg(tmp_path, "lr.json", seed=3, lr=0.01)
+    assert run_main(["--config", str(cfg_path), "-q"]) == 0
+    run_1 = run_dir_for(make_config(tiny_args(tmp_path)), 1)
+    rows = make_report([str(root), run_1, os.path.dirname(run_1)], str(tmp_path / "out"))["rows"]
+    by_prefix = {r["prefix"]: r for r in rows}
+    assert set(by_prefix) == {"test [lr=0.001]", "test [lr=0.01]"}
+    assert by_prefix["test [lr=0.001]"]["seeds"] == "1 2" and by_prefix["test [lr=0.01]"]["seeds"] == "3"
+    copy = tmp_path / "copy_of_run_1"
+    import shutil
+
+    shutil.copytree(run_1, copy)
+    with pytest.raises(ReportError, match="two runs of seed 1"):
+        make_report([str(root), str(copy)], str(tmp_path / "out2"))
