@@ -11,6 +11,7 @@ per-task epoch estimation (``epochs_per_task``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -367,19 +368,17 @@ class MGCLIP(CLIPLearner, BaseLearner):
         return dict(self._last_metrics)
 
     # ------------------------------------------------------------------ analysis views (models/base.py)
-    @torch.no_grad()
-    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
-        if not trained:
-            with lora_disabled(self._network):
-                return self.backbone_image_view(images)
-        return self.backbone_image_view(images)  # the same encoder with its LoRA update on
+    def _as(self, trained: bool):
+        """The encoders with their LoRA update (trained) or without it (zero-shot CLIP)."""
+        return contextlib.nullcontext() if trained else lora_disabled(self._network)
 
-    @torch.no_grad()
+    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
+        with self._as(trained):
+            return self.backbone_image_view(images)
+
     def text_view(self, names, trained: bool) -> torch.Tensor:
-        if not trained:
-            with lora_disabled(self._network):
-                return self.backbone_text_view(names)
-        return self.backbone_text_view(names)
+        with self._as(trained):
+            return self.backbone_text_view(names)
 
     def visual_classifier(self) -> Optional[torch.Tensor]:
         if not self.opts.compensation or not len(self.visual.blocks):
