@@ -80,3 +80,43 @@ def test_released_files_for_a_method_without_a_release_are_refused_by_name(tmp_p
         # side by side, 'released' is the first method's release; one without it keeps the value (and is refused)
         with pytest.raises(ConfigError, match="norelease declares no official release"):
             build_configs(None, ["model_name=[norelease,zs_clip]", "dataset=cifar100", "class_order=released"])
+
+
+@pytest.mark.parametrize("model", sorted(LEARNERS))
+def test_every_registered_learner_keeps_the_contract(tmp_path, model):
+    """models/base.py's hooks on two tasks: what it trains in words, task metrics by name,
+    normalised views, and a fresh learner given its state_dict sees the same features."""
+    import torch
+
+    from toolbox.data_manager import DataManager
+    from toolbox.registry import get_model
+
+    cfg = make_config(tiny_args(tmp_path, model_name=model, epochs=1))
+    args = {**cfg.to_dict(), "seed": 1993}
+
+    def build():
+        torch.manual_seed(0)
+        return get_model(model, args)
+
+    dm = DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg)
+    learner = build()
+    for _ in range(2):
+        learner.incremental_train(dm)
+        cnn, _ = learner.eval_task()
+        learner.after_task()
+        assert all(isinstance(k, str) and 0 <= v <= 100 for k, v in learner.task_metrics().items())
+    assert isinstance(learner.trains, str) and (learner.trains == "") == (model == "zs_clip")
+    x = torch.rand(3, 3, learner._network.input_resolution, learner._network.input_resolution)
+    names = learner._names[:4]
+    fresh = build()
+    fresh.load_state_dict(learner.state_dict())
+    for trained in (False, True):
+        image, text = learner.image_view(x, trained), learner.text_view(names, trained)
+        assert image.shape == (3, learner._network.embed_dim) and text.shape == (4, learner._network.embed_dim)
+        torch.testing.assert_close(image.norm(dim=1), torch.ones(3))
+        torch.testing.assert_close(fresh.image_view(x, trained), image)
+        torch.testing.assert_close(fresh.text_view(names, trained), text)
+    visual = learner.visual_classifier()
+    assert (visual is None) == (model != "mgclip")
+    if visual is not None:
+        torch.testing.assert_close(fresh.visual_classifier(), visual)
