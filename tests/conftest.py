@@ -24,10 +24,11 @@ def tiny_args(tmp_path=None, **overrides):
         args["logdir"] = str(tmp_path / "logs")
     args.update(overrides)
     if "visual_batch_size" not in overrides:  # MG-CLIP's option: only where a method has it (others refuse it)
-        from toolbox.registry import option_names
+        from toolbox.registry import LEARNERS, option_names
 
         models = args["model_name"] if isinstance(args["model_name"], list) else [args["model_name"]]
-        if not any("visual_batch_size" in option_names(m) for m in models):
+        # a name not registered here is a fork's name for the plugin (MG-CLIP): it keeps the option
+        if all(m in LEARNERS and "visual_batch_size" not in option_names(m) for m in models):
             del args["visual_batch_size"]
     return args
 
