@@ -211,3 +211,14 @@ def test_non_finite_loss_stops_with_where_and_checkpoint_survives(tmp_path, caps
     assert load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["completed_tasks"] == 1
     assert main(["--resume", run_dir, "-q"]) == 0
     assert read(run_dir)["finished"]
+
+
+def test_a_checkpoint_from_before_task_metrics_resumes_with_aligned_metrics():
+    from toolbox.trainer import _Progress
+
+    old = {"accuracies": [50.0, 40.0], "matrix": [[50.0], [45.0, 35.0]], "rows": [{}, {}], "task_timings": [{}, {}],
+           "grouped": [{}, {}], "top5": [None, None]}  # no "task_metrics": written by an earlier version
+    progress = _Progress(old)
+    progress.accuracies.append(30.0)
+    progress.task_metrics.append({"text_accuracy": 20.0})
+    assert progress.metrics_by_name() == {"text_accuracy": [None, None, 20.0]}  # the third task's, not the first's

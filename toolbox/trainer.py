@@ -221,7 +221,9 @@ class _Progress:
 
     def __init__(self, saved: Optional[Dict[str, Any]] = None):
         for f in self.FIELDS:
-            setattr(self, f, list(saved.get(f, [])) if saved else [])
+            setattr(self, f, list(saved[f]) if saved and f in saved else [])
+        if saved and "task_metrics" not in saved:  # a checkpoint written before task metrics: none for its tasks
+            self.task_metrics = [{} for _ in self.accuracies]
 
     def to_dict(self) -> Dict[str, Any]:
         return {f: getattr(self, f) for f in self.FIELDS}
