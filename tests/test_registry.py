@@ -61,7 +61,8 @@ def test_a_registration_lasts_only_inside_its_block(zs_copy):
 
 def test_what_the_learners_declare():
     assert {m: method_release(m) for m in sorted(LEARNERS)} == {"mgclip": "mgclip", "proof": "mgclip",
-                                                                 "rapf": "rapf", "zs_clip": "mgclip"}
+                                                                 "rapf": "rapf", "zs_clip": "mgclip",
+                                                                 "simplecil": "mgclip", "aper_adapter": "mgclip"}
     assert options_class("zs_clip") is None and options_class("mgclip").__name__ == "MGCLIPOptions"
     assert option_owner("lora_rank") == ["mgclip"] and option_owner("beta") == ["rapf"]
 
@@ -105,7 +106,7 @@ def test_every_registered_learner_keeps_the_contract(tmp_path, model):
         cnn, _ = learner.eval_task()
         learner.after_task()
         assert all(isinstance(k, str) and 0 <= v <= 100 for k, v in learner.task_metrics().items())
-    assert isinstance(learner.trains, str) and (learner.trains == "") == (model == "zs_clip")
+    assert isinstance(learner.trains, str) and (learner.trains == "") == (model in ("zs_clip", "simplecil"))
     x = torch.rand(3, 3, learner._network.input_resolution, learner._network.input_resolution)
     names = learner._names[:4]
     fresh = build()
@@ -117,6 +118,6 @@ def test_every_registered_learner_keeps_the_contract(tmp_path, model):
         torch.testing.assert_close(fresh.image_view(x, trained), image)
         torch.testing.assert_close(fresh.text_view(names, trained), text)
     visual = learner.visual_classifier()
-    assert (visual is None) == (model != "mgclip")
+    assert (visual is None) == (model not in ("mgclip", "simplecil"))
     if visual is not None:
         torch.testing.assert_close(fresh.visual_classifier(), visual)

@@ -22,6 +22,8 @@ LEARNERS: Dict[str, str] = {
     "proof": "models.proof:PROOF",
     "rapf": "models.rapf:RAPF",
     "zs_clip": "models.zs_clip:ZSCLIP",
+    "simplecil": "models.simplecil:SimpleCIL",
+    "aper_adapter": "models.aper_adapter:APER",
 }
 
 

@@ -1,0 +1,178 @@
+"""APER with adapters (Zhou et al., IJCV 2024, "Revisiting Class-Incremental Learning
+with Pre-Trained Models"; ``adam_adapter`` / ``aper_adapter`` in the official code,
+zhoudw-zdw/RevisitingCIL), on CLIP's image encoder: items A1-A6 of docs/methods/aper_adapter.md.
+
+On the first task only: parallel adapters in every block of the image encoder (A1) and a
+cosine classifier over the task's classes (A2) are trained with cross-entropy (A3). Then
+the encoder is frozen for good, and every image is represented by the pre-trained
+encoder's feature and the adapted encoder's feature side by side (A4); each class, the
+first task's included, gets the mean of those merged features of its training images as
+its prototype (A5), and a test image goes to the seen class whose prototype has the
+largest cosine with its merged feature (A6). The pre-trained branch is the same encoder
+with its adapters switched off; the merged features are computed once per image after the
+first task (exact: the encoder no longer changes).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.base import BaseLearner
+from utils.adapter import (
+    adapter_parameters,
+    adapter_state_dict,
+    adapters_disabled,
+    apply_adapters,
+    load_adapter_state_dict,
+)
+from utils.clip_backbone import autocast
+from utils.clip_ops import CLIPLearner, begin_task, build_backbone, make_loader, progress, scores_result, task_data
+from utils.config import require
+from utils.errors import checked_step
+from utils.feature_cache import FeatureCache
+from utils.prototypes import class_means, cosine_scores
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_EPOCHS = 20  # "tuned_epoch" of the official configs
+
+
+@dataclass
+class APEROptions:
+    """APER-Adapter's own options; defaults are the official configs' (CIFAR-100 B0 Inc10:
+    ``exps/adam_adapter.json``). Shared keys it reads: ``lr`` (init_lr, 0.01 there),
+    ``batch_size`` (48 there), ``epochs`` ("auto" = the official 20, first task only),
+    ``eval_batch_size``, ``precision``."""
+    adapter_bottleneck: int = 64  # ffn_num
+    adapter_scale: float = 0.1  # ffn_adapter_scalar
+    adapter_dropout: float = 0.1
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9) | "adam" (AdamW)
+    weight_decay: float = 0.0005
+    min_lr: float = 0.0  # the cosine schedule's end
+
+    def validate(self) -> None:
+        for key, ok, allowed in [
+                ("adapter_bottleneck", self.adapter_bottleneck >= 1, "an integer >= 1"),
+                ("adapter_scale", math.isfinite(self.adapter_scale), "a finite number"),
+                ("adapter_dropout", 0 <= self.adapter_dropout < 1, "a number in [0, 1)"),
+                ("optimizer", self.optimizer in ("sgd", "adam"), "'sgd' or 'adam'"),
+                ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
+                ("min_lr", self.min_lr >= 0, "a number >= 0")]:
+            require(ok, key, getattr(self, key), allowed)
+
+
+class CosineHead(nn.Module):
+    """A2: ``sigma * cos(x, w_c)`` per class; w uniform in +-1/sqrt(d), sigma learned from 1."""
+
+    def __init__(self, d: int, classes: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(d)
+        self.weight = nn.Parameter(torch.empty(classes, d).uniform_(-bound, bound))
+        self.sigma = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sigma * cosine_scores(x, self.weight)
+
+
+class APER(CLIPLearner, BaseLearner):
+    options_class = APEROptions
+    release = "mgclip"  # 'released' class orders and names: MG-CLIP's files (APER's own: seeded shuffles)
+    trains = "adapters in CLIP's image encoder and a cosine classifier, on the first task only"
+
+    def __init__(self, args: Dict[str, Any]):
+        super().__init__(args)
+        self._setup(args)
+        self.epochs = OFFICIAL_EPOCHS if self.cfg.epochs == "auto" else int(self.cfg.epochs)
+        self._network = build_backbone(self.cfg, self._device)
+        apply_adapters(self._network, self.opts.adapter_bottleneck, self.opts.adapter_scale,
+                       self.opts.adapter_dropout)  # A1
+        self._network.to(self._device).eval()
+        self.cache = FeatureCache(self._merged, self._network.input_resolution, self.cfg, self._device)
+        self.prototypes = torch.zeros(0, 2 * self._network.embed_dim, device=self._device)
+        self.record = {"epochs": {"mode": "fixed", "chosen": self.epochs}, "trainable_parameters": None}
+
+    # ------------------------------------------------------------------ features
+    def _adapted(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(self._device, self.cfg.precision):
+            return self._network.encode_image(images).float()
+
+    @torch.no_grad()
+    def _merged(self, images: torch.Tensor) -> torch.Tensor:
+        """A4: [pre-trained feature, adapted feature] (N, 2D), neither normalised."""
+        with adapters_disabled(self._network):
+            plain = self._adapted(images)
+        return torch.cat([plain, self._adapted(images)], dim=1)
+
+    # ------------------------------------------------------------------ task loop
+    def incremental_train(self, data_manager) -> None:
+        new = begin_task(self, data_manager)
+        self.data_manager = data_manager
+        if self._cur_task == 0:
+            with self._timed("adapt"):
+                self._adapt(data_manager, new)
+        with self._timed("prototypes"):
+            feats, labels = self.cache.get(data_manager, "train", new)
+            self.prototypes = torch.cat([self.prototypes, class_means(feats, labels, new)])  # A5
+        self.timings["features"] = self.cache.seconds
+
+    def _adapt(self, data_manager, new: range) -> None:
+        """A2-A3: the adapters and a cosine head on the first task's classes, cross-entropy,
+        SGD (momentum 0.9) or AdamW with weight decay, cosine schedule per epoch to min_lr."""
+        net, opts = self._network, self.opts
+        head = CosineHead(net.embed_dim, len(new)).to(self._device)
+        params = adapter_parameters(net) + list(head.parameters())
+        self.record["trainable_parameters"] = sum(p.numel() for p in params)
+        if opts.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=opts.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=opts.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs, eta_min=opts.min_lr)
+        data = task_data(data_manager, new, "train", net.input_resolution, self.cfg, self._device)
+        loader = make_loader(data, self.cfg.batch_size, True, self.cfg.num_workers, self._device)
+        net.train()
+        for epoch in range(self.epochs):
+            for step, (_, x, y) in enumerate(progress(loader, f"adapt {epoch + 1}/{self.epochs}")):
+                loss = F.cross_entropy(head(self._adapted(x)), y - self._known_classes)
+                checked_step(opt, loss, f"task {self._cur_task}, epoch {epoch + 1}, step {step + 1}")
+            sched.step()
+        net.eval()
+        net.requires_grad_(False)  # frozen from here on
+
+    @torch.no_grad()
+    def eval_task(self):
+        with self._timed("eval"):
+            feats, labels = self.cache.get(self.data_manager, "test", range(self._total_classes))
+            scores = cosine_scores(feats, self.prototypes)  # A6
+        return scores_result(self, scores, labels)
+
+    # ------------------------------------------------------------------ analysis views (models/base.py)
+    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
+        """The adapted encoder's features (trained) or the pre-trained one's, normalised
+        (the merged feature is both side by side)."""
+        if trained:
+            return self.backbone_image_view(images)
+        with adapters_disabled(self._network):
+            return self.backbone_image_view(images)
+
+    def text_view(self, names, trained: bool) -> torch.Tensor:
+        return self.backbone_text_view(names)  # the text encoder is never trained
+
+    def visual_classifier(self) -> Optional[torch.Tensor]:
+        return None  # its prototypes live in the merged 2D space, not CLIP's
+
+    # ------------------------------------------------------------------ resuming
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        return {**state, "adapters": adapter_state_dict(self._network),
+                "prototypes": self.prototypes[:state["known_classes"]].cpu()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        load_adapter_state_dict(self._network, {k: v.to(self._device) for k, v in state["adapters"].items()})
+        self.prototypes = state["prototypes"].to(self._device)
