@@ -189,7 +189,7 @@ def test_its_options_belong_to_it(tmp_path, capsys):
     path = tmp_path / "c.json"
     path.write_text(json.dumps(tiny_args(tmp_path, model_name="rapf", adapter_bottleneck=8)))
     assert main(["--config", str(path), "-q"]) == 2
-    assert "'adapter_bottleneck' is an option of aper_adapter, not of 'rapf'" in capsys.readouterr().err
+    assert "'adapter_bottleneck' is an option of aper_adapter, moe_adapters, not of 'rapf'" in capsys.readouterr().err
 
 
 def test_the_merged_features_are_the_pre_trained_and_adapted_ones_after_the_first_task(tmp_path):

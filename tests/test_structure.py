@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 PACKAGES = ("models", "utils", "toolbox", "exps", "benchmarks")
 # Pieces of methods other than the plugin's (RAPF, PROOF): in utils/, not copied into forks.
 METHOD_PIECES = {"utils/feature_cache.py", "utils/fusion.py", "utils/gaussian.py", "utils/herding.py",
-                 "utils/adapter.py", "utils/prototypes.py"}
+                 "utils/adapter.py", "utils/prototypes.py", "utils/moe.py"}
 
 
 def module_path(name):
@@ -129,7 +129,7 @@ def test_nothing_in_the_learner_contract_is_dead():
 
 METHOD_DOCS = {"mgclip": r"SPEC (\d+)(?:-(\d+))?", "rapf": r"\bR(\d+)(?:-R(\d+))?\b",
                "proof": r"\bP(\d+)(?:-P(\d+))?\b", "simplecil": r"\bS(\d+)(?:-S(\d+))?\b",
-               "aper_adapter": r"\bA(\d+)(?:-A(\d+))?\b"}
+               "aper_adapter": r"\bA(\d+)(?:-A(\d+))?\b", "moe_adapters": r"\bM(\d+)(?:-M(\d+))?\b"}
 
 
 def doc_items(method):
@@ -139,7 +139,7 @@ def doc_items(method):
     items, tests = set(), []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not line.startswith("| ") or len(cells) < 3 or not re.fullmatch(r"[RPSA]?\d+", cells[0]):
+        if not line.startswith("| ") or len(cells) < 3 or not re.fullmatch(r"[RPSAM]?\d+", cells[0]):
             continue
         items.add(int(re.sub(r"\D", "", cells[0])))
         current = header_file.group(1) if header_file else None

@@ -73,6 +73,10 @@ PUBLISHED = (
     Published("proof", "imagenet_r", 20, 20, "openclip:ViT-B-16/laion400m_e32", 84.19, 78.50, "PROOF official log"),
     Published("proof", "cub200", 20, 20, "openclip:ViT-B-16/laion400m_e32", 84.87, 79.86, "PROOF official log"),
     Published("proof", "cifar100", 10, 10, "ViT-B/16", 86.2, 76.3, "third-party tables (RAPF's re-run)"),
+    Published("moe_adapters", "cifar100", 10, 10, "ViT-B/16", 85.21, 77.52,
+              "MoE-Adapters official log (its class order)"),
+    Published("moe_adapters", "cifar100", 10, 10, "ViT-L/14", 90.98, 85.83, "MG-CLIP supplementary, Table 2"),
+    Published("moe_adapters", "imagenet_r", 20, 20, "ViT-L/14", 93.27, 90.42, "MG-CLIP supplementary, Table 2"),
     Published("aper_adapter", "cifar100", 10, 10, "ViT-L/14", 80.21, 71.95, "MG-CLIP supplementary, Table 2"),
     Published("aper_adapter", "imagenet_r", 20, 20, "ViT-L/14", 89.17, 85.40, "MG-CLIP supplementary, Table 2"),
 )

@@ -24,6 +24,7 @@ LEARNERS: Dict[str, str] = {
     "zs_clip": "models.zs_clip:ZSCLIP",
     "simplecil": "models.simplecil:SimpleCIL",
     "aper_adapter": "models.aper_adapter:APER",
+    "moe_adapters": "models.moe_adapters:MoEAdapters",
 }
 
 

@@ -1,4 +1,5 @@
-"""AdaptFormer-style parallel adapters in CLIP's image encoder (APER-Adapter, docs/methods/aper_adapter.md).
+"""AdaptFormer-style parallel adapters in CLIP's encoders (APER-Adapter, docs/methods/aper_adapter.md;
+the experts of MoE-Adapters, utils/moe.py).
 
 Each residual block of the image transformer gets a bottleneck beside its MLP: with ``h``
 the block's stream after attention, the block's output is
@@ -8,15 +9,16 @@ default (Kaiming-uniform, a = sqrt 5) with a zero bias, ``up`` is all zeros: a n
 adapter leaves the encoder exactly as it was. ``adapters_disabled(backbone)`` runs the
 encoder without them (the pre-trained branch) without a second copy of CLIP.
 
-The block's stream ``h`` reaches the adapter through a forward pre-hook on the block's
-second layer norm (the MLP's input is ``LN(h)``, not ``h``); the MLP module is wrapped to
-add the adapter's output. The frozen CLIP weights keep their names and values.
+The block's stream ``h`` reaches the adapter (or any module beside the MLP,
+``add_beside_mlp``) through a forward pre-hook on the block's second layer norm (the MLP's
+input is ``LN(h)``, not ``h``); the MLP module is wrapped to add the module's output. The
+frozen CLIP weights keep their names and values.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List
 
 import torch
 import torch.nn as nn
@@ -45,9 +47,9 @@ class Adapter(nn.Module):
 
 
 class MLPWithAdapter(nn.Module):
-    """A block's MLP plus its parallel adapter on the block's stream (set by the hook)."""
+    """A block's MLP plus a parallel module (an adapter) on the block's stream (set by the hook)."""
 
-    def __init__(self, mlp: nn.Module, adapter: Adapter):
+    def __init__(self, mlp: nn.Module, adapter: nn.Module):
         super().__init__()
         self.mlp, self.adapter = mlp, adapter
         self.enabled = True
@@ -64,28 +66,34 @@ class MLPWithAdapter(nn.Module):
         return out
 
 
+def add_beside_mlp(transformer: nn.Module, make: Callable[[int], nn.Module]) -> List[nn.Module]:
+    """``make(width)`` beside the MLP of every residual block of ``transformer`` (CLIP's
+    image or text transformer); returns the new modules, in block order."""
+    added = []
+    for block in transformer.resblocks:
+        wrapped = MLPWithAdapter(block.mlp, make(block.ln_2.normalized_shape[0]))
+        block.ln_2.register_forward_pre_hook(wrapped.remember)
+        block.mlp = wrapped
+        added.append(wrapped.adapter)
+    return added
+
+
 def apply_adapters(backbone: ClipBackbone, bottleneck: int, scale: float, dropout: float) -> List[Adapter]:
     """Adapters in every residual block of the image encoder; only they require grad."""
     backbone.requires_grad_(False)
-    adapters = []
-    for block in backbone.model.visual.transformer.resblocks:
-        d = block.ln_2.normalized_shape[0]
-        wrapped = MLPWithAdapter(block.mlp, Adapter(d, bottleneck, scale, dropout))
-        block.ln_2.register_forward_pre_hook(wrapped.remember)
-        block.mlp = wrapped
-        adapters.append(wrapped.adapter)
-    return adapters
+    return add_beside_mlp(backbone.model.visual.transformer, lambda d: Adapter(d, bottleneck, scale, dropout))
 
 
 def _wrapped(backbone: ClipBackbone) -> Iterator[MLPWithAdapter]:
-    for block in backbone.model.visual.transformer.resblocks:
-        if isinstance(block.mlp, MLPWithAdapter):
-            yield block.mlp
+    for transformer in (backbone.model.visual.transformer, backbone.model.transformer):
+        for block in transformer.resblocks:
+            if isinstance(block.mlp, MLPWithAdapter):
+                yield block.mlp
 
 
 @contextlib.contextmanager
 def adapters_disabled(backbone: ClipBackbone) -> Iterator[None]:
-    """The image encoder without its adapters (exactly the pre-trained one) inside the block."""
+    """The encoders without their adapters (exactly the pre-trained ones) inside the block."""
     wrapped = list(_wrapped(backbone))
     for w in wrapped:
         w.enabled = False

@@ -1,0 +1,224 @@
+"""MoE-Adapters (docs/methods/moe_adapters.md, items M1-M5) against hand computations: the
+router's gates and the mixture by hand (noise included, from the same seed), parameter
+counts by formula, the learning-rate schedule by its closed form, predictions with numpy."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from main import main
+from models.moe_adapters import MoEAdapters
+from tests.conftest import tiny_args
+from toolbox.configs import make_config
+from toolbox.data_manager import DataManager
+from utils.adapter import adapter_parameters, adapter_state_dict, adapters_disabled
+from utils.clip_backbone import load_clip
+from utils.moe import MoEAdapter, apply_moe_adapters
+
+
+def moe_args(tmp_path, **over):
+    return tiny_args(tmp_path, **{"model_name": "moe_adapters", "lr": 0.01, "batch_size": 4, "epochs": 1, **over})
+
+
+def make(tmp_path, **over):
+    cfg = make_config(moe_args(tmp_path, **over))
+    torch.manual_seed(0)
+    dm = DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg)
+    return MoEAdapters({**cfg.to_dict(), "seed": 1993}), dm
+
+
+def randomised(moe, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return moe
+
+
+def expert_by_hand(e, h):
+    return 0.1 * (torch.relu(h @ e.down.weight.t() + e.down.bias) @ e.up.weight.t() + e.up.bias)
+
+
+# ----------------------------------------------------------------------------- M1
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_m1_gates_and_mixture_by_hand_without_noise(top_k):
+    moe = randomised(MoEAdapter(8, experts=3, top_k=top_k, bottleneck=4, scale=0.1, dropout=0.1,
+                                noise_at_test=False)).eval()
+    h = torch.randn(5, 2, 8, generator=torch.Generator().manual_seed(1))  # (tokens, samples, width)
+    logits = (h[0] @ moe.router).detach().numpy()  # each sample's first token
+    gates = np.zeros_like(logits)
+    for n, row in enumerate(logits):
+        top = np.argsort(-row)[:top_k]
+        gates[n, top] = np.exp(row[top]) / np.exp(row[top]).sum()
+    by_hand = sum(torch.from_numpy(gates[:, i]).float()[None, :, None] * expert_by_hand(e, h)
+                  for i, e in enumerate(moe.experts))
+    torch.testing.assert_close(moe(h).detach(), by_hand.detach(), rtol=1e-5, atol=1e-6)
+    assert (gates > 0).sum(1).tolist() == [top_k, top_k]
+
+
+def test_m1_noisy_gates_by_hand_and_noise_at_test_as_official():
+    moe = randomised(MoEAdapter(8, experts=2, top_k=2, bottleneck=4, scale=0.1, dropout=0.0))
+    h = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(5)
+    got = moe.gates(h[0])
+    torch.manual_seed(5)
+    noise = torch.randn(2, 2)
+    std = np.log1p(np.exp((h[0] @ moe.w_noise).detach().numpy())) + 0.01  # softplus + epsilon
+    logits = (h[0] @ moe.router).detach().numpy() + noise.numpy() * std
+    expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-5)
+    moe.eval()  # the official blocks keep drawing noise at test time
+    assert not torch.equal(moe(h), moe(h))
+    moe.noise_at_test = False
+    assert torch.equal(moe(h), moe(h))
+
+
+def test_m1_moe_beside_every_mlp_of_both_encoders_leaves_clip_unchanged_and_alone_trains():
+    net = load_clip("tiny-random")
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    tokens = net.tokenize(["a bad photo of a cat.", "a bad photo of a dog."])
+    before = net.encode_image(images), net.encode_text(tokens)
+    added = apply_moe_adapters(net, experts=2, top_k=2, bottleneck=64, scale=0.1, dropout=0.1)
+    assert len(added) == len(net.model.visual.transformer.resblocks) + len(net.model.transformer.resblocks)
+    net.eval()
+    torch.testing.assert_close(net.encode_image(images), before[0])  # every expert's up is zero
+    torch.testing.assert_close(net.encode_text(tokens), before[1])
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all(".adapter." in n for n in trainable)
+    assert {n.split(".adapter.")[1].split(".")[0] for n in trainable} == {"experts", "router", "w_noise"}
+
+
+def test_m1_a_block_adds_the_gated_experts_of_its_stream():
+    net = load_clip("tiny-random")
+    block = net.model.visual.transformer.resblocks[0]
+    x = torch.randn(5, 2, 64, generator=torch.Generator().manual_seed(4))
+    plain = block(x)
+    apply_moe_adapters(net, experts=2, top_k=2, bottleneck=4, scale=0.1, dropout=0.1, noise_at_test=False)
+    moe = randomised(block.mlp.adapter, seed=7)
+    net.eval()
+    h = x + block.attention(block.ln_1(x))
+    g = torch.softmax(h[0] @ moe.router, dim=1)
+    by_hand = plain + sum(g[None, :, i, None] * expert_by_hand(e, h) for i, e in enumerate(moe.experts))
+    torch.testing.assert_close(block(x), by_hand, rtol=1e-5, atol=1e-5)
+    with adapters_disabled(net):
+        torch.testing.assert_close(block(x), plain)
+
+
+def test_m1_trainable_parameters_on_vit_b16_shapes():
+    """Per block: 2 experts x (2 d 64 + 64 + d) + router and noise weights 2 x d x 2;
+    12 image blocks (d = 768) and 12 text blocks (d = 512)."""
+    net = load_clip("vit-b16-random")
+    apply_moe_adapters(net, experts=2, top_k=2, bottleneck=64, scale=0.1, dropout=0.1)
+
+    def per_block(d):
+        return 2 * (2 * d * 64 + 64 + d) + 2 * d * 2
+
+    assert sum(p.numel() for p in adapter_parameters(net)) == 12 * per_block(768) + 12 * per_block(512) == 4_027_392
+
+
+# ----------------------------------------------------------------------------- M2 / M3 / M4
+def test_m2_m3_m4_loss_schedule_and_carry_over(tmp_path, monkeypatch):
+    learner, dm = make(tmp_path, warmup_steps=2, label_smoothing=0.1, synthetic_train_per_class=10)
+    calls, lrs, optimizers = [], [], []
+    real_ce, real_step, real_init = F.cross_entropy, torch.optim.AdamW.step, torch.optim.AdamW.__init__
+
+    def ce(logits, target, **kw):
+        calls.append((logits.shape[1], target.tolist(), kw.get("label_smoothing"), float(logits.detach().abs().max())))
+        return real_ce(logits, target, **kw)
+
+    def step(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    def init(self, params, **kw):
+        params = list(params)
+        optimizers.append((kw, [p.detach().clone() for p in params]))
+        real_init(self, params, **kw)
+
+    monkeypatch.setattr("models.moe_adapters.F.cross_entropy", ce)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", init)
+    learner.incremental_train(dm)
+    learner.after_task()
+    end_of_first = [p.detach().clone() for p in adapter_parameters(learner._network)]
+    learner.incremental_train(dm)
+    # M2: the current task's 2 prompts, targets shifted to them, the label smoothing given, 100 * cosines
+    assert all(cols == 2 and set(t) <= {0, 1} and ls == 0.1 and peak <= 100.0 + 1e-3 for cols, t, ls, peak in calls)
+    assert any(1 in t for _, t, _, _ in calls[len(calls) // 2:])  # the second task's labels 2, 3 -> 0, 1
+    # M3: 2 classes x 10 images in batches of 4 = 5 steps per task; warm-up 2, then cosine to the end
+    steps = 5
+    by_hand = [0.01 * (s + 1) / 2 if s < 2 else 0.01 * (1 + math.cos(math.pi * (s - 2) / (steps - 2))) / 2
+               for s in range(steps)]
+    assert lrs == pytest.approx(by_hand * 2)
+    assert [kw["weight_decay"] for kw, _ in optimizers] == [0.0, 0.0]  # a fresh AdamW per task
+    # M4: the second task starts from where the first ended (no reset)
+    assert all(torch.equal(a, b) for a, b in zip(optimizers[1][1], end_of_first))
+    assert any(not torch.equal(a, b) for a, b in zip(optimizers[0][1], end_of_first))
+
+
+# ----------------------------------------------------------------------------- M5
+def test_m5_prediction_is_the_nearest_prompt_by_cosine(tmp_path):
+    learner, dm = make(tmp_path, noise_at_test=False, preprocess="pil")
+    learner.incremental_train(dm)
+    learner.after_task()
+    learner.incremental_train(dm)
+    cnn, _ = learner.eval_task()
+    from tests.test_aper_adapter import clip_images
+
+    net = learner._network.eval()
+    with torch.no_grad():
+        x, y = clip_images(dm, range(4), "test", net.input_resolution)
+        img = F.normalize(net.encode_image(x), dim=1).numpy()
+        txt = F.normalize(net.encode_text(net.tokenize([f"a good photo of a {n}." for n in learner._names])),
+                          dim=1).numpy()
+    assert cnn["top1"] == pytest.approx(100 * np.mean((img @ txt.T).argmax(1) == y.numpy()), abs=0.01)
+
+
+def test_test_time_noise_makes_evaluation_vary_unless_switched_off(tmp_path):
+    learner, dm = make(tmp_path)
+    learner.incremental_train(dm)
+    with torch.no_grad():  # routers away from zero, so that noise can change a gate
+        for p in adapter_parameters(learner._network):
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
+    a = learner.image_view(torch.rand(2, 3, 32, 32), True)
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 32, 32)
+    assert not torch.equal(learner.image_view(x, True), learner.image_view(x, True))
+    assert a.shape == (2, learner._network.embed_dim)
+
+
+# ----------------------------------------------------------------------------- runs, resume, errors
+def test_moe_resumes_exactly(tmp_path, monkeypatch):
+    from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
+    from toolbox.trainer import run_dir_for
+
+    args = moe_args(tmp_path)
+    (tmp_path / "m.json").write_text(json.dumps(args))
+    snapshots = run_keeping_checkpoints(tmp_path / "m.json", monkeypatch)
+    run_dir = run_dir_for(make_config(args), 1993)
+    reference = without_timings(read(run_dir))
+    assert reference["finished"] and reference["trainable_parameters"] == 42_304
+    assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
+
+
+@pytest.mark.parametrize("key, value, allowed", [("top_k", 3, "[1, experts]"), ("label_smoothing", 1.0, "[0, 1)"),
+                                                 ("experts", 0, ">= 1")])
+def test_bad_options_are_one_line_naming_the_key(tmp_path, capsys, key, value, allowed):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**moe_args(tmp_path), key: value}))
+    assert main(["--config", str(path), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"'{key}'" in err and allowed in err
+
+
+def test_adapters_state_round_trip(tmp_path):
+    learner, dm = make(tmp_path)
+    learner.incremental_train(dm)
+    learner.after_task()
+    fresh, _ = make(tmp_path)
+    fresh.load_state_dict(learner.state_dict())
+    a, b = adapter_state_dict(learner._network), adapter_state_dict(fresh._network)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
