@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.base import BaseLearner
+from models.simplecil import SimpleCIL
 from utils.adapter import (
     adapter_parameters,
     adapter_state_dict,
@@ -32,11 +32,10 @@ from utils.adapter import (
     load_adapter_state_dict,
 )
 from utils.clip_backbone import autocast
-from utils.clip_ops import CLIPLearner, begin_task, build_backbone, make_loader, progress, scores_result, task_data
+from utils.clip_ops import build_backbone, make_loader, progress, task_data
 from utils.config import require
 from utils.errors import checked_step
-from utils.feature_cache import FeatureCache
-from utils.prototypes import class_means, cosine_scores
+from utils.prototypes import cosine_scores
 
 logger = logging.getLogger(__name__)
 
@@ -80,46 +79,40 @@ class CosineHead(nn.Module):
         return self.sigma * cosine_scores(x, self.weight)
 
 
-class APER(CLIPLearner, BaseLearner):
+class APER(SimpleCIL):
+    """SimpleCIL on merged features, after adapting a copy of the encoder on the first task."""
     options_class = APEROptions
     release = "mgclip"  # 'released' class orders and names: MG-CLIP's files (APER's own: seeded shuffles)
     trains = "adapters in CLIP's image encoder and a cosine classifier, on the first task only"
 
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
-        self._setup(args)
         self.epochs = OFFICIAL_EPOCHS if self.cfg.epochs == "auto" else int(self.cfg.epochs)
-        self._network = build_backbone(self.cfg, self._device)
-        apply_adapters(self._network, self.opts.adapter_bottleneck, self.opts.adapter_scale,
-                       self.opts.adapter_dropout)  # A1
-        self._network.to(self._device).eval()
-        self.cache = FeatureCache(self._merged, self._network.input_resolution, self.cfg, self._device)
-        self.prototypes = torch.zeros(0, 2 * self._network.embed_dim, device=self._device)
         self.record = {"epochs": {"mode": "fixed", "chosen": self.epochs}, "trainable_parameters": None}
 
-    # ------------------------------------------------------------------ features
+    def _build(self):
+        net = build_backbone(self.cfg, self._device)
+        apply_adapters(net, self.opts.adapter_bottleneck, self.opts.adapter_scale, self.opts.adapter_dropout)  # A1
+        return net.to(self._device).eval()
+
+    def _feature_dim(self) -> int:
+        return 2 * self._network.embed_dim
+
     def _adapted(self, images: torch.Tensor) -> torch.Tensor:
         with autocast(self._device, self.cfg.precision):
             return self._network.encode_image(images).float()
 
     @torch.no_grad()
-    def _merged(self, images: torch.Tensor) -> torch.Tensor:
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
         """A4: [pre-trained feature, adapted feature] (N, 2D), neither normalised."""
         with adapters_disabled(self._network):
             plain = self._adapted(images)
         return torch.cat([plain, self._adapted(images)], dim=1)
 
-    # ------------------------------------------------------------------ task loop
-    def incremental_train(self, data_manager) -> None:
-        new = begin_task(self, data_manager)
-        self.data_manager = data_manager
+    def _before_prototypes(self, data_manager, new: range) -> None:
         if self._cur_task == 0:
             with self._timed("adapt"):
                 self._adapt(data_manager, new)
-        with self._timed("prototypes"):
-            feats, labels = self.cache.get(data_manager, "train", new)
-            self.prototypes = torch.cat([self.prototypes, class_means(feats, labels, new)])  # A5
-        self.timings["features"] = self.cache.seconds
 
     def _adapt(self, data_manager, new: range) -> None:
         """A2-A3: the adapters and a cosine head on the first task's classes, cross-entropy,
@@ -144,35 +137,17 @@ class APER(CLIPLearner, BaseLearner):
         net.eval()
         net.requires_grad_(False)  # frozen from here on
 
-    @torch.no_grad()
-    def eval_task(self):
-        with self._timed("eval"):
-            feats, labels = self.cache.get(self.data_manager, "test", range(self._total_classes))
-            scores = cosine_scores(feats, self.prototypes)  # A6
-        return scores_result(self, scores, labels)
-
     # ------------------------------------------------------------------ analysis views (models/base.py)
-    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
-        """The adapted encoder's features (trained) or the pre-trained one's, normalised
-        (the merged feature is both side by side)."""
-        if trained:
-            return self.backbone_image_view(images)
-        with adapters_disabled(self._network):
-            return self.backbone_image_view(images)
-
-    def text_view(self, names, trained: bool) -> torch.Tensor:
-        return self.backbone_text_view(names)  # the text encoder is never trained
+    def _pretrained(self):
+        return adapters_disabled(self._network)  # the pre-trained branch; trained: the adapted one
 
     def visual_classifier(self) -> Optional[torch.Tensor]:
         return None  # its prototypes live in the merged 2D space, not CLIP's
 
     # ------------------------------------------------------------------ resuming
     def state_dict(self) -> Dict[str, Any]:
-        state = super().state_dict()
-        return {**state, "adapters": adapter_state_dict(self._network),
-                "prototypes": self.prototypes[:state["known_classes"]].cpu()}
+        return {**super().state_dict(), "adapters": adapter_state_dict(self._network)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
         load_adapter_state_dict(self._network, {k: v.to(self._device) for k, v in state["adapters"].items()})
-        self.prototypes = state["prototypes"].to(self._device)

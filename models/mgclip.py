@@ -11,7 +11,6 @@ per-task epoch estimation (``epochs_per_task``).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -368,17 +367,8 @@ class MGCLIP(CLIPLearner, BaseLearner):
         return dict(self._last_metrics)
 
     # ------------------------------------------------------------------ analysis views (models/base.py)
-    def _as(self, trained: bool):
-        """The encoders with their LoRA update (trained) or without it (zero-shot CLIP)."""
-        return contextlib.nullcontext() if trained else lora_disabled(self._network)
-
-    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
-        with self._as(trained):
-            return self.backbone_image_view(images)
-
-    def text_view(self, names, trained: bool) -> torch.Tensor:
-        with self._as(trained):
-            return self.backbone_text_view(names)
+    def _pretrained(self):
+        return lora_disabled(self._network)  # zero-shot CLIP: the LoRA update off
 
     def visual_classifier(self) -> Optional[torch.Tensor]:
         if not self.opts.compensation or not len(self.visual.blocks):

@@ -10,7 +10,6 @@ class whose prompt has the largest cosine with it (M5).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -148,16 +147,8 @@ class MoEAdapters(CLIPLearner, BaseLearner):
             return F.normalize(self._network.encode_image(x).float(), dim=1)
 
     # ------------------------------------------------------------------ analysis views (models/base.py)
-    def _as(self, trained: bool):
-        return contextlib.nullcontext() if trained else adapters_disabled(self._network)
-
-    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
-        with self._as(trained):
-            return self.backbone_image_view(images)
-
-    def text_view(self, names, trained: bool) -> torch.Tensor:
-        with self._as(trained):
-            return self.backbone_text_view(names)
+    def _pretrained(self):
+        return adapters_disabled(self._network)  # zero-shot CLIP: the experts off
 
     # ------------------------------------------------------------------ resuming
     def state_dict(self) -> Dict[str, Any]:

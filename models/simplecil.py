@@ -5,10 +5,12 @@ image encoder: items S1-S3 of docs/methods/simplecil.md.
 Nothing is trained. Each new class gets a prototype, the mean of the frozen encoder's
 features of its training images (S1); a test image goes to the seen class whose prototype
 has the largest cosine with its feature (S2). The frozen features are computed once per
-image (``utils.feature_cache``): exact, as the encoder never changes (S3).
+image (``utils.feature_cache``): exact, as the encoder never changes (S3). APER-Adapter
+(``models/aper_adapter.py``) is this learner with an adapted branch beside the frozen one.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Dict, Optional
 
@@ -30,22 +32,33 @@ class SimpleCIL(CLIPLearner, BaseLearner):
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
         self._setup(args)
-        self._network = build_backbone(self.cfg, self._device).eval()
-        self.cache = FeatureCache(self._encode, self._network.input_resolution, self.cfg, self._device)
-        self.prototypes = torch.zeros(0, self._network.embed_dim, device=self._device)
+        self._network = self._build()
+        self.cache = FeatureCache(self._features, self._network.input_resolution, self.cfg, self._device)
+        self.prototypes = torch.zeros(0, self._feature_dim(), device=self._device)
+
+    def _build(self):
+        return build_backbone(self.cfg, self._device).eval()
+
+    def _feature_dim(self) -> int:
+        return self._network.embed_dim
 
     @torch.no_grad()
-    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """The features prototypes and predictions use: the frozen encoder's (N, D)."""
         with autocast(self._device, self.cfg.precision):
             return self._network.encode_image(images).float()
 
     def incremental_train(self, data_manager) -> None:
         new = begin_task(self, data_manager)
         self.data_manager = data_manager
+        self._before_prototypes(data_manager, new)
         with self._timed("prototypes"):
             feats, labels = self.cache.get(data_manager, "train", new)
             self.prototypes = torch.cat([self.prototypes, class_means(feats, labels, new)])  # S1
         self.timings["features"] = self.cache.seconds
+
+    def _before_prototypes(self, data_manager, new: range) -> None:
+        """Nothing: the encoder is used as it is."""
 
     @torch.no_grad()
     def eval_task(self):
@@ -55,11 +68,8 @@ class SimpleCIL(CLIPLearner, BaseLearner):
         return scores_result(self, scores, labels)
 
     # ------------------------------------------------------------------ analysis views (models/base.py)
-    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
-        return self.backbone_image_view(images)
-
-    def text_view(self, names, trained: bool) -> torch.Tensor:
-        return self.backbone_text_view(names)
+    def _pretrained(self):
+        return contextlib.nullcontext()  # CLIP never changes
 
     def visual_classifier(self) -> Optional[torch.Tensor]:
         return self.prototypes.detach().float() if len(self.prototypes) else None

@@ -2,6 +2,7 @@
 all seen classes by cosine similarity to the prompts of their names (docs/methods/zs_clip.md)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Dict
 
@@ -46,8 +47,5 @@ class ZSCLIP(CLIPLearner, BaseLearner):
         feats, labels = encode_dataset(net, self.test_loader, self._device, self.cfg.precision, desc="eval")
         return scores_result(self, feats @ text.t(), labels)
 
-    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
-        return self.backbone_image_view(images)
-
-    def text_view(self, names, trained: bool) -> torch.Tensor:
-        return self.backbone_text_view(names)
+    def _pretrained(self):
+        return contextlib.nullcontext()  # CLIP never changes

@@ -45,6 +45,18 @@ def write_cfg(folder, name="cfg.json", **over):
     return path, run_dir_for(make_config({**args, "model_name": _first(args["model_name"])}), seed)
 
 
+def make_learner(args):
+    """(learner, data manager) of a one-method tiny config dict, built as a run builds them."""
+    from toolbox.configs import make_config
+    from toolbox.data_manager import DataManager
+    from toolbox.registry import get_model
+
+    cfg = make_config(args)
+    torch.manual_seed(0)
+    dm = DataManager(cfg.dataset, True, cfg.seeds()[0], cfg.init_cls, cfg.increment, cfg)
+    return get_model(cfg.model_name, {**cfg.to_dict(), "seed": cfg.seeds()[0]}), dm
+
+
 def _first(model_name):
     return model_name[0] if isinstance(model_name, list) else model_name
 

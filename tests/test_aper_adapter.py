@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from main import main
-from models.aper_adapter import APER, CosineHead
-from tests.conftest import tiny_args
+from models.aper_adapter import CosineHead
+from tests.conftest import make_learner, tiny_args
 from toolbox.configs import make_config
-from toolbox.data_manager import DataManager
 from utils.adapter import adapter_parameters, adapter_state_dict, adapters_disabled, apply_adapters
 from utils.clip_backbone import clip_transform, load_clip
 
@@ -25,23 +24,14 @@ def aper_args(tmp_path, **over):
 
 
 def make(tmp_path, **over):
-    cfg = make_config(aper_args(tmp_path, **over))
-    torch.manual_seed(0)
-    dm = DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg)
-    return APER({**cfg.to_dict(), "seed": 1993}), dm
-
-
-def block_input(backbone, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    width = backbone.model.visual.transformer.width
-    return torch.randn(5, 2, width, generator=g)  # (tokens, batch, width): OpenAI CLIP's layout
+    return make_learner(aper_args(tmp_path, **over))
 
 
 # ----------------------------------------------------------------------------- A1
 def test_a1_a_block_adds_the_scaled_bottleneck_of_its_stream_beside_the_mlp():
     net = load_clip("tiny-random")
     block = net.model.visual.transformer.resblocks[0]
-    x = block_input(net)
+    x = torch.randn(5, 2, 64, generator=torch.Generator().manual_seed(0))  # (tokens, batch, width): OpenAI layout
     plain = block(x)
     apply_adapters(net, bottleneck=4, scale=0.1, dropout=0.1)
     adapter = block.mlp.adapter

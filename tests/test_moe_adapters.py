@@ -10,10 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from main import main
-from models.moe_adapters import MoEAdapters
-from tests.conftest import tiny_args
+from tests.conftest import make_learner, tiny_args
 from toolbox.configs import make_config
-from toolbox.data_manager import DataManager
 from utils.adapter import adapter_parameters, adapter_state_dict, adapters_disabled
 from utils.clip_backbone import load_clip
 from utils.moe import MoEAdapter, apply_moe_adapters
@@ -24,10 +22,7 @@ def moe_args(tmp_path, **over):
 
 
 def make(tmp_path, **over):
-    cfg = make_config(moe_args(tmp_path, **over))
-    torch.manual_seed(0)
-    dm = DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg)
-    return MoEAdapters({**cfg.to_dict(), "seed": 1993}), dm
+    return make_learner(moe_args(tmp_path, **over))
 
 
 def randomised(moe, seed=0):

@@ -7,17 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.simplecil import SimpleCIL
-from tests.conftest import tiny_args
+from tests.conftest import make_learner, tiny_args
 from tests.test_aper_adapter import clip_images
 from toolbox.configs import make_config
-from toolbox.data_manager import DataManager
 
 
 def make(tmp_path, **over):
-    cfg = make_config(tiny_args(tmp_path, model_name="simplecil", preprocess="pil", **over))
-    dm = DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg)
-    return SimpleCIL({**cfg.to_dict(), "seed": 1993}), dm
+    return make_learner(tiny_args(tmp_path, model_name="simplecil", preprocess="pil", **over))
 
 
 def test_s1_s2_prototypes_are_feature_means_and_predictions_the_nearest_by_cosine(tmp_path):

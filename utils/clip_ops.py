@@ -100,7 +100,22 @@ class CLIPLearner:
         self.record = copy.deepcopy(state.get("record", {}))
         self.timings = defaultdict(float, state.get("timings", {}))
 
-    # the analysis views (models/base.py) of the backbone as it is now: zero-shot CLIP for a frozen one
+    # ------------------------------------------------------------------ analysis views (models/base.py)
+    def _pretrained(self):
+        """A context in which the backbone is zero-shot CLIP again (LoRA or adapters off);
+        ``contextlib.nullcontext()`` for a learner that never changes CLIP."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how to see its backbone as zero-shot CLIP: "
+                                  f"define _pretrained() (or image_view / text_view; see models/base.py)")
+
+    def image_view(self, images: torch.Tensor, trained: bool) -> torch.Tensor:
+        with contextlib.nullcontext() if trained else self._pretrained():
+            return self.backbone_image_view(images)
+
+    def text_view(self, names: Sequence[str], trained: bool) -> torch.Tensor:
+        with contextlib.nullcontext() if trained else self._pretrained():
+            return self.backbone_text_view(names)
+
+    # the backbone as it is now
     @torch.no_grad()
     def backbone_image_view(self, images: torch.Tensor) -> torch.Tensor:
         with autocast(self._device, self.cfg.precision):
