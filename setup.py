@@ -6,7 +6,7 @@ setup(
     description="MG-CLIP (Mind the Gap, ICCV 2025) and CLIP baselines for class-incremental learning, PyCIL style",
     python_requires=">=3.9",
     packages=["models", "utils", "toolbox", "exps"],
-    package_data={"exps": ["*.json", "*.yaml", "*.yml"]},
+    package_data={"exps": ["*.json", "*.yaml", "*.yml", "tables/*.yaml"]},
     py_modules=["main"],
     install_requires=[
         "torch>=2.1",
@@ -28,6 +28,7 @@ setup(
         "plots": ["matplotlib"],
         "corruptions": ["imagecorruptions>=1.1.2"],
         "openclip": ["open_clip_torch>=2.20"],
+        "cluster": ["submitit>=1.5"],
     },
     entry_points={"console_scripts": ["mgclip-run=main:main"]},
 )

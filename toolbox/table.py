@@ -1,0 +1,402 @@
+"""A paper's table in one command: ``python -m toolbox.table CONFIG [--dry-run] [--executor ...]``.
+
+A table config (JSON or YAML; a path or a shipped one, ``exps/tables/``) names the methods,
+the protocols, the seeds and what every run shares::
+
+    methods: [mgclip, rapf, zs_clip]
+    protocols:
+      - cifar                             # each method's shipped config <method>_cifar
+      - cifar_5task:                      # a protocol of its own:
+          configs: cifar                  #   <method>_cifar, or {method: config, ...}
+          set: {init_cls: 20, increment: 20}   # and keys of this protocol
+    seeds: [1993, 1994, 1995]
+    set: {data_path: /data}               # keys for every run (backbone, logdir, ...)
+    rapf: {batch_size: 100}               # keys for one method's runs
+    executor: {name: local}               # or submitit (SLURM arrays; see docs/tables.md)
+
+It expands into one run per method x protocol x seed (each its own run folder and lock),
+skips runs already finished with the same config, continues interrupted ones from their
+checkpoints, runs the rest, and writes ``table.md``, ``table.csv`` and ``table.tex``: rows
+= methods, columns = protocol (dataset, split, backbone weights) x {Avg, Last}, each cell
+mean +- std over seeds with the published figure and the difference beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from toolbox.checkpoint import CheckpointError, config_differences, load_checkpoint
+from toolbox.configs import load_config_file, make_config, shipped_configs_dir
+from toolbox.io import write_text
+from toolbox.published import published_for
+from toolbox.registry import LEARNERS, check_model_name
+from toolbox.report import _mean, _std
+from toolbox.trainer import CHECKPOINT, run_dir_for
+from utils.config import Config, ConfigError
+
+logger = logging.getLogger(__name__)
+
+TABLE_KEYS = {"name", "methods", "protocols", "seeds", "set", "executor", "out"}
+EXECUTOR_KEYS = {"name", "cluster", "folder", "partition", "gpus_per_node", "cpus_per_task", "timeout_min",
+                 "array_parallelism", "mem_gb"}
+
+
+@dataclass
+class PlannedRun:
+    method: str
+    protocol: str
+    seed: int
+    config: Dict[str, Any]  # the run's resolved one-seed config (as config.json holds it)
+    run_dir: str
+    status: str  # "start", "continue after task k/n" or "skip (finished)"
+
+
+# ----------------------------------------------------------------------------- expansion
+def load_table_config(path: str) -> Dict[str, Any]:
+    """A table config: a path, or a shipped one (``exps/tables/<name>``)."""
+    if not os.path.isfile(path):
+        shipped = os.path.join(shipped_configs_dir(), "tables")
+        for candidate in (path, path + ".yaml", path + ".json"):
+            if os.path.isfile(os.path.join(shipped, candidate)):
+                path = os.path.join(shipped, candidate)
+                break
+    data = load_config_file(path)
+    unknown = sorted(set(data) - TABLE_KEYS - set(LEARNERS))
+    if unknown:
+        raise ConfigError(f"table config {path}: unknown key(s) {', '.join(unknown)} (keys: "
+                          f"{', '.join(sorted(TABLE_KEYS))}, and a section per method)")
+    for key in ("methods", "protocols"):
+        if not data.get(key):
+            raise ConfigError(f"table config {path}: '{key}' must list at least one entry")
+    data.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    return data
+
+
+def _protocols(table: Dict[str, Any]) -> Dict[str, Tuple[Dict[str, str], Dict[str, Any]]]:
+    """protocol label -> ({method: config name or path}, the protocol's own keys)."""
+    out: Dict[str, Tuple[Dict[str, str], Dict[str, Any]]] = {}
+    for entry in table["protocols"]:
+        if isinstance(entry, str):
+            label, spec = entry, {}
+        elif isinstance(entry, dict) and len(entry) == 1 and isinstance(next(iter(entry.values())), dict):
+            (label, spec), = entry.items()
+            unknown = sorted(set(spec) - {"configs", "set"})
+            if unknown:
+                raise ConfigError(f"table protocol '{label}': unknown key(s) {', '.join(unknown)} (configs, set)")
+        else:
+            raise ConfigError(f"table config: protocol {entry!r} must be a name (configs <method>_<name>) or "
+                              f"{{name: {{configs: ..., set: {{...}}}}}}")
+        configs = spec.get("configs", label)
+        if isinstance(configs, str):
+            configs = {m: f"{m}_{configs}" for m in table["methods"]}
+        out[str(label)] = ({m: str(configs.get(m, f"{m}_{label}")) for m in table["methods"]}, spec.get("set") or {})
+    return out
+
+
+def plan(table: Dict[str, Any], overrides: Sequence[str] = ()) -> List[PlannedRun]:
+    """Every run of the table with what it would do; nothing is written. Every config is
+    built (and so checked) first; a run folder that holds another config is refused."""
+    from toolbox.configs import parse_overrides
+
+    methods = [check_model_name(m) for m in table["methods"]]
+    shared, command_line = table.get("set") or {}, parse_overrides(overrides)
+    runs = []
+    for label, (configs, own) in _protocols(table).items():
+        for method in methods:
+            try:
+                base = load_config_file(configs[method])
+            except ConfigError as e:
+                raise ConfigError(f"table protocol '{label}', method {method}: {e} (name a config in the protocol's "
+                                  f"mapping, e.g. {{{label}: {{{method}: my_config.json}}}})") from None
+            base = {k: v for k, v in base.items() if k not in LEARNERS and k != "model_name"}
+            seeds = table.get("seeds") or base.get("seed", Config.seed)
+            for seed in seeds if isinstance(seeds, list) else [seeds]:
+                # the more specific wins: table < protocol < method section < command line
+                d = {**base, **shared, **own, **(table.get(method) or {}), **command_line, "model_name": method,
+                     "seed": int(seed)}
+                cfg = make_config(d)
+                resolved = {**cfg.to_dict(), "seed": int(seed)}
+                run_dir = run_dir_for(cfg, int(seed))
+                runs.append(PlannedRun(method, label, int(seed), resolved, run_dir, status_of(run_dir, resolved)))
+    dirs = [r.run_dir for r in runs]
+    twice = sorted({d for d in dirs if dirs.count(d) > 1})
+    if twice:
+        raise ConfigError(f"table: several runs would share the run folder {twice[0]}: give the protocols "
+                          f"different prefixes (set: {{prefix: ...}} or a method section)")
+    return runs
+
+
+def status_of(run_dir: str, resolved: Dict[str, Any]) -> str:
+    """What a run would do: skip a finished run of this config, continue one with a
+    checkpoint of it, start otherwise; a folder holding another config is refused."""
+    results, ckpt = os.path.join(run_dir, "results.json"), os.path.join(run_dir, CHECKPOINT)
+    saved = None
+    if os.path.isfile(results):
+        try:
+            with open(results, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            saved = None
+    if saved and saved.get("finished"):
+        diffs = config_differences(saved.get("config", {}), resolved)
+        if not diffs:
+            return "skip (finished)"
+        raise ConfigError(f"run folder {run_dir} holds a finished run of another config (differs in "
+                          f"{', '.join(diffs)}): give this table another prefix, or remove the folder")
+    if os.path.isfile(ckpt):
+        try:
+            state = load_checkpoint(ckpt)
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
+        diffs = config_differences(state["config"], resolved)
+        if diffs:
+            raise ConfigError(f"run folder {run_dir} holds a checkpoint of another config (differs in "
+                              f"{', '.join(diffs)}): give this table another prefix, or remove the folder")
+        return f"continue after task {state['completed_tasks']}"
+    return "start"
+
+
+# ----------------------------------------------------------------------------- running
+def run_planned(config: Dict[str, Any]) -> str:
+    """One run (start or continue from its checkpoint); what an executor's job calls."""
+    from toolbox.trainer import run_one
+
+    return run_one(make_config(config), int(config["seed"]), resume=True)
+
+
+class _Job:
+    """A submitit job function that is requeued on preemption or timeout: submitit calls
+    ``checkpoint`` then, and the requeued job continues from the run's own checkpoint.pt."""
+
+    def __call__(self, config: Dict[str, Any]) -> str:
+        return run_planned(config)
+
+    def checkpoint(self, config: Dict[str, Any]):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(_Job(), config)
+
+
+def execute(runs: List[PlannedRun], executor: Dict[str, Any]) -> None:
+    """Runs the runs that are not finished: here one after another (``local``), or as a
+    submitit job array (``submitit``: SLURM, or its ``local`` / ``debug`` executors)."""
+    todo = [r for r in runs if not r.status.startswith("skip")]
+    name = executor.get("name", "local")
+    if not todo:
+        return
+    if name == "local":
+        for r in todo:
+            logger.info("%s %s seed %d: %s", r.method, r.protocol, r.seed, r.status)
+            run_planned(r.config)
+        return
+    if name != "submitit":
+        raise ConfigError(f"table config 'executor.name' = {name!r}: 'local' or 'submitit'")
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("table config 'executor.name' = 'submitit' needs the submitit package: "
+                          "pip install -e .[cluster]") from None
+    ex = submitit.AutoExecutor(folder=executor.get("folder", "logs/submitit/%j"), cluster=executor.get("cluster"))
+    params = {"timeout_min": executor.get("timeout_min", 24 * 60), "slurm_array_parallelism": executor.get(
+        "array_parallelism", 32)}
+    for key, param in (("partition", "slurm_partition"), ("gpus_per_node", "gpus_per_node"),
+                       ("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb")):
+        if key in executor:
+            params[param] = executor[key]
+    ex.update_parameters(**params)
+    jobs = ex.map_array(_Job(), [r.config for r in todo])
+    logger.info("submitted %d run(s) as job array %s", len(jobs), jobs[0].job_id.split("_")[0] if jobs else "-")
+    failed = []
+    for run, job in zip(todo, jobs):
+        try:
+            job.result()
+        except Exception as e:  # the job's own error, raised here by submitit with its traceback
+            failed.append(f"{run.run_dir} (job {job.job_id}: {_job_error(e)}; log {job.paths.stderr})")
+    if failed:
+        raise TableJobError(f"{len(failed)} of {len(jobs)} run(s) failed: " + "; ".join(failed)
+                            + ". Finished runs are kept; run the table again to continue the others.")
+
+
+def _job_error(e: Exception) -> str:
+    """The exception line of a failed job's traceback (submitit adds log paths after it)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
+    return raised[-1] if raised else (lines[-1] if lines else repr(e))
+
+
+class TableJobError(RuntimeError):
+    """Jobs of a table failed; the message names each run folder and its job's log."""
+
+
+# ----------------------------------------------------------------------------- the table
+def collect(runs: List[PlannedRun]) -> List[Dict[str, Any]]:
+    """One cell per method x protocol: Avg and Last over the seeds with results, and the
+    published figures of that protocol."""
+    cells = []
+    for method in dict.fromkeys(r.method for r in runs):
+        for protocol in dict.fromkeys(r.protocol for r in runs):
+            mine = [r for r in runs if r.method == method and r.protocol == protocol]
+            results = [_finished(r.run_dir) for r in mine]
+            results = [x for x in results if x is not None]
+            cfg = mine[0].config
+            pub = published_for(method, cfg)
+            cell = {"method": method, "protocol": protocol, "dataset": cfg["dataset"],
+                    "split": f"{cfg['init_cls']}/{cfg['increment']}", "backbone": cfg["backbone"],
+                    "seeds": " ".join(str(x["seed"]) for x in results), "runs": len(results), "planned": len(mine),
+                    "published_avg": pub.avg if pub else None, "published_last": pub.last if pub else None,
+                    "source": pub.source if pub else None}
+            for key in ("avg", "last"):
+                values = [x[key] for x in results]
+                cell[f"{key}_mean"], cell[f"{key}_std"] = _mean(values), _std(values)
+                theirs = cell[f"published_{key}"]
+                cell[f"{key}_diff"] = None if theirs is None or cell[f"{key}_mean"] is None else \
+                    cell[f"{key}_mean"] - theirs
+            cells.append(cell)
+    return cells
+
+
+def _finished(run_dir: str) -> Optional[Dict[str, Any]]:
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        r = json.load(f)
+    return r if r.get("finished") else None
+
+
+def _columns(cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    seen: Dict[str, Dict[str, Any]] = {}
+    for c in cells:
+        seen.setdefault(c["protocol"], c)
+    return list(seen.values())
+
+
+def _cell_text(c: Dict[str, Any], key: str) -> str:
+    if c[f"{key}_mean"] is None:
+        return "-"
+    text = f"{c[f'{key}_mean']:.2f} ± {c[f'{key}_std']:.2f}"
+    if c[f"published_{key}"] is not None:
+        text += f" ({c[f'published_{key}']:.2f}, {c[f'{key}_diff']:+.2f})"
+    return text
+
+
+def table_markdown(cells: List[Dict[str, Any]]) -> str:
+    cols = _columns(cells)
+    head = ["method"] + [f"{c['dataset']} {c['split']} ({c['backbone']}) {m}" for c in cols for m in ("Avg", "Last")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in dict.fromkeys(c["method"] for c in cells):
+        row = [method]
+        for col in cols:
+            cell = next(c for c in cells if c["method"] == method and c["protocol"] == col["protocol"])
+            row += [_cell_text(cell, "avg"), _cell_text(cell, "last")]
+        lines.append("| " + " | ".join(row) + " |")
+    notes = sorted({f"{c['method']} on {c['dataset']} {c['split']}: {c['source']}" for c in cells if c["source"]})
+    text = "\n".join(lines) + "\n\nCells: mean ± std over seeds (population std); in brackets the published figure " \
+                              "and the difference.\n"
+    return text + "".join(f"- published: {n}\n" for n in notes)
+
+
+TABLE_CSV = ["method", "protocol", "dataset", "split", "backbone", "seeds", "runs", "planned", "avg_mean", "avg_std",
+             "last_mean", "last_std", "published_avg", "published_last", "avg_diff", "last_diff", "source"]
+
+
+def table_csv(cells: List[Dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=TABLE_CSV)
+    w.writeheader()
+    for c in cells:
+        w.writerow({k: "" if c[k] is None else c[k] for k in TABLE_CSV})
+    return buf.getvalue()
+
+
+def table_latex(cells: List[Dict[str, Any]]) -> str:
+    def tex(s: Any) -> str:
+        return str(s).replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
+
+    cols = _columns(cells)
+    lines = ["\\begin{tabular}{l" + "cc" * len(cols) + "}", "\\hline",
+             "Method & " + " & ".join(f"\\multicolumn{{2}}{{c}}{{{tex(c['dataset'])} {tex(c['split'])} "
+                                      f"({tex(c['backbone'])})}}" for c in cols) + " \\\\",
+             " & " + " & ".join("Avg & Last" for _ in cols) + " \\\\", "\\hline"]
+    for method in dict.fromkeys(c["method"] for c in cells):
+        row = [tex(method)]
+        for col in cols:
+            cell = next(c for c in cells if c["method"] == method and c["protocol"] == col["protocol"])
+            for key in ("avg", "last"):
+                m = cell[f"{key}_mean"]
+                row.append("-" if m is None else f"${m:.2f} \\pm {cell[f'{key}_std']:.2f}$")
+        lines.append(" & ".join(row) + " \\\\")
+    return "\n".join(lines + ["\\hline", "\\end{tabular}"]) + "\n"
+
+
+def write_table(cells: List[Dict[str, Any]], out: str) -> List[str]:
+    files = {"table.md": table_markdown(cells), "table.csv": table_csv(cells), "table.tex": table_latex(cells)}
+    for name, text in files.items():
+        write_text(os.path.join(out, name), text)
+    return list(files)
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m toolbox.table", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="a table config (a path, or a shipped one in exps/tables/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a key for every run (e.g. --set data_path=/data --set logdir=runs)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and what each would do, write nothing")
+    p.add_argument("--executor", choices=["local", "submitit"], help="overrides the config's executor.name")
+    p.add_argument("--cluster", help="submitit's cluster: slurm, local or debug (default: slurm where available)")
+    p.add_argument("--out", help="output folder of the table (default: tables/<name>)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from toolbox.data import DatasetError
+    from toolbox.released import ReleasedFileError
+    from toolbox.run_lock import RunLockedError
+    from utils.clip_backbone import BackboneError
+    from utils.errors import NonFiniteError, user_message
+
+    try:
+        table = load_table_config(args.config)
+        executor = dict(table.get("executor") or {"name": "local"})
+        unknown = sorted(set(executor) - EXECUTOR_KEYS)
+        if unknown:
+            raise ConfigError(f"table config 'executor': unknown key(s) {', '.join(unknown)} "
+                              f"(keys: {', '.join(sorted(EXECUTOR_KEYS))})")
+        if args.executor:
+            executor["name"] = args.executor
+        if args.cluster:
+            executor["cluster"] = args.cluster
+        runs = plan(table, args.overrides)
+        for r in runs:
+            print(f"{r.method:14s} {r.protocol:14s} seed {r.seed}: {r.status}  ({r.run_dir})")
+        if args.dry_run:
+            print(f"{len(runs)} run(s); nothing was written (run without --dry-run to run them)")
+            return 0
+        execute(runs, executor)
+        out = args.out or table.get("out") or os.path.join("tables", table["name"])
+        cells = collect(runs)
+        written = write_table(cells, out)
+        print(table_markdown(cells), end="")
+        print(f"wrote {', '.join(written)} to {out}")
+    except (ConfigError, DatasetError, BackboneError, CheckpointError, ReleasedFileError, RunLockedError) as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        return 2
+    except (NonFiniteError, TableJobError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except OSError as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
