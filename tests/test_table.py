@@ -148,8 +148,10 @@ def test_a_job_killed_mid_run_and_resubmitted_ends_as_an_uninterrupted_run(tmp_p
         not json.load(open(os.path.join(run.run_dir, "results.json")))["finished"]
     (again,) = plan(table)
     assert again.status.startswith("continue after task")
-    execute([again], {"name": "local"})  # resubmitted (here in this process)
+    execute([again], {"name": "submitit", "cluster": "local", "folder": str(tmp_path / "jobs")})  # resubmitted
     assert _results([run.run_dir]) == _results([ref_run.run_dir])
+    requeue = _Job().checkpoint(run.config)  # what submitit submits again on preemption or timeout
+    assert isinstance(requeue.function, _Job) and requeue.args == (run.config,)
 
 
 def test_the_command_dry_run_writes_nothing(tmp_path, capsys):
