@@ -201,16 +201,21 @@ def summary_csv(rows: List[Dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def latex_escape(text: Any) -> str:
+    """``text`` with LaTeX's special characters escaped (for table cells)."""
+    return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%") \
+        .replace("&", "\\&").replace("#", "\\#")
+
+
+def latex_pm(mean: Optional[float], std: Optional[float]) -> str:
+    """``$mean \\pm std$`` with two decimals, ``-`` without a mean."""
+    return "-" if mean is None else f"${mean:.2f} \\pm {std:.2f}$"
+
+
 def summary_latex(rows: List[Dict[str, Any]]) -> str:
     """The main figures as a LaTeX table body (method, dataset, split, Avg, Last as mean $\\pm$
     std over seeds), ready for ``\\input``; needs no LaTeX package."""
-    def tex(text: Any) -> str:
-        return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%") \
-            .replace("&", "\\&").replace("#", "\\#")
-
-    def pm(mean, std) -> str:
-        return "-" if mean is None else f"${mean:.2f} \\pm {std:.2f}$"
-
+    tex, pm = latex_escape, latex_pm
     lines = ["\\begin{tabular}{lllcc}", "\\hline", "Method & Dataset & Split & Avg & Last \\\\", "\\hline"]
     lines += [f"{tex(r['method'])} & {tex(r['dataset'])} & {tex(r['split'])} & {pm(r['avg_mean'], r['avg_std'])} & "
               f"{pm(r['last_mean'], r['last_std'])} \\\\" for r in rows]

@@ -38,7 +38,7 @@ from toolbox.configs import load_config_file, make_config, shipped_configs_dir
 from toolbox.io import write_text
 from toolbox.published import published_for
 from toolbox.registry import LEARNERS, check_model_name
-from toolbox.report import _mean, _std
+from toolbox.report import _mean, _std, latex_escape, latex_pm
 from toolbox.trainer import CHECKPOINT, run_dir_for
 from utils.config import Config, ConfigError
 
@@ -318,9 +318,7 @@ def table_csv(cells: List[Dict[str, Any]]) -> str:
 
 
 def table_latex(cells: List[Dict[str, Any]]) -> str:
-    def tex(s: Any) -> str:
-        return str(s).replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
-
+    tex = latex_escape
     cols = _columns(cells)
     lines = ["\\begin{tabular}{l" + "cc" * len(cols) + "}", "\\hline",
              "Method & " + " & ".join(f"\\multicolumn{{2}}{{c}}{{{tex(c['dataset'])} {tex(c['split'])} "
@@ -330,9 +328,7 @@ def table_latex(cells: List[Dict[str, Any]]) -> str:
         row = [tex(method)]
         for col in cols:
             cell = next(c for c in cells if c["method"] == method and c["protocol"] == col["protocol"])
-            for key in ("avg", "last"):
-                m = cell[f"{key}_mean"]
-                row.append("-" if m is None else f"${m:.2f} \\pm {cell[f'{key}_std']:.2f}$")
+            row += [latex_pm(cell[f"{key}_mean"], cell[f"{key}_std"]) for key in ("avg", "last")]
         lines.append(" & ".join(row) + " \\\\")
     return "\n".join(lines + ["\\hline", "\\end{tabular}"]) + "\n"
 
