@@ -129,7 +129,8 @@ def test_nothing_in_the_learner_contract_is_dead():
 
 METHOD_DOCS = {"mgclip": r"SPEC (\d+)(?:-(\d+))?", "rapf": r"\bR(\d+)(?:-R(\d+))?\b",
                "proof": r"\bP(\d+)(?:-P(\d+))?\b", "simplecil": r"\bS(\d+)(?:-S(\d+))?\b",
-               "aper_adapter": r"\bA(\d+)(?:-A(\d+))?\b", "moe_adapters": r"\bM(\d+)(?:-M(\d+))?\b"}
+               "aper_adapter": r"\bA(\d+)(?:-A(\d+))?\b", "moe_adapters": r"\bM(\d+)(?:-M(\d+))?\b",
+               "prompts": r"\b([LDC])(\d+)(?:-[LDC](\d+))?\b"}  # one file, three methods: a letter each
 
 
 def doc_items(method):
@@ -139,9 +140,9 @@ def doc_items(method):
     items, tests = set(), []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not line.startswith("| ") or len(cells) < 3 or not re.fullmatch(r"[RPSAM]?\d+", cells[0]):
+        if not line.startswith("| ") or len(cells) < 3 or not re.fullmatch(r"[RPSAMLDC]?\d+", cells[0]):
             continue
-        items.add(int(re.sub(r"\D", "", cells[0])))
+        items.add((re.sub(r"\d", "", cells[0]) if method == "prompts" else "", int(re.sub(r"\D", "", cells[0]))))
         current = header_file.group(1) if header_file else None
         for path, name in re.findall(r"`(?:(tests/test_\w+\.py)::)?(test_\w+)`", cells[-1]):
             current = path or current
@@ -152,11 +153,14 @@ def doc_items(method):
 def test_every_item_a_method_file_cites_is_in_its_doc_and_every_test_named_there_exists():
     for method, pattern in METHOD_DOCS.items():
         items, tests = doc_items(method)
-        assert items == set(range(1, max(items) + 1)), method  # 1..n, none missing
+        for letter in {a for a, _ in items}:  # 1..n, none missing (per letter where a file has several)
+            numbers = {n for a, n in items if a == letter}
+            assert numbers == set(range(1, max(numbers) + 1)), (method, letter)
         source = open(os.path.join(ROOT, "models", f"{method}.py"), encoding="utf-8").read()
         cited = set()
-        for a, b in re.findall(pattern, source):
-            cited |= set(range(int(a), int(b or a) + 1))
+        for found in re.findall(pattern, source):
+            letter, a, b = found if len(found) == 3 else ("", *found)
+            cited |= {(letter, n) for n in range(int(a), int(b or a) + 1)}
         assert cited and cited <= items, (method, sorted(cited - items))
         assert tests, method
         for path, name in tests:

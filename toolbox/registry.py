@@ -25,6 +25,9 @@ LEARNERS: Dict[str, str] = {
     "simplecil": "models.simplecil:SimpleCIL",
     "aper_adapter": "models.aper_adapter:APER",
     "moe_adapters": "models.moe_adapters:MoEAdapters",
+    "l2p": "models.prompts:L2P",
+    "dualprompt": "models.prompts:DualPrompt",
+    "coda_prompt": "models.prompts:CODAPrompt",
 }
 
 

@@ -18,7 +18,7 @@ import os
 import sys
 import types
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -113,6 +113,10 @@ class SDPAttention(nn.Module):
     ``F.scaled_dot_product_attention``. CLIP's text mask is plain causal, so it is applied
     with ``is_causal`` and stays exact for any (trimmed) sequence length.
     Input and output layout is CLIP's (L, N, D).
+
+    ``prefix``: None, or ``(pk, pv)`` of shape (N, P, D) each: P key and value vectors
+    prepended to every head's keys and values after the projections (prefix-tuning, as the
+    prompt methods' official ViT does; ``utils.prompt_pool.prefixed`` sets it per block).
     """
 
     def __init__(self, mha: nn.MultiheadAttention, causal: bool, batch_first: bool = False):
@@ -131,6 +135,7 @@ class SDPAttention(nn.Module):
         self.out_proj = nn.utils.skip_init(nn.Linear, d, d)
         self.out_proj.weight.data.copy_(mha.out_proj.weight.detach())
         self.out_proj.bias.data.copy_(mha.out_proj.bias.detach())
+        self.prefix: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def forward(self, query: torch.Tensor, key=None, value=None, need_weights: bool = False, attn_mask=None):
         # CLIP calls attn(x, x, x, need_weights=False, attn_mask=mask): self-attention only.
@@ -141,8 +146,17 @@ class SDPAttention(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:  # (L, N, D) -> (N, H, L, D/H)
             return t.reshape(L, N, H, D // H).permute(1, 2, 0, 3)
 
-        out = F.scaled_dot_product_attention(
-            split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), is_causal=self.causal)
+        k, v = split(self.k_proj(x)), split(self.v_proj(x))
+        if self.prefix is not None:
+            if self.causal:
+                raise ValueError("a key/value prefix on causal (text) attention is not supported")
+
+            def heads(p: torch.Tensor) -> torch.Tensor:  # (N, P, D) -> (N, H, P, D/H)
+                return p.reshape(N, p.shape[1], H, D // H).transpose(1, 2).to(k.dtype)
+
+            k = torch.cat([heads(self.prefix[0]), k], dim=2)
+            v = torch.cat([heads(self.prefix[1]), v], dim=2)
+        out = F.scaled_dot_product_attention(split(self.q_proj(x)), k, v, is_causal=self.causal)
         out = self.out_proj(out.permute(2, 0, 1, 3).reshape(L, N, D))
         return (out.transpose(0, 1) if self.batch_first else out), None
 
