@@ -14,6 +14,7 @@
 #   imagenet_r  end to end, ImageNet-R-shaped JPEG folders (reference: first 3 tasks)
 #   numerics    bf16 vs the default numerics: features, gap per probe epoch, E, accuracies
 #   rapf, proof RAPF / PROOF end to end, CIFAR-100 stand-in, ours vs the official cost structure (reference: first 2 tasks)
+#   l2p, dualprompt, coda  the prompt methods end to end, 5 epochs per task (official: 20), query cache vs none
 # Extra options for end_to_end.py go in E2E_ARGS (e.g. E2E_ARGS="--reference-tasks 0").
 # Each stage's JSON and log land in $OUT (benchmarks/results/ when OUT is unset).
 set -uo pipefail
@@ -36,9 +37,11 @@ for stage in "${stages[@]}"; do
     compile)    python3 benchmarks/throughput.py --compile --no-reference --out "$OUT_DIR/throughput_compiled.json" ;;
     numerics)   python3 benchmarks/numerics.py --out "$OUT_DIR/numerics.json" ;;
     rapf|proof) python3 benchmarks/methods_end_to_end.py --method "$stage" --out "$OUT_DIR/${stage}_end_to_end.json" ;;
+    l2p|dualprompt|coda) python3 benchmarks/methods_end_to_end.py --method "$stage" --epochs 5 --reference-tasks 1 \
+                  --out "$OUT_DIR/${stage}_end_to_end.json" ;;
     cifar|imagenet_r)
                 python3 benchmarks/end_to_end.py --workloads "$stage" ${E2E_ARGS:-} --out "$OUT_DIR/end_to_end_$stage.json" ;;
-    *)          echo "unknown stage '$stage' (tests, throughput, compile, numerics, cifar, imagenet_r, rapf, proof)"; exit 2 ;;
+    *)          echo "unknown stage '$stage' (tests, throughput, compile, numerics, cifar, imagenet_r, rapf, proof, l2p, dualprompt, coda)"; exit 2 ;;
   esac
   rc=$?
   [ $rc -ne 0 ] && { echo "stage $stage failed (exit $rc)"; status=$rc; }

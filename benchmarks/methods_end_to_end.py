@@ -1,8 +1,16 @@
-"""Whole RAPF (or PROOF) runs, ours vs the official code's cost structure, in one process.
+"""Whole RAPF, PROOF, L2P++, DualPrompt or CODA-Prompt runs, ours vs the official code's
+cost structure, in one process.
 
     python benchmarks/methods_end_to_end.py                   # RAPF, CIFAR-100 B0 Inc10 stand-in, ViT-B/16 shapes, GPU
     python benchmarks/methods_end_to_end.py --method proof    # PROOF, its official CIFAR-100 values
+    python benchmarks/methods_end_to_end.py --method coda     # CODA-Prompt (or l2p, dualprompt), official CIFAR values
     python benchmarks/methods_end_to_end.py --smoke           # tiny CLIP, tiny data, CPU (for tests)
+
+L2P++ / DualPrompt / CODA-Prompt: ours = ``models.prompts`` with ``query_cache: true`` (the
+frozen query forward once per image); reference = the same learner with ``query_cache:
+false``, which runs the frozen encoder a second time on every training batch and every
+evaluated image, as the official ``ViTZoo.forward`` does. Their official CIFAR-100 values
+(20 epochs, batch 128, lr 1e-3; ``--epochs`` to shorten).
 
 PROOF: ours = ``models.proof.PROOF`` (features once per image, prompts once per task, no
 unreported evaluations); reference = ``benchmarks.proof_reference.ReferencePROOF``.
@@ -30,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.proof_reference import ReferencePROOF  # noqa: E402
 from benchmarks.rapf_reference import ReferenceRAPF  # noqa: E402
+from models.prompts import L2P, CODAPrompt, DualPrompt  # noqa: E402
 from models.proof import PROOF  # noqa: E402
 from models.rapf import RAPF  # noqa: E402
 from toolbox import registry  # noqa: E402
@@ -70,16 +79,44 @@ class BenchReferencePROOF(_Limited, ReferencePROOF):
     pass
 
 
+class BenchL2P(_Limited, L2P):
+    pass
+
+
+class BenchDualPrompt(_Limited, DualPrompt):
+    pass
+
+
+class BenchCODAPrompt(_Limited, CODAPrompt):
+    pass
+
+
+PROMPT_METHODS = {"l2p": "BenchL2P", "dualprompt": "BenchDualPrompt", "coda": "BenchCODAPrompt"}
+
+
 def registered(method: str = "rapf"):
     """The two benchmark learners of ``method`` in the registry while measuring (subclasses:
     they declare the method's options and release)."""
-    cls = {"rapf": ("BenchRAPF", "BenchReferenceRAPF"), "proof": ("BenchPROOF", "BenchReferencePROOF")}[method]
+    cls = {"rapf": ("BenchRAPF", "BenchReferenceRAPF"), "proof": ("BenchPROOF", "BenchReferencePROOF"),
+           **{m: (c, c) for m, c in PROMPT_METHODS.items()}}[method]  # the reference: query_cache false
     return registry.registered({f"bench_{method}": f"{__name__}:{cls[0]}",
                                 f"bench_{method}_reference": f"{__name__}:{cls[1]}"})
 
 
 def config(args, model: str) -> Dict[str, Any]:
     smoke = args.smoke
+    method = model[len("bench_"):].replace("_reference", "")
+    if method in PROMPT_METHODS:
+        tiny_layers = {"l2p": {}, "dualprompt": {"prompt_layers": [1], "g_prompt_layers": [0]},
+                       "coda": {"prompt_layers": [0, 1], "pool_size": 8, "prompt_length": 4}}[method]
+        return {"model_name": model, "dataset": "synthetic", "synthetic_classes": 8 if smoke else 100,
+                "synthetic_train_per_class": 6 if smoke else 500, "synthetic_test_per_class": 3 if smoke else 100,
+                "synthetic_image_size": 32, "init_cls": 2 if smoke else 10, "increment": 2 if smoke else 10,
+                "backbone": "tiny-random" if smoke else args.backbone, "device": "cpu" if smoke else args.device,
+                "seed": 1993, "epochs": 2 if smoke else args.epochs, "lr": 1e-3, "batch_size": 4 if smoke else 128,
+                "eval_batch_size": 16 if smoke else 128, "query_cache": not model.endswith("_reference"),
+                "num_workers": 0 if smoke else args.workers, "preprocess": "device", "prefix": model,
+                **(tiny_layers if smoke else {})}
     if model.startswith("bench_proof"):
         return {"model_name": model, "dataset": "synthetic", "synthetic_classes": 8 if smoke else 100,
                 "synthetic_train_per_class": 6 if smoke else 500, "synthetic_test_per_class": 3 if smoke else 100,
@@ -109,19 +146,22 @@ def run_path(cfg_dict: Dict[str, Any], logdir: str, max_tasks: Optional[int]) ->
     except StopIteration:
         run_dir = None
     wall = time.perf_counter() - _Limited.started
-    accuracy = []
     if run_dir is None:
         from toolbox.trainer import run_dir_for
 
         run_dir = run_dir_for(cfg, cfg.seeds()[0])
     with open(os.path.join(run_dir, "results.json")) as f:
-        accuracy = json.load(f)["accuracy"]
-    return {"wall_s": wall, "task_end_s": list(_Limited.task_end_s), "accuracy": accuracy}
+        results = json.load(f)
+    out = {"wall_s": wall, "task_end_s": list(_Limited.task_end_s), "accuracy": results["accuracy"]}
+    if "query_images" in results:  # the prompt methods: images through the frozen query forward
+        out["query_images"] = results["query_images"]
+    return out
 
 
 def main(argv: List[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", default="rapf", choices=["rapf", "proof"])
+    p.add_argument("--method", default="rapf", choices=["rapf", "proof", *PROMPT_METHODS])
+    p.add_argument("--epochs", type=int, default=20, help="epochs per task of the prompt methods (official: 20)")
     p.add_argument("--backbone", default="vit-b16-random")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=8)
@@ -153,6 +193,9 @@ def main(argv: List[str] = None) -> int:
           f"| first {k} task(s) | {at:.1f} | {ref['task_end_s'][-1] if k else ref['wall_s']:.1f} | "
           f"{(ref['task_end_s'][-1] / at if k and at > 0 else float('nan')):.1f}x |\n"
           f"| all tasks (ours) | {ours['wall_s']:.1f} | - | - |")
+    if "query_images" in ours:
+        print(f"frozen query forwards (images): ours {ours['query_images']} in all; reference "
+              f"{ref['query_images']} in {k or 'all'} task(s)")
     print(f"device: {out['device']}; wrote {args.out}")
     return 0
 

@@ -153,7 +153,8 @@ class PromptLearner(CLIPLearner, BaseLearner):
         self.pool: Optional[nn.Module] = None
         self.head = linear_from(torch.zeros(0, self.width, device=self._device), torch.zeros(0, device=self._device))
         self.queries = FeatureCache(self._query, self._network.input_resolution, self.cfg, self._device)
-        self.record = {"epochs": {"mode": "fixed", "chosen": self.epochs}, "trainable_parameters": None}
+        self.record = {"epochs": {"mode": "fixed", "chosen": self.epochs}, "trainable_parameters": None,
+                       "query_images": 0}  # images through the frozen query forward (L8: once each with the cache)
 
     # ------------------------------------------------------------------ the encoder
     def _class_token(self, images: torch.Tensor, prefixes=None) -> torch.Tensor:
@@ -171,6 +172,7 @@ class PromptLearner(CLIPLearner, BaseLearner):
     @torch.no_grad()
     def _query(self, images: torch.Tensor) -> torch.Tensor:
         """L4: the frozen encoder's class token, no prompts."""
+        self.record["query_images"] += len(images)
         return self._class_token(images)
 
     def _make_pool(self, tasks: int) -> nn.Module:
@@ -201,7 +203,8 @@ class PromptLearner(CLIPLearner, BaseLearner):
         official head has every class's row from the start; a row is used from its task on)."""
         fresh = nn.Linear(self.width, classes).to(self._device)
         with torch.no_grad():
-            self.head = linear_from(torch.cat([self.head.weight, fresh.weight]), torch.cat([self.head.bias, fresh.bias]))
+            self.head = linear_from(torch.cat([self.head.weight, fresh.weight]),
+                                    torch.cat([self.head.bias, fresh.bias]))
 
     def _batch_queries(self, cached, idx: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if cached is not None:

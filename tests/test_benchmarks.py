@@ -60,7 +60,7 @@ def test_jpeg_folders_are_the_same_written_in_parallel(tmp_path):
             assert x.read() == y.read(), f
 
 
-@pytest.mark.parametrize("method", ["rapf", "proof"])
+@pytest.mark.parametrize("method", ["rapf", "proof", "l2p", "dualprompt", "coda"])
 def test_methods_end_to_end_smoke(tmp_path, capsys, method):
     from benchmarks import methods_end_to_end
 
@@ -71,6 +71,10 @@ def test_methods_end_to_end_smoke(tmp_path, capsys, method):
     assert len(ours["accuracy"]) == 4 and len(ref["accuracy"]) == 2  # the reference stops after 2 tasks
     assert len(ref["task_end_s"]) == 2 and all(t > 0 for t in ours["task_end_s"])
     assert "speed-up" in capsys.readouterr().out
+    if method in ("l2p", "dualprompt", "coda"):
+        # ours: each of the 8 x 6 train and 8 x 3 test images once; the reference: every batch of 4 in
+        # each of 2 epochs over a task's 12 images, then the seen test images, for 2 tasks
+        assert ours["query_images"] == 48 + 24 and ref["query_images"] == 2 * 2 * 12 + (6 + 12)
 
 
 def test_numerics_smoke(tmp_path, capsys):

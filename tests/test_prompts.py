@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from main import main
-from models.prompts import CODAPrompt, DualPrompt, L2P
+from models.prompts import L2P, CODAPrompt, DualPrompt
 from tests.conftest import make_learner, tiny_args
 from toolbox.configs import make_config
 from utils.clip_backbone import SDPAttention, load_clip
@@ -305,22 +305,33 @@ def test_l5_the_last_partial_batch_is_dropped(tmp_path):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_l7_prediction_is_the_largest_head_logit_over_the_seen_classes(tmp_path, method):
+def test_l7_prediction_is_the_largest_head_logit_over_the_seen_classes(tmp_path, monkeypatch, method):
+    import models.prompts
+    from utils.clip_ops import make_loader, task_data
+
     learner, dm = make_learner(prompt_args(tmp_path, method))
     for _ in range(2):
         learner.incremental_train(dm)
         learner.after_task()
-    accy, _ = learner.eval_task()
-    from utils.clip_ops import make_loader, task_data
+    scored = {}
+    original = models.prompts.scores_result
 
+    def recording(learner_, scores, labels):  # observe what the evaluation scores, then score it as usual
+        scored["scores"], scored["labels"] = scores, labels
+        return original(learner_, scores, labels)
+
+    monkeypatch.setattr(models.prompts, "scores_result", recording)
+    accy, _ = learner.eval_task()
     data = task_data(dm, range(4), "test", 32, learner.cfg, learner._device)
     x, y = zip(*[(b[1], b[2]) for b in make_loader(data, 64, False, 0, learner._device)])
     x, y = torch.cat(x), torch.cat(y)
     with torch.no_grad():
-        prefixes, _ = learner.pool(manual_class_token(learner._network, x), False, 1)
+        prefixes, _ = learner.pool(manual_class_token(learner._network, x), False, 1)  # no task id
         with prefixed(learner._network, prefixes):
-            logits = learner.head(manual_class_token(learner._network, x)).numpy()[:, :4]
-    assert accy["top1"] == pytest.approx(round(100 * float(np.mean(logits.argmax(1) == y.numpy())), 2))
+            logits = learner.head(manual_class_token(learner._network, x))[:, :4]
+    torch.testing.assert_close(scored["scores"], logits, rtol=1e-4, atol=1e-5)
+    assert torch.equal(scored["labels"], y)
+    assert accy["top1"] == pytest.approx(round(100 * float(np.mean(logits.numpy().argmax(1) == y.numpy())), 2))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -334,10 +345,12 @@ def test_l8_the_query_cache_is_exact_and_encodes_each_image_once(tmp_path, metho
             learner.incremental_train(dm)
             accs.append(learner.eval_task()[0]["top1"])
             learner.after_task()
-        results[cache] = (accs, learner.head.weight.detach().clone(), learner.queries.images_encoded)
+        results[cache] = (accs, learner.head.weight.detach().clone(), learner.record["query_images"])
     assert results[True][0] == results[False][0]
     torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-6)
-    assert results[True][2] == 6 * 8 + 6 * 4 and results[False][2] == 0  # every train and test image, once
+    assert results[True][2] == 6 * 8 + 6 * 4  # every train and test image once
+    # without the cache: 2 epochs over each task's 16 images (full batches of 8), then the seen test images
+    assert results[False][2] == 3 * 2 * 16 + (8 + 16 + 24)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -351,7 +364,10 @@ def test_prompt_methods_resume_exactly(tmp_path, monkeypatch, method):
     run_dir = run_dir_for(make_config(args), 1993)
     reference = without_timings(read(run_dir))
     assert reference["finished"] and reference["trainable_parameters"] > 0
-    assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
+    resumed = resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed")
+    # a cost counter, like the timings: the resumed process computes the queries once more
+    assert resumed.pop("query_images") == reference.pop("query_images") + 6 * 8 + 6 * 4
+    assert resumed == reference
 
 
 @pytest.mark.parametrize("method, key, value, allowed", [

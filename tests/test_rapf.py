@@ -319,10 +319,12 @@ def test_the_side_by_side_demo_runs_offline_and_reports_every_method(tmp_path):
     assert main(["--config", "compare_demo", "--set", f"logdir={logdir}", "--set", "seed=1993",
                  "--set", "synthetic_classes=12", "--set", "init_cls=4", "--set", "increment=4",
                  "--set", "rapf.epochs=3", "--set", "proof.epochs=2",
-                 "--set", "aper_adapter.epochs=1", "--set", "moe_adapters.epochs=1", "-q"]) == 0
+                 "--set", "aper_adapter.epochs=1", "--set", "moe_adapters.epochs=1", "--set", "l2p.epochs=1",
+                 "--set", "dualprompt.epochs=1", "--set", "coda_prompt.epochs=1", "-q"]) == 0
     rows = make_report([str(logdir)], str(tmp_path / "report"))["rows"]
     assert sorted(r["method"] for r in rows) == [
-        "aper_adapter", "mgclip", "moe_adapters", "proof", "rapf", "simplecil", "zs_clip"]
+        "aper_adapter", "coda_prompt", "dualprompt", "l2p", "mgclip", "moe_adapters", "proof", "rapf", "simplecil",
+        "zs_clip"]
     orders = set()
     for run in glob.glob(str(logdir / "*" / "synthetic" / "4" / "4" / "compare_1993")):
         with open(os.path.join(run, "results.json")) as f:

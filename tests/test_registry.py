@@ -63,7 +63,8 @@ def test_what_the_learners_declare():
     assert {m: method_release(m) for m in sorted(LEARNERS)} == {"mgclip": "mgclip", "proof": "mgclip",
                                                                  "rapf": "rapf", "zs_clip": "mgclip",
                                                                  "simplecil": "mgclip", "aper_adapter": "mgclip",
-                                                                 "moe_adapters": "mgclip"}
+                                                                 "moe_adapters": "mgclip", "l2p": "mgclip",
+                                                                 "dualprompt": "mgclip", "coda_prompt": "mgclip"}
     assert options_class("zs_clip") is None and options_class("mgclip").__name__ == "MGCLIPOptions"
     assert option_owner("lora_rank") == ["mgclip"] and option_owner("beta") == ["rapf"]
 
@@ -93,7 +94,9 @@ def test_every_registered_learner_keeps_the_contract(tmp_path, model):
     from toolbox.data_manager import DataManager
     from toolbox.registry import get_model
 
-    cfg = make_config(tiny_args(tmp_path, model_name=model, epochs=1))
+    tiny_blocks = {"dualprompt": {"prompt_layers": [1], "g_prompt_layers": [0]},  # tiny CLIP has 2 image blocks
+                   "coda_prompt": {"prompt_layers": [0, 1]}}.get(model, {})
+    cfg = make_config(tiny_args(tmp_path, model_name=model, epochs=1, **tiny_blocks))
     args = {**cfg.to_dict(), "seed": 1993}
 
     def build():

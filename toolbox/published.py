@@ -79,6 +79,10 @@ PUBLISHED = (
     Published("moe_adapters", "imagenet_r", 20, 20, "ViT-L/14", 93.27, 90.42, "MG-CLIP supplementary, Table 2"),
     Published("aper_adapter", "cifar100", 10, 10, "ViT-L/14", 80.21, 71.95, "MG-CLIP supplementary, Table 2"),
     Published("aper_adapter", "imagenet_r", 20, 20, "ViT-L/14", 89.17, 85.40, "MG-CLIP supplementary, Table 2"),
+    *(Published(method, dataset, inc, inc, "ViT-L/14", avg, last, "MG-CLIP supplementary, Table 2")
+      for method, figures in (("l2p", (85.68, 77.86, 90.49, 86.73)), ("dualprompt", (86.63, 79.12, 90.66, 87.14)),
+                              ("coda_prompt", (85.82, 78.67, 89.11, 84.56)))
+      for dataset, inc, avg, last in (("cifar100", 10, *figures[:2]), ("imagenet_r", 20, *figures[2:]))),
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -163,7 +163,3 @@ def official_cosine_lr(base_lr: float, epochs: int, epoch: int) -> float:
     if epochs <= 1:
         return base_lr
     return base_lr * math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
-
-
-def pool_parameters(pool: nn.Module) -> List[nn.Parameter]:
-    return list(pool.parameters())
