@@ -107,8 +107,9 @@ def config(args, model: str) -> Dict[str, Any]:
     smoke = args.smoke
     method = model[len("bench_"):].replace("_reference", "")
     if method in PROMPT_METHODS:
+        small_pool = {"pool_size": 8, "prompt_length": 4} if smoke else {}
         tiny_layers = {"l2p": {}, "dualprompt": {"prompt_layers": [1], "g_prompt_layers": [0]},
-                       "coda": {"prompt_layers": [0, 1], "pool_size": 8, "prompt_length": 4}}[method]
+                       "coda": {"prompt_layers": [0, 1], **small_pool}}[method]
         return {"model_name": model, "dataset": "synthetic", "synthetic_classes": 8 if smoke else 100,
                 "synthetic_train_per_class": 6 if smoke else 500, "synthetic_test_per_class": 3 if smoke else 100,
                 "synthetic_image_size": 32, "init_cls": 2 if smoke else 10, "increment": 2 if smoke else 10,
@@ -116,7 +117,7 @@ def config(args, model: str) -> Dict[str, Any]:
                 "seed": 1993, "epochs": 2 if smoke else args.epochs, "lr": 1e-3, "batch_size": 4 if smoke else 128,
                 "eval_batch_size": 16 if smoke else 128, "query_cache": not model.endswith("_reference"),
                 "num_workers": 0 if smoke else args.workers, "preprocess": "device", "prefix": model,
-                **(tiny_layers if smoke else {})}
+                **(tiny_layers if smoke or args.backbone == "tiny-random" else {})}  # tiny CLIP: 2 blocks
     if model.startswith("bench_proof"):
         return {"model_name": model, "dataset": "synthetic", "synthetic_classes": 8 if smoke else 100,
                 "synthetic_train_per_class": 6 if smoke else 500, "synthetic_test_per_class": 3 if smoke else 100,

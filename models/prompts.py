@@ -27,13 +27,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import Subset
 
 from models.base import BaseLearner
 from utils.clip_backbone import autocast
 from utils.clip_ops import CLIPLearner, begin_task, build_backbone, make_loader, progress, scores_result, task_data
 from utils.config import DATASET_CLASSES, ConfigError, require
 from utils.errors import checked_step
-from utils.feature_cache import FeatureCache
 from utils.prompt_pool import CodaPool, KeyedPromptPool, official_cosine_lr, prefixed
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,14 @@ class CODAOptions(PromptOptions):
                 f"at least the number of tasks ({tasks}): each task gets pool_size // tasks components")
 
 
+class SeenRows(Subset):
+    """The items ``rows`` of a dataset (keeping each item's own index, as the query cache needs)."""
+
+    @property
+    def in_memory(self) -> bool:
+        return getattr(self.dataset, "in_memory", False)
+
+
 def linear_from(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
     """A linear layer holding ``weight`` (out, in) and ``bias`` (out,) as its parameters."""
     layer = nn.Linear(weight.shape[1], max(weight.shape[0], 1), device="meta")
@@ -152,7 +160,7 @@ class PromptLearner(CLIPLearner, BaseLearner):
         self.tasks: Optional[int] = None
         self.pool: Optional[nn.Module] = None
         self.head = linear_from(torch.zeros(0, self.width, device=self._device), torch.zeros(0, device=self._device))
-        self.queries = FeatureCache(self._query, self._network.input_resolution, self.cfg, self._device)
+        self._test: Optional[Tuple[Any, torch.Tensor, torch.Tensor]] = None  # every test image: data, queries, labels
         self.record = {"epochs": {"mode": "fixed", "chosen": self.epochs}, "trainable_parameters": None,
                        "query_images": 0}  # images through the frozen query forward (L8: once each with the cache)
 
@@ -206,16 +214,17 @@ class PromptLearner(CLIPLearner, BaseLearner):
             self.head = linear_from(torch.cat([self.head.weight, fresh.weight]),
                                     torch.cat([self.head.bias, fresh.bias]))
 
-    def _batch_queries(self, cached, idx: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if cached is not None:
-            q, lab = cached
-            idx = idx.to(q.device)
-            if torch.equal(lab[idx], labels):
-                return q[idx]
-            logger.warning("the data manager's datasets do not line up with the query cache: computing queries "
-                           "per batch from here on (set query_cache: false to skip the cache)")
-            self.opts.query_cache = False
-        return self._query(images)
+    @torch.no_grad()
+    def _queries_of(self, data) -> Tuple[torch.Tensor, torch.Tensor]:
+        """L8: the query and label of every item of ``data``, indexed by the item's own index
+        (what a loader over it, or over a subset of it, yields), so they line up by construction."""
+        loader = make_loader(data, self.cfg.eval_batch_size, False, self.cfg.num_workers, self._device)
+        q = torch.zeros(len(loader.dataset), self.width, device=self._device)
+        labels = torch.zeros(len(loader.dataset), dtype=torch.long, device=self._device)
+        for idx, x, y in progress(loader, "queries"):
+            idx = idx.to(self._device)
+            q[idx], labels[idx] = self._query(x), y
+        return q, labels
 
     def logits(self, images: torch.Tensor, queries: torch.Tensor, train: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """Head logits over the seen classes (N, seen) and the pool's loss."""
@@ -230,7 +239,7 @@ class PromptLearner(CLIPLearner, BaseLearner):
         data = task_data(dm, new, "train", self._network.input_resolution, cfg, self._device)
         loader = make_loader(data, cfg.batch_size, True, cfg.num_workers, self._device)
         drop_last = len(loader.dataset) >= cfg.batch_size  # a task smaller than one batch still trains
-        cached = self.queries.get(dm, "train", new) if self.opts.query_cache else None
+        cached = self._queries_of(data)[0] if self.opts.query_cache else None
         self.pool.train()
         for epoch in range(self.epochs):
             for group in opt.param_groups:
@@ -238,7 +247,7 @@ class PromptLearner(CLIPLearner, BaseLearner):
             for step, (idx, x, y) in enumerate(progress(loader, f"task {self._cur_task} epoch {epoch + 1}")):
                 if drop_last and len(y) < cfg.batch_size:
                     continue
-                q = self._batch_queries(cached if self.opts.query_cache else None, idx, x, y)
+                q = cached[idx.to(self._device)] if cached is not None else self._query(x)
                 logits, pool_loss = self.logits(x, q, train=True)
                 logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device)
                                             < self._known_classes, float("-inf"))
@@ -251,13 +260,20 @@ class PromptLearner(CLIPLearner, BaseLearner):
     def eval_task(self):
         """L7: the seen class with the largest head logit, prompts chosen without the task id."""
         with self._timed("eval"):
-            seen = range(self._total_classes)
-            data = task_data(self.data_manager, seen, "test", self._network.input_resolution, self.cfg, self._device)
-            loader = make_loader(data, self.cfg.eval_batch_size, False, self.cfg.num_workers, self._device)
-            cached = self.queries.get(self.data_manager, "test", seen) if self.opts.query_cache else None
+            dm, res, cfg = self.data_manager, self._network.input_resolution, self.cfg
+            if self.opts.query_cache:
+                if self._test is None:  # every test image's query once, for this and every later evaluation
+                    every = task_data(dm, range(dm.get_total_classnum()), "test", res, cfg, self._device)
+                    self._test = (every, *self._queries_of(every))
+                every, cached, all_labels = self._test
+                rows = torch.nonzero(all_labels < self._total_classes).flatten().tolist()
+                data = (SeenRows(every[0], rows), every[1])
+            else:
+                data, cached = task_data(dm, range(self._total_classes), "test", res, cfg, self._device), None
+            loader = make_loader(data, cfg.eval_batch_size, False, cfg.num_workers, self._device)
             scores, labels = [], []
             for idx, x, y in progress(loader, "eval"):
-                q = self._batch_queries(cached if self.opts.query_cache else None, idx, x, y)
+                q = cached[idx.to(self._device)] if cached is not None else self._query(x)
                 scores.append(self.logits(x, q, train=False)[0])
                 labels.append(y)
         return scores_result(self, torch.cat(scores), torch.cat(labels))

@@ -213,6 +213,21 @@ def test_trainable_parameters_on_vit_b16_shapes_equal_the_official_modules():
     assert [count(m) + head for m in (l2p, dual, coda)] == [560_740, 569_956, 3_916_900]
 
 
+def test_the_learners_read_clip_vit_b16_at_the_official_width(tmp_path):
+    """CLIP ViT-B/16's class token before the projection is 768 wide: each learner's pool and
+    head on it (official options, 10 tasks, 100 classes) count as the official modules."""
+    official = {"l2p": {}, "dualprompt": {"prompt_layers": [2, 3, 4], "g_prompt_layers": [0, 1]},
+                "coda_prompt": {"prompt_layers": [0, 1, 2, 3, 4], "pool_size": 100, "prompt_length": 8}}
+    counts = []
+    for method in METHODS:
+        learner, _ = make_learner(prompt_args(tmp_path, method, backbone="vit-b16-random", **official[method]))
+        learner._ensure_pool(10)
+        learner._grow_head(100)
+        assert learner.width == 768
+        counts.append(sum(p.numel() for p in [*learner.pool.parameters(), *learner.head.parameters()]))
+    assert counts == [560_740, 569_956, 3_916_900]
+
+
 # ----------------------------------------------------------------------------- the learner (L4-L8)
 def manual_class_token(net, images):
     """CLIP's image encoder written out: patches, class token, positions, ln_pre, blocks, ln_post."""
@@ -225,6 +240,20 @@ def manual_class_token(net, images):
         x = x + block.attn(h, h, h)[0]
         x = x + block.mlp(block.ln_2(x))
     return v.ln_post(x[0])
+
+
+
+def test_l4_on_openclip_the_query_is_its_pooled_final_class_token(tmp_path):
+    pytest.importorskip("open_clip", reason="pip install -e .[openclip] (CI installs it)")
+    learner, _ = make_learner(prompt_args(tmp_path, "l2p", backbone="openclip:tiny-random"))
+    v = learner._network.model.visual
+    images = rand(3, 3, 32, 32, seed=13)
+    with torch.no_grad():  # OpenCLIP's image tower written out (batch-first, LayerNorm on every token)
+        x = v.conv1(images).flatten(2).transpose(1, 2)
+        x = torch.cat([v.class_embedding.expand(x.shape[0], 1, -1), x], dim=1) + v.positional_embedding
+        x = v.transformer(v.ln_pre(x))
+        expected = v.ln_post(x)[:, 0]
+    torch.testing.assert_close(learner._query(images), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -365,8 +394,8 @@ def test_prompt_methods_resume_exactly(tmp_path, monkeypatch, method):
     reference = without_timings(read(run_dir))
     assert reference["finished"] and reference["trainable_parameters"] > 0
     resumed = resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed")
-    # a cost counter, like the timings: the resumed process computes the queries once more
-    assert resumed.pop("query_images") == reference.pop("query_images") + 6 * 8 + 6 * 4
+    # a cost counter, like the timings: the resumed process computes the test images' queries once more
+    assert resumed.pop("query_images") == reference.pop("query_images") + 6 * 4
     assert resumed == reference
 
 
@@ -379,4 +408,21 @@ def test_bad_options_are_one_line_naming_the_key(tmp_path, capsys, method, key, 
     path.write_text(json.dumps({**prompt_args(tmp_path, method), key: value}))
     assert main(["--config", str(path), "-q"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"'{key}'" in err and allowed in err
+    assert len(err.splitlines()) == 1 and f"{method}: config key '{key}'" in err and allowed in err
+
+
+def test_a_bad_option_in_a_side_by_side_config_names_its_method(capsys):
+    for setting, method in (("l2p.prompt_length=3", "l2p"), ("dualprompt.prompt_layers=[4]", "dualprompt"),
+                            ("coda_prompt.pool_size=2", "coda_prompt")):
+        assert main(["--config", "compare_demo", "--check", "--set", setting, "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"error: {method}: config key"), err
+
+
+def test_l5_epochs_auto_are_the_official_20_or_50_on_imagenet_r(tmp_path):
+    from toolbox.registry import get_model
+
+    for dataset, epochs in (("cifar100", 20), ("imagenet_r", 50), ("synthetic", 20)):
+        split = {"init_cls": 20, "increment": 20} if dataset != "synthetic" else {}
+        args = {**prompt_args(tmp_path, "l2p", epochs="auto"), "dataset": dataset, **split}
+        assert get_model("l2p", args).epochs == epochs

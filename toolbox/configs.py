@@ -14,7 +14,15 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
-from toolbox.registry import LEARNERS, check_model_name, method_release, option_names, option_owner, options_class
+from toolbox.registry import (
+    LEARNERS,
+    check_model_name,
+    method_release,
+    option_names,
+    option_owner,
+    options_class,
+    with_method,
+)
 from toolbox.released import TABLES, ReleasedFileError, release_of
 from utils.config import C3BOX_KEYS, DATASETS, Config, ConfigError, require
 
@@ -36,7 +44,10 @@ def make_config(d: Dict[str, Any]) -> Config:
             raise ConfigError(f"config key '{key}' is an option of {', '.join(option_owner(key))}, not of "
                               f"'{model}': remove it, or put it in that method's section of a side-by-side config")
         raise ConfigError(_unknown_key_message(key, names + own, model))
-    cfg = Config.from_dict({**d, "model_name": model}, options_cls=options_class(model))
+    try:
+        cfg = Config.from_dict({**d, "model_name": model}, options_cls=options_class(model))
+    except ConfigError as e:
+        raise ConfigError(with_method(model, str(e), own)) from None
     for key in RELEASED_KEYS:
         value = getattr(cfg, key)
         if not isinstance(value, str) or not (value == "released" or value.startswith("released:")):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import re
 from dataclasses import fields
 from typing import Any, Dict, Iterator, List, Optional, Set
 
@@ -66,9 +67,20 @@ def method_release(model_name: str) -> Optional[str]:
     return getattr(learner_class(model_name), "release", None)
 
 
+def with_method(model: str, message: str, own) -> str:
+    """An error about one of ``model``'s own options, naming the method first (in a side-by-side
+    config several methods may have an option of that name)."""
+    key = re.match(r"config key '(\w+)'", message)
+    return f"{model}: {message}" if key and key.group(1) in own else message
+
+
 def get_model(model_name: str, args: Dict[str, Any]):
-    """The learner registered as ``model_name``, built with ``args`` (a dict)."""
-    return learner_class(model_name)(args)
+    """The learner registered as ``model_name``, built with ``args`` (a dict). An option the
+    learner refuses only once built (e.g. against its backbone) names the method."""
+    try:
+        return learner_class(model_name)(args)
+    except ConfigError as e:
+        raise ConfigError(with_method(str(model_name).lower(), str(e), option_names(model_name))) from None
 
 
 @contextlib.contextmanager
