@@ -130,10 +130,13 @@ def test_a_whole_run_on_the_gpu(tmp_path):
     assert max(r["task_metrics"]["visual_accuracy"]) > 100 / 12 * 3  # learns well above chance on the GPU too
 
 
-@pytest.mark.parametrize("model, over", [("rapf", {"epochs": 3}), ("proof", {"epochs": 2, "lr": 0.01}),
-                                         ("zs_clip", {})])
+@pytest.mark.parametrize("model, over", [
+    ("rapf", {"epochs": 3}), ("proof", {"epochs": 2, "lr": 0.01}), ("zs_clip", {}), ("simplecil", {}),
+    ("aper_adapter", {"epochs": 2, "lr": 0.01}), ("moe_adapters", {"epochs": 1, "warmup_steps": 2}),
+    ("l2p", {"epochs": 2, "lr": 0.01}), ("dualprompt", {"epochs": 2, "prompt_layers": [1], "g_prompt_layers": [0]}),
+    ("coda_prompt", {"epochs": 2, "prompt_layers": [0, 1]})])
 def test_every_other_method_runs_on_the_gpu_in_its_default_numerics(tmp_path, model, over):
-    """RAPF's default on CUDA is its official fp16 path; PROOF's and zero-shot CLIP's fp32."""
+    """RAPF's default on CUDA is its official fp16 path; the others' fp32 (TF32 matrix products)."""
     from toolbox.trainer import run_one
 
     args = tiny_args(tmp_path, model_name=model, device="cuda", precision="auto", synthetic_classes=12,
@@ -159,3 +162,40 @@ def test_compiled_image_encoder_equals_eager_on_the_gpu():
     cos = torch.nn.functional.cosine_similarity(eager, compiled, dim=1)
     assert cos.min() > 0.999
     torch.testing.assert_close(shorter, compiled[:5], atol=2e-2, rtol=2e-2)
+
+
+def test_prefix_attention_on_the_gpu_matches_the_cpu():
+    """The prompt methods' key/value prefixes through SDPA on CUDA (strict fp32) against the CPU."""
+    from utils.clip_backbone import SDPAttention, set_matmul_precision
+
+    torch.manual_seed(0)
+    attn = SDPAttention(torch.nn.MultiheadAttention(64, 4), causal=False)
+    x = torch.randn(17, 3, 64)
+    pk, pv = torch.randn(3, 10, 64), torch.randn(3, 10, 64)
+    attn.prefix = (pk, pv)
+    with torch.no_grad():
+        cpu = attn(x, x, x)[0]
+        set_matmul_precision(CUDA, "fp32")
+        attn = attn.to(CUDA)
+        attn.prefix = (pk.to(CUDA), pv.to(CUDA))
+        gpu = attn(x.to(CUDA), x.to(CUDA), x.to(CUDA))[0].cpu()
+    set_matmul_precision(CUDA, "auto")
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_the_query_cache_is_exact_on_the_gpu(tmp_path):
+    from toolbox.trainer import run_one
+
+    accuracies = []
+    for cache in (True, False):
+        args = tiny_args(tmp_path / str(cache), model_name="coda_prompt", device="cuda", prompt_layers=[0, 1],
+                         synthetic_classes=12, synthetic_train_per_class=20, init_cls=4, increment=4, batch_size=16,
+                         epochs=2, query_cache=cache)
+        cfg = make_config(args)
+        with open(os.path.join(run_one(cfg, cfg.seeds()[0]), "results.json")) as f:
+            accuracies.append(json.load(f)["accuracy_matrix"])
+    print(f"CODA-Prompt on the GPU, with and without the query cache: {accuracies}")
+    # equal on the CPU (tests/test_prompts.py); on the GPU a kernel may round a batch of another size
+    # differently, so allow one test image of a task (16) to change its prediction
+    a, b = (np.array([v for row in m for v in row if v is not None], dtype=float) for m in accuracies)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 100 / 16 + 1e-6
