@@ -67,6 +67,17 @@ def test_l2_prefix_keys_and_values_join_every_head_after_the_projections():
     assert not np.allclose(attn(x, x, x)[0].detach().numpy(), out, atol=1e-3)
 
 
+def test_l2_prefix_on_batch_first_attention_as_openclip_lays_it_out():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2)
+    seq_first, batch_first = SDPAttention(mha, causal=False), SDPAttention(mha, causal=False, batch_first=True)
+    x = rand(5, 3, 8, seed=1)
+    prefix = (rand(3, 4, 8, seed=2), rand(3, 4, 8, seed=3))
+    seq_first.prefix = batch_first.prefix = prefix
+    xb = x.transpose(0, 1).contiguous()
+    torch.testing.assert_close(batch_first(xb, xb, xb)[0].transpose(0, 1), seq_first(x, x, x)[0])
+
+
 def test_prefixed_sets_only_the_named_blocks_and_clears_them():
     net = load_clip("tiny-random")
     blocks = net.model.visual.transformer.resblocks
