@@ -19,10 +19,9 @@ and reused for every epoch and evaluation (``query_cache``, exact; L8).
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,11 +31,9 @@ from torch.utils.data import Subset
 from models.base import BaseLearner
 from utils.clip_backbone import autocast
 from utils.clip_ops import CLIPLearner, begin_task, build_backbone, make_loader, progress, scores_result, task_data
-from utils.config import DATASET_CLASSES, ConfigError, require
+from utils.config import DATASET_CLASSES, require
 from utils.errors import checked_step
 from utils.prompt_pool import CodaPool, KeyedPromptPool, official_cosine_lr, prefixed
-
-logger = logging.getLogger(__name__)
 
 OFFICIAL_EPOCHS = {"imagenet_r": 50}  # configs/imnet-r_prompt.yaml; every other dataset: 20 (cifar-100_prompt.yaml)
 
@@ -58,6 +55,8 @@ class PromptOptions:
     prompt_layers: List[int] = field(default_factory=lambda: [0])
     weight_decay: float = 0.0
     query_cache: bool = True  # L8: the frozen query once per image (exact); false: a second forward per step
+    # why the pool needs a prompt per task ("": it does not): DualPrompt's E-prompts, CODA's components
+    pool_per_task: ClassVar[str] = ""
 
     def validate(self) -> None:
         for key, ok, allowed in [
@@ -68,6 +67,14 @@ class PromptOptions:
                  and all(i >= 0 for i in self.prompt_layers), "distinct block indices >= 0"),
                 ("weight_decay", self.weight_decay >= 0, "a number >= 0")]:
             require(ok, key, getattr(self, key), allowed)
+
+    def validate_with(self, cfg) -> None:
+        self.validate_tasks(number_of_tasks(cfg))
+
+    def validate_tasks(self, tasks: Optional[int]) -> None:
+        """D3: at least one prompt per task (``tasks`` None: not known from the config alone)."""
+        require(not self.pool_per_task or tasks is None or tasks <= self.pool_size, "pool_size", self.pool_size,
+                f"at least the number of tasks ({tasks}): {self.pool_per_task}")
 
 
 @dataclass
@@ -90,6 +97,7 @@ class DualPromptOptions(PromptOptions):
     prompt_layers: List[int] = field(default_factory=lambda: [2, 3, 4])
     g_prompt_length: int = 6
     g_prompt_layers: List[int] = field(default_factory=lambda: [0, 1])
+    pool_per_task: ClassVar[str] = "DualPrompt trains one E-prompt per task"
 
     def validate(self) -> None:
         super().validate()
@@ -97,11 +105,6 @@ class DualPromptOptions(PromptOptions):
                 self.g_prompt_length, "an even integer >= 2")
         require(len(self.g_prompt_layers) == len(set(self.g_prompt_layers)) and all(i >= 0 for i in
                 self.g_prompt_layers), "g_prompt_layers", self.g_prompt_layers, "distinct block indices >= 0")
-
-    def validate_with(self, cfg) -> None:
-        tasks = number_of_tasks(cfg)
-        require(tasks is None or tasks <= self.pool_size, "pool_size", self.pool_size,
-                f"at least the number of tasks ({tasks}): DualPrompt trains one E-prompt per task")
 
 
 @dataclass
@@ -113,15 +116,11 @@ class CODAOptions(PromptOptions):
     prompt_length: int = 8
     prompt_layers: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     ortho_mu: float = 0.0
+    pool_per_task: ClassVar[str] = "each task gets pool_size // tasks components"
 
     def validate(self) -> None:
         super().validate()
         require(self.ortho_mu >= 0, "ortho_mu", self.ortho_mu, "a number >= 0")
-
-    def validate_with(self, cfg) -> None:
-        tasks = number_of_tasks(cfg)
-        require(tasks is None or self.pool_size >= tasks, "pool_size", self.pool_size,
-                f"at least the number of tasks ({tasks}): each task gets pool_size // tasks components")
 
 
 class SeenRows(Subset):
@@ -188,6 +187,7 @@ class PromptLearner(CLIPLearner, BaseLearner):
 
     def _ensure_pool(self, tasks: int) -> None:
         if self.pool is None:
+            self.opts.validate_tasks(tasks)  # a fork's split is known only now
             self.tasks = tasks
             self.pool = self._make_pool(tasks).to(self._device)
 
@@ -326,9 +326,6 @@ class DualPrompt(PromptLearner):
 
     def _make_pool(self, tasks: int) -> nn.Module:
         o = self.opts
-        if tasks > o.pool_size:
-            raise ConfigError(f"config key 'pool_size' = {o.pool_size} is not allowed: at least the number of "
-                              f"tasks ({tasks}): DualPrompt trains one E-prompt per task")
         return KeyedPromptPool(self.width, self.width, o.pool_size, o.prompt_length, o.prompt_layers, top_k=1,
                                task_bootstrap=True, g_length=o.g_prompt_length, g_layers=o.g_prompt_layers)
 
@@ -339,9 +336,6 @@ class CODAPrompt(PromptLearner):
 
     def _make_pool(self, tasks: int) -> nn.Module:
         o = self.opts
-        if o.pool_size < tasks:
-            raise ConfigError(f"config key 'pool_size' = {o.pool_size} is not allowed: at least the number of "
-                              f"tasks ({tasks}): each task gets pool_size // tasks components")
         return CodaPool(self.width, self.width, o.pool_size, o.prompt_length, o.prompt_layers, tasks, o.ortho_mu)
 
     def _start_task(self) -> None:

@@ -150,6 +150,15 @@ def test_d3_dualprompt_needs_an_e_prompt_per_task(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "'pool_size'" in err and "number of tasks (3)" in err
 
 
+def test_d3_with_a_forks_split_the_pool_is_checked_once_the_tasks_are_known(tmp_path):
+    from utils.config import ConfigError
+
+    learner, _ = make_learner(prompt_args(tmp_path, "dualprompt", pool_size=3))  # the config's 3 tasks fit
+    with pytest.raises(ConfigError, match=r"'pool_size' = 3 .* number of tasks \(4\)"):
+        learner._ensure_pool(4)  # a fork's data manager with 4 tasks
+    assert learner.pool is None
+
+
 # ----------------------------------------------------------------------------- CODA-Prompt (C1-C4)
 def test_c1_coda_prompt_is_the_attention_weighted_sum_of_components():
     torch.manual_seed(0)
