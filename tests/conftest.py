@@ -57,6 +57,19 @@ def make_learner(args):
     return get_model(cfg.model_name, {**cfg.to_dict(), "seed": cfg.seeds()[0]}), dm
 
 
+def refused(folder, capsys, args) -> str:
+    """Runs ``main.py`` on a config of ``args`` written to ``folder``; asserts it stops before
+    any work (exit 2) with a one-line error and returns that line."""
+    from main import main
+
+    path = folder / "refused.json"
+    path.write_text(json.dumps(args))
+    assert main(["--config", str(path), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
 def _first(model_name):
     return model_name[0] if isinstance(model_name, list) else model_name
 
