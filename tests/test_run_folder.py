@@ -1,6 +1,8 @@
-"""What protects a run folder: a rerun that fails any check leaves a finished run byte for
-byte as it was; a full disk or a read-only folder gives one line; ``--check`` makes every
-check and writes nothing, for every method of a side-by-side config."""
+"""What protects a run folder: a fresh run into a folder holding a run is refused unless
+``--overwrite``; a replacement that fails at any point (its checks, the data, the first
+batch, mid-task, a full disk, Ctrl-C, SIGKILL, even while its files are moved in) leaves the
+earlier run byte for byte as it was; a full disk or a read-only folder gives one line;
+``--check`` makes every check and writes nothing, for every method of a side-by-side config."""
 import errno
 import json
 import os
@@ -39,10 +41,10 @@ def test_a_failing_rerun_leaves_the_finished_run_byte_for_byte(finished, tmp_pat
         pytest.skip("needs a machine without CUDA")
     cfg_path, run_dir, before = finished
     capsys.readouterr()
-    code = main(["--config", str(cfg_path), "-q", *make_overrides(tmp_path)])
+    code = main(["--config", str(cfg_path), "-q", "--overwrite", *make_overrides(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
-    assert snapshot(run_dir) == before  # checkpoint, config, results, log: untouched
+    assert snapshot(run_dir) == before  # checkpoint, config, results, log: untouched, nothing added
 
 
 def test_a_rerun_refused_for_an_empty_class_folder_leaves_the_earlier_run(tmp_path, capsys):
@@ -57,7 +59,7 @@ def test_a_rerun_refused_for_an_empty_class_folder_leaves_the_earlier_run(tmp_pa
         moved = tmp_path / f"c-{split}"
         folder.rename(moved)
         folder.mkdir()
-        assert main(["--config", str(cfg_path), "-q"]) == 2
+        assert main(["--config", str(cfg_path), "-q", "--overwrite"]) == 2
         err = capsys.readouterr().err
         assert str(folder) in err and "holds no images" in err and "Traceback" not in err
         assert snapshot(run_dir) == before
@@ -150,8 +152,13 @@ def test_check_makes_every_check_and_writes_nothing(tmp_path, capsys):
 def test_check_says_what_a_run_would_do_with_an_earlier_one(finished, capsys):
     cfg_path, run_dir, before = finished
     capsys.readouterr()
-    assert main(["--config", str(cfg_path), "--check", "-q"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].endswith(f"{run_dir} starts over (replacing its results)")
+    assert main(["--config", str(cfg_path), "--check", "-q"]) == 2  # as the run would be: refused
+    assert "holds a finished run (3/3 tasks" in capsys.readouterr().err
+    assert main(["--config", str(cfg_path), "--check", "--overwrite", "-q"]) == 0
+    last = json.loads(before["results.json"])["last"]
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        f"{run_dir} starts a replacement of a finished run (3/3 tasks, Last {last:.2f} %), which is kept until the "
+        f"new run has finished")
     assert main(["--config", str(cfg_path), "--check", "--resume", "-q"]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(f"{run_dir} continues after task 3/3")
     assert main(["--resume", run_dir, "--check", "-q"]) == 0

@@ -42,12 +42,13 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     import os
 
     if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}: nothing to resume (run without --resume to start over)")
+        raise CheckpointError(f"no checkpoint at {path}: nothing to resume (run without --resume, with --overwrite, "
+                              f"to start over)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {e}); "
-                              f"delete it and run without --resume to start the run over") from None
+                              f"run without --resume, with --overwrite, to start the run over") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} is not a checkpoint of this toolbox (format "
                               f"{state.get('format') if isinstance(state, dict) else '?'}, expected {FORMAT_VERSION})")

@@ -67,6 +67,21 @@ def remove_stale_temps(folder: str) -> None:
                 os.remove(os.path.join(folder, name))
 
 
+def fsync_folder(folder: str) -> None:
+    """Make the renames into ``folder`` durable (a crash after this keeps them); a file
+    system that cannot fsync a folder is left to its own guarantees."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -4,14 +4,22 @@ Run directory: ``<logdir>/<model>/<dataset>/<init_cls>/<increment>/<prefix>_<see
 ``config.json`` (resolved), ``results.json``, ``metrics.csv``, ``run.log`` and
 ``checkpoint.pt``; all are rewritten atomically after every task (the checkpoint also
 after MG-CLIP's epoch probe), so a killed run leaves whole files and can be resumed.
+
+An earlier run in the folder is never lost to a later one (docs/reliability.md): a fresh
+run into a folder that holds a run's results or checkpoint is refused unless
+``overwrite``; the replacement then works in ``<run dir>/.attempt/`` and its files are
+moved over the earlier run's only once it has finished (through ``.replacing/``, so a
+process killed while moving them is completed by the next process that takes the folder).
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +28,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
+from toolbox import interrupts
 from toolbox.checkpoint import (
     CheckpointError,
     config_differences,
@@ -29,7 +38,7 @@ from toolbox.checkpoint import (
     set_rng_state,
 )
 from toolbox.data_manager import DataManager
-from toolbox.io import WriteError, remove_stale_temps, write_error, write_json, write_text
+from toolbox.io import WriteError, fsync_folder, remove_stale_temps, write_error, write_json, write_text
 from toolbox.registry import get_model
 from toolbox.report import group_key, group_runs, load_run, summary_row, summary_text
 from toolbox.run_lock import RunLock
@@ -79,11 +88,17 @@ def _metrics_csv(rows: List[Dict[str, Any]], metric_names: List[str]) -> str:
 
 
 CHECKPOINT = "checkpoint.pt"
-OUTPUTS = ("results.json", "metrics.csv", CHECKPOINT)  # what a fresh run replaces
+OUTPUTS = ("results.json", "metrics.csv", CHECKPOINT)  # a run's outputs (besides config.json and run.log)
+ATTEMPT = ".attempt"  # a replacement run (--overwrite) until it finishes: a run folder of its own
+REPLACING = ".replacing"  # a finished replacement whose files are being moved into the run folder
 
 
 class RunInterrupted(RuntimeError):
     """Ctrl-C (SIGINT) during a run; the message says where and how to resume."""
+
+
+class ExistingRunError(RuntimeError):
+    """A fresh run would replace an earlier run's results or checkpoint without ``overwrite``."""
 
 
 @dataclass
@@ -97,46 +112,74 @@ class _Prepared:
     learner: Any
     resume: Union[bool, str]
     state: Optional[Dict[str, Any]]  # the checkpoint it continues from (None: starts)
+    overwrite: bool = False
+    work_dir: str = ""  # where its files are written: run_dir, or run_dir/.attempt for a replacement
+
+    @property
+    def replacing(self) -> bool:
+        return self.work_dir != self.run_dir
 
 
-def run_one(cfg: Config, seed: int, resume: Union[bool, str] = False, run_dir: Optional[str] = None) -> str:
+def run_one(cfg: Config, seed: int, resume: Union[bool, str] = False, run_dir: Optional[str] = None,
+            overwrite: bool = False) -> str:
     """Run every task for one seed; returns the run directory.
 
-    ``resume``: False = start over (an earlier run's results and checkpoint in the run
-    directory are replaced); True = continue from the checkpoint if there is one, else
-    start; "required" = continue, or start if the directory holds only the config of a
-    run stopped before its first checkpoint. ``run_dir`` defaults to the one the config names.
+    ``resume``: False = start (refused if the folder holds an earlier run's results or
+    checkpoint, unless ``overwrite``); True = continue from the checkpoint if there is
+    one, else start; "required" = continue, or start if the directory holds only the
+    config of a run stopped before its first checkpoint. A folder with a stopped
+    replacement (``.attempt``) continues that. ``overwrite``: replace an earlier run, which
+    is kept untouched until this run has finished. ``run_dir`` defaults to the config's.
 
-    Every input is checked first (config, folder writable, data, device, backbone, resume
-    compatibility); only then is the folder locked for this process, and only then is
-    anything in it created, removed or rewritten. A failed check leaves it as it was."""
+    Every input is checked first (config, folder writable, earlier run, data, device,
+    backbone, resume compatibility); only then is the folder locked for this process, and
+    only then is anything in it created, removed or rewritten. A failed check leaves it
+    as it was; a failure after that leaves an earlier run as it was too."""
     run_dir = run_dir or run_dir_for(cfg, seed)
-    prepared = prepare_run(cfg, seed, run_dir, resume)
+    interrupts.release()  # a Ctrl-C held since the previous run of this command finished stops here
+    p = prepare_run(cfg, seed, run_dir, resume, overwrite)
     with RunLock(run_dir):
-        handler = _RunLogHandler(os.path.join(run_dir, "run.log"), mode="a" if resume else "w")
-        logging.getLogger().addHandler(handler)
+        _take_folder(p)
+        if _already_complete(p):
+            logger.info("%s is already complete (%d tasks); nothing to do", run_dir, p.state["completed_tasks"])
+            interrupts.hold()
+            return run_dir
+        handler = _RunLogHandler(os.path.join(p.work_dir, "run.log"), mode="a" if p.state is not None or resume
+                                 else "w")
+        root = logging.getLogger()
+        root.addHandler(handler)
+        level = root.level
+        root.setLevel(min(root.getEffectiveLevel(), logging.INFO))  # run.log has every INFO line, whatever -q says
         where: Dict[str, Any] = {}
         try:
-            return _run(prepared, where)
+            _run(p, where)
         except KeyboardInterrupt:
-            message = _interrupted_message(run_dir, where)
+            message = _interrupted_message(p, where)
             handler.write_line(f"error: {message}")
             raise RunInterrupted(message) from None
         except BaseException as e:
             handler.write_line(f"error: {user_message(e)}")
             raise
         finally:
-            logging.getLogger().removeHandler(handler)
+            root.removeHandler(handler)
+            root.setLevel(level)
             handler.close()
+        if p.replacing:
+            _move_in(p.work_dir, run_dir)
+            logger.info("%s: the finished new run has replaced the earlier one", run_dir)
+    return run_dir
 
 
-def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) -> _Prepared:
-    """All checks of a run, reading only: the run folder can be written, the checkpoint
-    (when resuming) belongs to this config and data, the data (every class with training
-    and test images, names, class order), the device and the backbone."""
+def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str], overwrite: bool = False) -> _Prepared:
+    """All checks of a run, reading only: the run folder can be written, an earlier run in
+    it is not replaced unasked, the checkpoint (when resuming) belongs to this config and
+    data, the data (every class with training and test images, names, class order), the
+    device and the backbone."""
     resolved = {**cfg.to_dict(), "seed": seed}
     check_writable(run_dir)
-    state = _load_resume_state(os.path.join(run_dir, CHECKPOINT), resume, resolved)
+    work_dir = choose_work_dir(run_dir, resume, overwrite)
+    ckpt = _pending(run_dir, CHECKPOINT) if work_dir == run_dir else os.path.join(work_dir, CHECKPOINT)
+    state = _load_resume_state(ckpt, resume, resolved)
     seed_everything(seed)
     dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg)
     learner = get_model(cfg.model_name, resolved)  # builds the backbone on the device
@@ -146,8 +189,144 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str]) 
         check_views(learner)
         check_specs(cfg.zero_shot_eval, cfg.released_cache)  # held-out data loads, corruptions run here
     if state is not None:
-        _check_same_data(state, dm, os.path.join(run_dir, CHECKPOINT))
-    return _Prepared(cfg, seed, run_dir, resolved, dm, learner, resume, state)
+        _check_same_data(state, dm, ckpt)
+    return _Prepared(cfg, seed, run_dir, resolved, dm, learner, resume, state, overwrite, work_dir)
+
+
+# ----------------------------------------------------------------------------- earlier runs
+def _pending(run_dir: str, name: str) -> str:
+    """The path of ``name`` as the folder holds it once a move-in that a killed process
+    began is completed (the next process that takes the folder completes it)."""
+    staged = os.path.join(run_dir, REPLACING, name)
+    return staged if os.path.exists(staged) else os.path.join(run_dir, name)
+
+
+def _read_results(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None
+
+
+def describe_run(folder: str) -> Optional[str]:
+    """What ``folder`` holds that a fresh run there would replace, in words ("a finished
+    run (3/3 tasks, Last 45.20 %)"); None when nothing would be lost (no task completed
+    and no checkpoint: a run that stopped in its first task, or nothing)."""
+    results_path = _pending(folder, "results.json")
+    results = _read_results(results_path)
+    if results is not None:
+        done = results.get("completed_tasks", len(results.get("accuracy") or []))
+        total = results.get("nb_tasks", "?")
+        if results.get("finished"):
+            last = results.get("last")
+            return f"a finished run ({done}/{total} tasks" + (f", Last {last:.2f} %)" if isinstance(
+                last, (int, float)) else ")")
+        return f"an unfinished run ({done} of {total} tasks completed)"
+    if os.path.exists(results_path):
+        return "a run whose results.json cannot be read"
+    if os.path.exists(_pending(folder, CHECKPOINT)):
+        return "an unfinished run (a checkpoint; no task completed yet)"
+    return None
+
+
+def choose_work_dir(run_dir: str, resume: Union[bool, str], overwrite: bool) -> str:
+    """Where a run into ``run_dir`` writes: the folder itself, or ``.attempt`` when it
+    replaces an earlier run (``overwrite``) or continues such a replacement (``resume``).
+    A fresh run into a folder holding an earlier run (or a stopped replacement) without
+    ``overwrite`` is refused, naming what the folder holds and the three ways on."""
+    attempt = os.path.join(run_dir, ATTEMPT)
+    if resume:
+        return attempt if os.path.isdir(attempt) else run_dir
+    held, stopped = describe_run(run_dir), describe_run(attempt) if os.path.isdir(attempt) else None
+    if held is None and stopped is None:
+        return run_dir
+    if not overwrite:
+        what = held or ""
+        if stopped is not None:
+            what += (" and " if held else "") + f"a stopped replacement run in {ATTEMPT}/, {stopped}"
+        ways = ["keep it and run into another folder (--set prefix=<new name>)"]
+        if stopped is not None or (held is not None and not held.startswith("a finished")):
+            ways.append("continue it (--resume)")
+        ways.append("replace it (--overwrite: the earlier run stays untouched until the new one has finished)")
+        raise ExistingRunError(f"run folder {run_dir} holds {what}; a new run would replace it, so nothing was "
+                               f"started. To go on: {'; or '.join(ways)}")
+    return attempt if held is not None else run_dir
+
+
+def _take_folder(p: _Prepared) -> None:
+    """Under the run's lock, before anything of this run is written: complete a move-in
+    that a killed process began, decide again where the run works (the folder may have
+    changed since the checks), and give a run that starts a clean place and its config."""
+    run_dir = p.run_dir
+    remove_stale_temps(run_dir)  # left by a run killed while writing (no other process is here: we hold the lock)
+    if os.path.isdir(os.path.join(run_dir, REPLACING)):
+        _finish_move_in(run_dir)
+        logger.warning("%s: completed moving in a finished replacement run that a stopped process had begun",
+                       run_dir)
+    p.work_dir = choose_work_dir(run_dir, p.resume, p.overwrite)
+    ckpt_path = os.path.join(p.work_dir, CHECKPOINT)
+    p.state = _load_resume_state(ckpt_path, p.resume, p.resolved)  # again, under the lock: it may have moved on
+    if p.state is not None:
+        remove_stale_temps(p.work_dir)
+        _check_same_data(p.state, p.dm, ckpt_path)
+        return
+    attempt = os.path.join(run_dir, ATTEMPT)
+    try:
+        if os.path.isdir(attempt):  # a replacement starts afresh; a run into the folder itself drops a stopped one
+            shutil.rmtree(attempt)
+        os.makedirs(p.work_dir, exist_ok=True)
+    except OSError as e:
+        raise write_error(attempt, e) from None
+    if not p.replacing:
+        _clear_outputs(run_dir)
+    write_json(os.path.join(p.work_dir, "config.json"), p.resolved)
+
+
+def _already_complete(p: _Prepared) -> bool:
+    """A resumed run in its own folder with every task done (and its held-out evaluation,
+    if asked): nothing is written, not even run.log."""
+    if p.state is None or p.replacing or p.state["completed_tasks"] < p.dm.nb_tasks:
+        return False
+    results = _read_results(os.path.join(p.run_dir, "results.json")) or {}
+    return not p.cfg.zero_shot_eval or "zero_shot_retention" in results
+
+
+def _move_in(attempt: str, run_dir: str) -> None:
+    """The finished replacement's files take the earlier run's place. ``.attempt`` is first
+    renamed ``.replacing`` (one atomic step: from here the replacement is decided), then its
+    files are moved over the earlier run's, results.json last."""
+    try:
+        os.replace(attempt, os.path.join(run_dir, REPLACING))
+        fsync_folder(run_dir)
+    except OSError as e:
+        raise WriteError(f"cannot move the finished run in {attempt} into {run_dir}: {e.strerror or e}; the earlier "
+                         f"run there is untouched; `python main.py --resume {run_dir}` tries again") from None
+    _finish_move_in(run_dir)
+
+
+def _finish_move_in(run_dir: str) -> None:
+    """Moves every file of ``.replacing`` into the run folder (results.json last) and
+    removes it; a process killed half-way leaves the rest for the next one to move."""
+    replacing = os.path.join(run_dir, REPLACING)
+    try:
+        for name in sorted(os.listdir(replacing), key=lambda n: (n == "results.json", n)):
+            if name.startswith(".tmp-"):
+                os.remove(os.path.join(replacing, name))
+            else:
+                os.replace(os.path.join(replacing, name), os.path.join(run_dir, name))
+        fsync_folder(run_dir)
+        os.rmdir(replacing)
+    except OSError as e:
+        raise WriteError(f"cannot move the finished run in {replacing} into {run_dir}: {e.strerror or e}; "
+                         f"`python main.py --resume {run_dir}` completes it") from None
+
+
+def run_config_path(run_dir: str) -> str:
+    """The config a ``--resume RUN_DIR`` continues: a stopped replacement's, else the run's."""
+    attempt = os.path.join(run_dir, ATTEMPT, "config.json")
+    return attempt if os.path.isfile(attempt) else os.path.join(run_dir, "config.json")
 
 
 def check_writable(run_dir: str) -> None:
@@ -169,8 +348,8 @@ def _load_resume_state(ckpt_path: str, resume: Union[bool, str], resolved: Dict[
         return None
     if not os.path.exists(ckpt_path):
         run_dir = os.path.dirname(ckpt_path)
-        if resume is True or not os.path.exists(os.path.join(run_dir, "results.json")):
-            return None  # nothing completed yet (or --resume of a config): start from the first task
+        if not os.path.exists(os.path.join(run_dir, "results.json")):
+            return None  # nothing completed yet: start from the first task
     state = load_checkpoint(ckpt_path)
     diffs = config_differences(state["config"], resolved)
     if diffs:
@@ -181,11 +360,16 @@ def _load_resume_state(ckpt_path: str, resume: Union[bool, str], resolved: Dict[
     return state
 
 
-def _interrupted_message(run_dir: str, where: Dict[str, Any]) -> str:
-    task = f"in task {where['task']}/{where['nb_tasks']}" if "task" in where else "before the first task"
-    kept = (f"completed tasks are kept in {os.path.join(run_dir, CHECKPOINT)}"
-            if os.path.exists(os.path.join(run_dir, CHECKPOINT)) else "no task had completed")
-    return f"interrupted {task} ({kept}); resume with `python main.py --resume {run_dir}`"
+def _interrupted_message(p: _Prepared, where: Dict[str, Any]) -> str:
+    ckpt = os.path.join(p.work_dir, CHECKPOINT)
+    if where.get("finished"):
+        task, kept = "after the last task", f"every task is complete in {ckpt}"
+    else:
+        task = f"in task {where['task']}/{where['nb_tasks']}" if "task" in where else "before the first task"
+        kept = f"completed tasks are kept in {ckpt}" if os.path.exists(ckpt) else "no task had completed"
+    if p.replacing:
+        kept += f"; the earlier run in {p.run_dir} is untouched"
+    return f"interrupted {task} ({kept}); resume with `python main.py --resume {p.run_dir}`"
 
 
 class _RunLogHandler(logging.FileHandler):
@@ -237,19 +421,16 @@ class _Progress:
         return {name: [m.get(name) for m in self.task_metrics] for name in self.metric_names()}
 
 
-def _run(p: _Prepared, where: Dict[str, Any]) -> str:
-    """The run itself, in its locked folder: from here on its files are ours to write."""
+def _run(p: _Prepared, where: Dict[str, Any]) -> None:
+    """The run itself, in its locked folder (``p.work_dir``: the run folder, or the
+    replacement's ``.attempt``): from here on its files are ours to write. Ends with
+    Ctrl-C held (``interrupts.hold``) once every result is written."""
     began = time.perf_counter()
-    cfg, seed, run_dir, resolved, dm, learner = p.cfg, p.seed, p.run_dir, p.resolved, p.dm, p.learner
-    ckpt_path = os.path.join(run_dir, CHECKPOINT)
-    remove_stale_temps(run_dir)  # left by a run killed while writing (no other process is here: we hold the lock)
-    state = _load_resume_state(ckpt_path, p.resume, resolved)  # again, under the lock: it may have moved on
-    if state is not None:
-        _check_same_data(state, dm, ckpt_path)
-    else:
-        _clear_outputs(run_dir)
-    write_json(os.path.join(run_dir, "config.json"), resolved)
-    logger.info("run %s: %s on %s, seed %d", run_dir, cfg.model_name, cfg.dataset, seed)
+    cfg, seed, resolved, dm, learner, state = p.cfg, p.seed, p.resolved, p.dm, p.learner, p.state
+    ckpt_path = os.path.join(p.work_dir, CHECKPOINT)
+    results_path = os.path.join(p.work_dir, "results.json")
+    logger.info("run %s: %s on %s, seed %d%s", p.run_dir, cfg.model_name, cfg.dataset, seed,
+                f" (replacing the earlier run once finished; until then in {p.work_dir})" if p.replacing else "")
     logger.info("%d tasks of %s classes; class order %s", dm.nb_tasks,
                 [dm.get_task_size(t) for t in range(dm.nb_tasks)], dm.class_order)
     where["nb_tasks"] = dm.nb_tasks
@@ -259,7 +440,7 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> str:
     if state is not None:
         learner.load_state_dict(state["learner"])
         set_rng_state(state["rng"])
-        logger.info("resuming %s after %d completed task(s)", run_dir, state["completed_tasks"])
+        logger.info("resuming %s after %d completed task(s)", p.work_dir, state["completed_tasks"])
     start_run = began - elapsed_before  # total time includes building data and model, and earlier sessions
 
     def save_checkpoint_now() -> None:
@@ -271,9 +452,7 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> str:
     learner.on_checkpoint = save_checkpoint_now  # e.g. MG-CLIP calls it once the epoch probe has chosen E
 
     first = len(progress.accuracies)
-    if first == dm.nb_tasks:
-        logger.info("%s is already complete (%d tasks)", run_dir, first)
-        return run_dir
+    results = _read_results(results_path) if first == dm.nb_tasks else None
     loop_start = time.perf_counter()
     for task in range(first, dm.nb_tasks):
         where["task"] = task + 1
@@ -306,26 +485,32 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> str:
             "config": resolved,
             "timings": {"total_s": time.perf_counter() - start_run, "per_task": progress.task_timings},
         }
-        write_json(os.path.join(run_dir, "results.json"), results)
-        write_text(os.path.join(run_dir, "metrics.csv"), _metrics_csv(progress.rows, progress.metric_names()))
+        if state is not None and task == first:  # a resumed run records the config it continues with
+            write_json(os.path.join(p.work_dir, "config.json"), resolved)
+        write_json(results_path, results)
+        write_text(os.path.join(p.work_dir, "metrics.csv"), _metrics_csv(progress.rows, progress.metric_names()))
         save_checkpoint_now()
-    if cfg.zero_shot_eval:
+    if results is None:
+        raise CheckpointError(f"{results_path} is missing or unreadable although {ckpt_path} has every task; "
+                              f"restore it, or start the run over with --overwrite")
+    if cfg.zero_shot_eval and "zero_shot_retention" not in results:
         from toolbox.retention import evaluate
 
         results["zero_shot_retention"] = [evaluate(learner, spec) for spec in cfg.zero_shot_eval]
-        write_json(os.path.join(run_dir, "results.json"), results)
+        write_json(results_path, results)
+    where["finished"] = True
+    interrupts.hold()  # every result is written: a Ctrl-C from here on no longer stops anything
     logger.info("summary:\n%s", summary_text({group_key(results): [results]}))
-    logger.info("done in %.1f s -> %s", time.perf_counter() - start_run, run_dir)
-    return run_dir
+    logger.info("done in %.1f s -> %s", time.perf_counter() - start_run, p.run_dir)
 
 
 def _clear_outputs(run_dir: str) -> None:
-    """A fresh run replaces an earlier run's outputs (only once its inputs are checked),
-    so the folder never mixes the new config with the old results."""
+    """A run that starts in the folder itself removes stray outputs (a metrics.csv without
+    results: ``choose_work_dir`` has made sure no task's results or checkpoint are here),
+    so the folder never mixes the new config with old files."""
     old = [name for name in OUTPUTS if os.path.exists(os.path.join(run_dir, name))]
     if old:
-        logger.warning("%s held an earlier run: replacing its %s (use --resume to continue a run instead)",
-                       run_dir, ", ".join(old))
+        logger.warning("%s: removing stray %s of an earlier run that had no results", run_dir, ", ".join(old))
         for name in old:
             os.remove(os.path.join(run_dir, name))
 
@@ -359,27 +544,37 @@ def _record_task(progress: _Progress, task: int, learner, cnn_accy: Dict[str, An
         "train_s": round(train_s, 2), "eval_s": round(eval_s, 2)})
 
 
-def precheck(cfg: Config, resume: bool = False) -> None:
+def precheck(cfg: Config, resume: bool = False, overwrite: bool = False) -> None:
     """The checks that cost nothing, for every seed of ``cfg``: each run folder can be
-    written and, with ``resume``, each checkpoint fits the config (run before any seed,
-    and in a side-by-side config before any method, starts)."""
+    written, holds no earlier run that a fresh run would replace unasked and, with
+    ``resume``, each checkpoint fits the config (run before any seed, and in a
+    side-by-side config before any method, starts)."""
     resolved = cfg.to_dict()
     for seed in cfg.seeds():
-        check_writable(run_dir_for(cfg, seed))
-        _load_resume_state(os.path.join(run_dir_for(cfg, seed), CHECKPOINT), resume, {**resolved, "seed": seed})
+        run_dir = run_dir_for(cfg, seed)
+        check_writable(run_dir)
+        work_dir = choose_work_dir(run_dir, resume, overwrite)
+        ckpt = _pending(run_dir, CHECKPOINT) if work_dir == run_dir else os.path.join(work_dir, CHECKPOINT)
+        _load_resume_state(ckpt, resume, {**resolved, "seed": seed})
 
 
-def check_only(cfg: Config, resume: Union[bool, str] = False, run_dir: Optional[str] = None) -> List[str]:
+def check_only(cfg: Config, resume: Union[bool, str] = False, run_dir: Optional[str] = None,
+               overwrite: bool = False) -> List[str]:
     """Every check a run makes before it starts (folder, checkpoint, data and official
     files, device, backbone and its weights, held-out sets), for every seed (or the one run
     in ``run_dir``), writing nothing; one line per run that would start."""
     lines = []
     for seed in cfg.seeds():
         folder = run_dir or run_dir_for(cfg, seed)
-        p = prepare_run(cfg, seed, folder, resume)
-        start = (f"continues after task {p.state['completed_tasks']}/{p.dm.nb_tasks}" if p.state is not None else
-                 "starts" + (" over (replacing its results)" if os.path.exists(os.path.join(folder, "results.json"))
-                             else ""))
+        p = prepare_run(cfg, seed, folder, resume, overwrite)
+        p.dm.verify_images()  # every image the run's tasks read decodes, as the run decodes it
+        if p.state is not None:
+            start = f"continues after task {p.state['completed_tasks']}/{p.dm.nb_tasks}" + (
+                f" (the stopped replacement in {ATTEMPT}/)" if p.replacing else "")
+        elif p.replacing:
+            start = f"starts a replacement of {describe_run(folder)}, which is kept until the new run has finished"
+        else:
+            start = "starts"
         lines.append(f"ok: {cfg.model_name} seed {seed}: {p.dm.nb_tasks} tasks of "
                      f"{[p.dm.get_task_size(t) for t in range(p.dm.nb_tasks)]} classes on {cfg.dataset}, "
                      f"{cfg.backbone} on {p.learner._device}; {folder} {start}")
@@ -393,13 +588,14 @@ def side_by_side_summary(run_dirs: List[str]) -> str:
     return summary_text(group_runs([load_run(d) for d in run_dirs]))
 
 
-def run(cfg: Config, resume: bool = False) -> List[str]:
-    """All seeds of ``cfg`` (each continued from its checkpoint with ``resume``); with
-    several seeds also writes ``<prefix>_summary.json`` (mean and std of Avg and Last)
-    beside the run directories. Each seed's folder must be writable and, with ``resume``,
-    each checkpoint must fit the config before the first seed starts."""
-    precheck(cfg, resume)
-    run_dirs = [run_one(cfg, seed, resume=resume) for seed in cfg.seeds()]
+def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> List[str]:
+    """All seeds of ``cfg`` (each continued from its checkpoint with ``resume``; each
+    replacing an earlier run once finished with ``overwrite``); with several seeds also
+    writes ``<prefix>_summary.json`` (mean and std of Avg and Last) beside the run
+    directories. Each seed's folder must be writable, hold no earlier run unasked and,
+    with ``resume``, each checkpoint must fit the config before the first seed starts."""
+    precheck(cfg, resume, overwrite)
+    run_dirs = [run_one(cfg, seed, resume=resume, overwrite=overwrite) for seed in cfg.seeds()]
     if len(run_dirs) > 1:
         finals = [load_run(d) for d in run_dirs]
         row = summary_row(group_key(finals[0]), finals)  # the same figures the report prints
