@@ -138,3 +138,20 @@ def test_one_command_gives_analysis_and_retention(tmp_path):
     (z,) = r["zero_shot_retention"]
     assert z["name"] == "synthetic contrast-3" and z["delta"] == pytest.approx(z["model"] - z["zero_shot_clip"])
     assert "zero-shot accuracy on synthetic contrast-3" in (out / "analysis.csv").read_text()
+
+
+def test_the_images_per_class_are_counted_not_the_cap(tmp_path, capsys):
+    """A run with 4 test images per class, analysed with the default cap of 20: the line
+    says 4 per class (20 was once printed as if it were the count)."""
+    from toolbox.analysis import main as analysis_main
+    from toolbox.analysis import per_class_text
+
+    run_dir = run(tmp_path, "zs_clip", synthetic_test_per_class=4)
+    capsys.readouterr()
+    assert analysis_main([run_dir, "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "analysis.json") as f:
+        r = json.load(f)
+    assert r["images_per_class"] == [4] * 6 and r["images"] == 24 and r["per_class"] == 20  # by hand: min(4, 20)
+    assert "6 classes, 24 test images (4 per class, up to 20 asked, seed 0)" in capsys.readouterr().out
+    assert per_class_text({"per_class": 3, "images_per_class": [3, 3]}) == "3 per class"
+    assert per_class_text({"per_class": 20, "images_per_class": [10, 8, 10]}) == "8-10 per class, up to 20 asked"

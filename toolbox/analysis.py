@@ -62,8 +62,10 @@ def analyse(run_dir: str, per_class: int = 20, seed: int = 0, energy: float = 0.
     classes = learner._known_classes
     names = learner._names[:classes]
     x, y = sample_images(dm, classes, per_class, seed, learner._network.input_resolution)
+    counts = np.bincount(y.numpy(), minlength=classes)[:classes]
     out: Dict[str, Any] = {"run": run_dir, "model_name": cfg.model_name, "trains": trains, "classes": classes,
-                           "images": len(y), "per_class": per_class, "seed": seed, "energy": energy, "skipped": []}
+                           "images": len(y), "per_class": per_class, "images_per_class": counts.tolist(),
+                           "seed": seed, "energy": energy, "skipped": []}
     feats = {}
     for trained in (False, True):
         key = "trained" if trained else "zero_shot"
@@ -98,6 +100,18 @@ ROWS = [("matched image-text cosine", "matched_cosine"), ("centroid distance", "
         ("text classifier rank", "text_rank")]
 
 
+def per_class_text(result: Dict[str, Any]) -> str:
+    """The images each class has in the analysis ("10 per class" or "8-10 per class"), and
+    the cap asked where a class has fewer ("up to 20 asked")."""
+    counts = result.get("images_per_class")
+    asked = result["per_class"]
+    if not counts:  # an analysis.json written before the counts were recorded
+        return f"up to {asked} per class"
+    low, high = min(counts), max(counts)
+    text = f"{low} per class" if low == high else f"{low}-{high} per class"
+    return text if low == asked else f"{text}, up to {asked} asked"
+
+
 def tables(result: Dict[str, Any]) -> Tuple[str, str]:
     """(markdown, csv) of the measures: zero-shot CLIP vs trained."""
     rows = [(label, result["zero_shot"][key], result["trained"][key]) for label, key in ROWS]
@@ -117,7 +131,7 @@ def tables(result: Dict[str, Any]) -> Tuple[str, str]:
         return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
     md = [f"{result['model_name']}: {result['classes']} classes, {result['images']} test images "
-          f"({result['per_class']} per class, seed {result['seed']})", "",
+          f"({per_class_text(result)}, seed {result['seed']})", "",
           "| measure | zero-shot CLIP | trained |", "|---|---|---|"]
     md += [f"| {label} | {fmt(a)} | {fmt(b)} |" for label, a, b in rows]
     if result.get("zero_shot_retention"):
@@ -175,7 +189,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m toolbox.analysis", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run directory (with config.json and checkpoint.pt)")
     p.add_argument("--out", help="output folder (default: RUN/analysis)")
-    p.add_argument("--per-class", type=int, default=20, help="test images per seen class (default 20)")
+    p.add_argument("--per-class", type=int, default=20,
+                   help="test images per seen class, at most (default 20; a class with fewer gives all it has)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset (default 0)")
     p.add_argument("--energy", type=float, default=0.95, help="energy share of the image basis (default 0.95)")
     p.add_argument("--held-out", dest="held_out", action="append", default=[], metavar="SPEC",

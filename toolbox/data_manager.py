@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -120,12 +121,98 @@ def few_shot(raw: RawData, shots: int, seed: int) -> RawData:
     return RawData(images, targets[keep], raw.test_images, raw.test_targets, raw.class_names)
 
 
+def _decode(path: str) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 def open_rgb(path: str) -> Image.Image:
+    """An image file as RGB: the run's one decoder (training, evaluation and ``--check``)."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return _decode(path)
     except Exception as e:
-        raise DatasetError(f"image file could not be read: {path} ({e}); remove or replace it") from None
+        raise DatasetError(unreadable_message([(path, _reason(path, e))])) from None
+
+
+def _reason(path: str, error: Exception) -> str:
+    """PIL's reason without the path it repeats ("cannot identify image file '<path>'")."""
+    return str(error).replace(f" {path!r}", "") or type(error).__name__
+
+
+def unreadable_message(bad: Sequence[tuple], shown: int = 5) -> str:
+    """One line for the images that could not be read: ``bad`` = (path, reason) pairs, the
+    first ``shown`` named, all counted."""
+    total = len(bad)
+    if total == 1:
+        path, reason = bad[0]
+        return f"image file could not be read: {path} ({reason}); remove or replace it"
+    named = "; ".join(f"{path} ({reason})" for path, reason in bad[:shown])
+    more = f"; and {total - shown} more" if total > shown else ""
+    return f"{total} image files could not be read: {named}{more}; remove or replace them"
+
+
+_VERIFIED: set = set()  # (path, size, mtime_ns) of images that decoded in this process
+
+
+def _stat_key(path: str) -> Optional[tuple]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_size, st.st_mtime_ns
+
+
+def verify_image_files(paths: Sequence[str], workers: Optional[int] = None, progress_over: int = 2000,
+                       desc: str = "checking images") -> int:
+    """Decode every file of ``paths`` as ``open_rgb`` does (the run's decoder), in a thread pool
+    (PIL releases the GIL while it decodes), with a progress bar on a terminal for more than
+    ``progress_over`` images; raise one ``DatasetError`` naming the unreadable ones (the
+    first five, and how many). Returns how many were decoded (files that decoded before in
+    this process, unchanged, are not decoded again)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    keyed = ((p, _stat_key(p)) for p in dict.fromkeys(paths))  # dataset order, each file once
+    todo = [(p, k) for p, k in keyed if k is None or k not in _VERIFIED]
+    if not todo:
+        return 0
+    workers = workers or min(32, (os.cpu_count() or 1) + 4)
+    chunk = min(64, max(1, len(todo) // (4 * workers)))
+    chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
+
+    def decode(part):
+        failed = []
+        for path, key in part:
+            try:
+                _decode(path)  # what open_rgb decodes with
+            except Exception as e:  # what open_rgb refuses
+                failed.append((path, _reason(path, e)))
+                continue
+            if key is not None:
+                _VERIFIED.add(key)
+        return failed, len(part)
+
+    bar = None
+    if len(todo) > progress_over and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=desc, unit="img", leave=False)
+    bad: List[tuple] = []
+    start = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify-images")
+    try:
+        for failed, n in pool.map(decode, chunks):
+            bad += failed
+            if bar is not None:
+                bar.update(n)
+    finally:
+        pool.shutdown(cancel_futures=True)  # Ctrl-C: the chunks being decoded finish, no others start
+        if bar is not None:
+            bar.close()
+    logger.info("decoded %d images to check them (%.1f s, %d threads)", len(todo), time.perf_counter() - start,
+                workers)
+    if bad:
+        raise DatasetError(unreadable_message(bad))
+    return len(todo)
 
 
 class _DecodeDataset(Dataset):
@@ -308,3 +395,23 @@ class DataManager:
     def task_range(self, task: int) -> range:
         start = sum(self._increments[:task])
         return range(start, start + self._increments[task])
+
+    def image_paths(self, tasks: Optional[Sequence[int]] = None) -> List[str]:
+        """The files a run of ``tasks`` (default: every task) reads: the training and test
+        images of their classes (with ``shots_per_class`` only the kept training images);
+        none for datasets held in memory."""
+        if not self.use_path:
+            return []
+        tasks = range(self.nb_tasks) if tasks is None else tasks
+        labels = np.asarray([c for t in tasks for c in self.task_range(t)], dtype=np.int64)
+        return [data[i] for data, targets in ((self._train_data, self._train_targets),
+                                              (self._test_data, self._test_targets))
+                for i in np.nonzero(np.isin(targets, labels))[0]]
+
+    def verify_images(self, tasks: Optional[Sequence[int]] = None, workers: Optional[int] = None,
+                      progress_over: int = 2000) -> int:
+        """Decode every image a run of ``tasks`` (default: every task) reads, as the run
+        decodes them (``open_rgb``), in parallel; one ``DatasetError`` names the unreadable
+        files (up to five, and how many). Returns how many files were decoded."""
+        return verify_image_files(self.image_paths(tasks), workers, progress_over,
+                                  desc=f"checking {self.dataset_name} images")

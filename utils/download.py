@@ -6,11 +6,19 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
-from typing import Type
+from typing import Any, Dict, Optional, Type
 
 logger = logging.getLogger(__name__)
+
+# Offline, the system's name lookup can take over a minute to give up (and urlopen's
+# timeout does not cover it): the server must answer within CONNECT_TIMEOUT_S, name lookup
+# and connection included; once it has, each read may take READ_TIMEOUT_S.
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
 
 
 def sha256_of(path: str) -> str:
@@ -19,6 +27,41 @@ def sha256_of(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def open_url(url: str, connect_timeout: Optional[float] = None, read_timeout: float = READ_TIMEOUT_S):
+    """``urllib.request.urlopen(url)``, or ``TimeoutError`` when the server has not answered
+    within ``connect_timeout`` seconds (default ``CONNECT_TIMEOUT_S``). The opening runs in a
+    daemon thread, so a name lookup that hangs is left behind, not waited for."""
+    connect_timeout = CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout
+    box: Dict[str, Any] = {}
+    lock, done = threading.Lock(), threading.Event()
+
+    def opening() -> None:
+        try:
+            response = urllib.request.urlopen(url, timeout=read_timeout)
+        except BaseException as e:  # handed to the caller, who raises it
+            box["error"] = e
+        else:
+            with lock:
+                if box.get("abandoned"):
+                    response.close()
+                else:
+                    box["response"] = response
+        finally:
+            done.set()
+
+    threading.Thread(target=opening, name="open-url", daemon=True).start()
+    if not done.wait(connect_timeout):
+        with lock:
+            if "response" not in box and "error" not in box:
+                box["abandoned"] = True
+                host = urllib.parse.urlsplit(url).hostname or url
+                raise TimeoutError(f"no answer from {host} within {connect_timeout:g} s: no network, or its name "
+                                   f"cannot be looked up")
+    if "error" in box:
+        raise box["error"]
+    return box["response"]
 
 
 def fetch_verified(url: str, target: str, sha256: str, error: Type[Exception], offline_hint: str,
@@ -41,7 +84,7 @@ def fetch_verified(url: str, target: str, sha256: str, error: Type[Exception], o
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as src:
+        with os.fdopen(fd, "wb") as out, open_url(url) as src:
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 out.write(chunk)
         actual = sha256_of(tmp)
