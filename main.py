@@ -33,7 +33,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                             "that holds a run's results or checkpoint is refused)")
     p.add_argument("--check", action="store_true",
                    help="make every check a run makes before it starts (config, run folders, data and official "
-                        "files, device, backbone weights; downloads what is missing), write nothing, and stop")
+                        "files, device, backbone weights; downloads what is missing) and decode every image the "
+                        "run's tasks will read with the run's own decoder (training and test images of every task; "
+                        "not the held-out zero_shot_eval images), write nothing in the run folders, and stop")
     p.add_argument("--print-config", action="store_true",
                    help="print every key of the resolved config (defaults included; one block per method) and stop")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")

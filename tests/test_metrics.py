@@ -38,3 +38,17 @@ def test_per_task_accuracy_and_topk():
     scores = np.array([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3]])
     assert topk_accuracy(scores, np.array([0, 2]), 2) == pytest.approx(100.0)  # both in top-2
     assert topk_accuracy(scores, np.array([0, 2]), 1) == pytest.approx(0.0)
+
+
+def test_both_accuracy_definitions_by_hand_on_unequal_tasks():
+    """Task 0 has 1 test image (right), task 1 has 3 (1 right): over all seen images 2/4 =
+    50 %; the mean over tasks (CODA-Prompt's) (100 + 33.3) / 2 = 66.7 %."""
+    y_true = np.array([0, 2, 2, 3])
+    y_pred = np.array([0, 2, 0, 0])
+    row = per_task_accuracy(y_pred, y_true, [range(0, 2), range(2, 4)])
+    s = summarize([float(np.mean(y_pred == y_true) * 100)], [row])
+    assert s["last"] == pytest.approx(50.0)
+    assert s["last_task_mean"] == pytest.approx((100 + 100 / 3) / 2)
+    s = summarize([90.0, 75.0, 61.0], M)
+    assert s["avg_task_mean"] == pytest.approx((90 + (80 + 70) / 2 + (60 + 75 + 50) / 3) / 3)
+    assert s["last_task_mean"] == pytest.approx((60 + 75 + 50) / 3)

@@ -44,7 +44,7 @@ from toolbox.report import group_key, group_runs, load_run, summary_row, summary
 from toolbox.run_lock import RunLock
 from utils.config import Config
 from utils.errors import NonFiniteError, user_message
-from utils.metrics import summarize
+from utils.metrics import summarize, task_mean_accuracies
 
 logger = logging.getLogger(__name__)
 
@@ -478,7 +478,8 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> None:
             "model_name": cfg.model_name, "dataset": cfg.dataset, "seed": seed,
             "nb_tasks": dm.nb_tasks, "completed_tasks": task + 1, "finished": task + 1 == dm.nb_tasks,
             "class_order": dm.class_order,
-            "accuracy": progress.accuracies, "accuracy_matrix": progress.matrix, "top5": progress.top5,
+            "accuracy": progress.accuracies, "accuracy_task_mean": task_mean_accuracies(progress.matrix),
+            "accuracy_matrix": progress.matrix, "top5": progress.top5,
             "grouped": progress.grouped, "task_metrics": progress.metrics_by_name(),
             **summarize(progress.accuracies, progress.matrix),
             **learner.results_extra(),

@@ -1,8 +1,12 @@
 """Continual-learning metrics on an accuracy matrix.
 
 ``A[t][j]``: accuracy (%) on task j's classes after training task t (j <= t).
-- accuracy after task t: over all seen test images (not the mean of the row);
-- Avg: mean of the per-task accuracies; Last: the final one;
+- accuracy after task t: over all seen test images (not the mean of the row), as PyCIL,
+  MG-CLIP, RAPF and PROOF compute it;
+- task-mean accuracy after task t: the mean of row t, i.e. the mean over seen tasks of each
+  task's accuracy, as CODA-Prompt's trainer computes it (the two agree when every task has
+  as many test images, e.g. CIFAR-100; not on ImageNet-R);
+- Avg: mean of the accuracies after each task; Last: the final one (of either definition);
 - forgetting: mean over old tasks j < T-1 of (best A[t][j] for j <= t < T-1) - A[T-1][j];
 - BWT: mean over old tasks of A[T-1][j] - A[j][j].
 Forgetting and BWT are None with a single task.
@@ -75,10 +79,21 @@ def backward_transfer(matrix: Sequence[Sequence[float]]) -> Optional[float]:
     return float(np.mean([matrix[T - 1][j] - matrix[j][j] for j in range(T - 1)]))
 
 
+def task_mean_accuracies(matrix: Sequence[Sequence[float]]) -> List[float]:
+    """The task-mean accuracy after each task: the mean of each accuracy-matrix row (a task
+    without test images, NaN, is left out)."""
+    return [float(np.nanmean(row)) for row in matrix]
+
+
 def summarize(accuracies: Sequence[float], matrix: Sequence[Sequence[float]]) -> Dict[str, Optional[float]]:
+    """Avg and Last of both accuracy definitions (``avg``/``last``: over all seen test
+    images; ``avg_task_mean``/``last_task_mean``: mean over tasks), forgetting and BWT."""
+    task_mean = task_mean_accuracies(matrix)
     return {
         "avg": float(np.mean(accuracies)) if len(accuracies) else None,
         "last": float(accuracies[-1]) if len(accuracies) else None,
+        "avg_task_mean": float(np.mean(task_mean)) if task_mean else None,
+        "last_task_mean": task_mean[-1] if task_mean else None,
         "forgetting": forgetting(matrix),
         "bwt": backward_transfer(matrix),
     }
