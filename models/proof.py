@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -251,12 +251,19 @@ class PROOF(CLIPLearner, BaseLearner):
         return F.normalize(ensemble.mean(0), dim=1)
 
     @torch.no_grad()
-    def scores(self, f: torch.Tensor) -> torch.Tensor:
-        """P9 on one evaluation batch of frozen features (B, d): o.w~ + o.P~ + Z.w-bar."""
+    def _eval_classes(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """What P9 needs of the classes, fixed during an evaluation: w-bar (C, d) and the
+        projected, normalised prototypes (C, d). The official code re-encodes the prompts
+        for every batch; the values are the same, so an evaluation computes them once."""
+        return self._text_classifier(self._names), F.normalize(self.head.project_image(self.prototypes), dim=1)
+
+    @torch.no_grad()
+    def scores(self, f: torch.Tensor, classes: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """P9 on one evaluation batch of frozen features (B, d): o.w~ + o.P~ + Z.w-bar;
+        ``classes``: ``_eval_classes()`` computed once for the evaluation (else here)."""
         head = self.head
         z = head.project_image(f)
-        w_bar = self._text_classifier(self._names)
-        protos = F.normalize(head.project_image(self.prototypes), dim=1)
+        w_bar, protos = classes if classes is not None else self._eval_classes()
         token = F.normalize(z, dim=1) if self.opts.normalize_eval_image else z
         o, w_out, p_out = head.fuse(token, w_bar, protos, per_sample=self.opts.per_sample_eval)
         if self.opts.per_sample_eval:
@@ -272,7 +279,8 @@ class PROOF(CLIPLearner, BaseLearner):
             order = torch.argsort(labels, stable=True)  # the official test set: class by class
             feats, labels = feats[order], labels[order]
             b = self.cfg.batch_size  # the official evaluation batches (predictions depend on them)
-            scores = torch.cat([self.scores(feats[i:i + b]) for i in range(0, len(labels), b)])
+            classes = self._eval_classes()  # the prompts encoded once per evaluation, not per batch
+            scores = torch.cat([self.scores(feats[i:i + b], classes) for i in range(0, len(labels), b)])
         return scores_result(self, scores, labels)
 
     # ------------------------------------------------------------------ analysis views (models/base.py)

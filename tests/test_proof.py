@@ -196,6 +196,38 @@ def test_p9_batch_dependence_and_the_per_sample_option(tmp_path):
         torch.testing.assert_close(learner.scores(feats[:6])[0], learner.scores(feats[:1])[0])
 
 
+def test_p9_an_evaluation_encodes_the_prompts_once_and_scores_as_per_batch_encoding(tmp_path, monkeypatch):
+    """Speed, same results: the official code re-encodes every template's prompts for each
+    evaluation batch; here once per evaluation. The scores equal the per-batch path's
+    (each batch encoding the prompts again) exactly, and the text encoder runs once per template."""
+    import models.proof as proof_module
+    from utils.clip_backbone import ClipBackbone
+
+    templates = ["a photo of a {}.", "a drawing of a {}."]
+    learner, dm = make(tmp_path, templates=templates, batch_size=3)
+    got = {}
+    monkeypatch.setattr(proof_module, "scores_result", lambda self, s, y: got.update(scores=s, labels=y) or ({}, None))
+    calls = []
+    real = ClipBackbone.encode_text
+    monkeypatch.setattr(ClipBackbone, "encode_text", lambda self, t: calls.append(len(t)) or real(self, t))
+    for _ in range(2):
+        learner.incremental_train(dm)
+        calls.clear()
+        learner.eval_task()
+        assert len(calls) == len(templates)  # once per template per evaluation
+        feats, labels = learner.cache.get(dm, "test", range(learner._total_classes))
+        order = torch.argsort(labels, stable=True)
+        feats, labels = feats[order], labels[order]
+        b = learner.cfg.batch_size
+        assert len(labels) > 2 * b  # several evaluation batches
+        calls.clear()
+        with torch.no_grad():  # the per-batch path: every batch encodes the prompts again
+            per_batch = torch.cat([learner.scores(feats[i:i + b]) for i in range(0, len(labels), b)])
+        assert len(calls) == len(templates) * math.ceil(len(labels) / b)
+        assert torch.equal(got["labels"], labels) and torch.equal(got["scores"], per_batch)
+        learner.after_task()
+
+
 # ----------------------------------------------------------------------------- runs
 def test_proof_learns_and_resumes_exactly(tmp_path, monkeypatch):
     from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
@@ -242,7 +274,7 @@ def official_proof(name):
 
 @pytest.mark.parametrize("official, ours, logged", [
     ("cifar.json", "proof_cifar.json", {}),
-    ("img.json", "proof_imagenet_r.json", {"fixed_memory": True}),  # the log ran with fixed memory
+    ("img.json", "proof_imagenet_r.json", {"fixed_memory": True}),  # the published log's value (test below)
     ("cub.json", "proof_cub.json", {}),
 ])
 def test_proof_configs_equal_the_official_ones_key_by_key(official, ours, logged):
@@ -262,6 +294,30 @@ def test_proof_configs_equal_the_official_ones_key_by_key(official, ours, logged
     assert o["convnet_type"] == "clip" and cfg.backbone == "openclip:ViT-B-16/laion400m_e32"  # LAION-400M
     assert cfg.class_order == "shuffle" and opts["templates"] == ["released"] and opts["squash_resize"]
     assert o["min_lr"] == 0 and o["projection_type"] == "pure_mlp"
+
+
+def test_imagenet_r_keeps_the_published_logs_fixed_memory_not_img_json(tmp_path):
+    """exps/img.json says fixed_memory false, but the published ImageNet-R B0 Inc20 run
+    (the log whose figures toolbox/published.py holds) ran with true: its header says so
+    and every task kept 20 exemplars per class (false would be 4000 // 20 = 200 in task 0).
+    Ours keeps the published run's value and so its per-class budget in every task."""
+    import re
+
+    from tests.conftest import ROOT, SHARED_RELEASED
+
+    assert official_proof("img.json")["fixed_memory"] is False
+    log = os.path.join(SHARED_RELEASED, "proof", "logs", "proof", "imagenetr", "0", "20", "imgb0.log")
+    with open(log) as f:
+        text = f.read()
+    assert set(re.findall(r"=> fixed_memory: (\w+)", text)) == {"True"}
+    logged = [int(m) for m in re.findall(r"Constructing exemplars for new classes\.\.\.\((\d+) per classes\)", text)]
+    assert len(logged) >= 10 and set(logged) == {20}
+    opts = make_config(json.load(open(os.path.join(ROOT, "exps", "proof_imagenet_r.json")))).options
+    assert opts["fixed_memory"] is True
+    budgets = [per_class_budget(opts["proof_memory_size"], opts["fixed_memory"], opts["memory_per_class"], 20 * t)
+               for t in range(1, 11)]
+    assert budgets == [20] * 10
+    assert per_class_budget(opts["proof_memory_size"], False, opts["memory_per_class"], 20) == 200  # img.json's
 
 
 def test_released_templates_are_prooFs_own(released_cache):
