@@ -14,7 +14,8 @@ from toolbox.trainer import run_dir_for
 
 
 def fake_run(root, model, seed, acc, matrix, prefix="p", epochs=None, gap=None, text=None, visual=None,
-             total_s=10.0, **config):
+             total_s=10.0, progress=None, **config):
+    """A results.json written by hand; ``progress``: nb_tasks, completed_tasks, finished (none: an older file)."""
     d = root / f"{model}_{prefix}_{seed}"
     d.mkdir(parents=True)
     r = {"model_name": model, "dataset": "cifar100", "seed": seed, "accuracy": acc, "accuracy_matrix": matrix,
@@ -28,6 +29,8 @@ def fake_run(root, model, seed, acc, matrix, prefix="p", epochs=None, gap=None, 
         r["gap"] = gap
     if text is not None:
         r["task_metrics"] = {"text_accuracy": text, "visual_accuracy": visual}
+    if progress is not None:
+        r.update(progress)
     (d / "results.json").write_text(json.dumps(r))
     return d
 
@@ -105,7 +108,8 @@ def test_no_matplotlib_still_writes_tables(runs, monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     tmp_path, dirs = runs
     assert main([str(tmp_path / "logs"), "--out", str(tmp_path / "o")]) == 0
-    assert sorted(os.listdir(tmp_path / "o")) == ["summary.csv", "summary.md", "summary.tex"]
+    assert sorted(os.listdir(tmp_path / "o")) == ["left_out.csv", "summary.csv", "summary.md", "summary.tex"]
+    assert (tmp_path / "o" / "left_out.csv").read_text().splitlines() == ["run_dir,reason,completed_tasks,nb_tasks"]
     assert "pip install -e .[plots]" in capsys.readouterr().out
 
 
@@ -114,13 +118,13 @@ def test_bad_run_directories_are_named(tmp_path, capsys):
     assert "missing: no such run directory" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main([str(empty)]) == 2
-    assert "no results.json" in capsys.readouterr().err
+    assert main([str(empty)]) == 2  # no usable run is left: an error naming why
+    assert "empty: no run folder in it or below it (no results.json" in capsys.readouterr().err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "results.json").write_text("{not json")
     assert main([str(bad)]) == 2
-    assert "bad/results.json: cannot be read as JSON" in capsys.readouterr().err
+    assert "bad: results.json unreadable: cannot be read as JSON" in capsys.readouterr().err
     (bad / "results.json").write_text(json.dumps({"model_name": "x"}))
     assert main([str(bad)]) == 2
     assert "missing dataset" in capsys.readouterr().err
@@ -254,3 +258,133 @@ def test_report_counts_a_run_once_and_never_pools_different_configs(tmp_path):
     shutil.copytree(run_1, copy)
     with pytest.raises(ReportError, match="two runs of seed 1"):
         make_report([str(root), str(copy)], str(tmp_path / "out2"))
+
+
+def three_task_runs(logs):
+    """MG-CLIP seeds 1 and 2 finished (3 of 3 tasks), seed 3 stopped after its first task;
+    zero-shot CLIP from an older results.json without nb_tasks / completed_tasks / finished."""
+    done = {"nb_tasks": 3, "completed_tasks": 3, "finished": True}
+    M = [[90.0], [85.0, 75.0], [80.0, 70.0, 60.0]]
+    fake_run(logs, "mgclip", 1, [90.0, 80.0, 70.0], M, progress=done)
+    fake_run(logs, "mgclip", 2, [94.0, 84.0, 74.0], M, progress=done)
+    partial = fake_run(logs, "mgclip", 3, [92.0], [[92.0]],
+                       progress={"nb_tasks": 3, "completed_tasks": 1, "finished": False})
+    fake_run(logs, "zs_clip", 1, [70.0, 60.0], [[70.0], [65.0, 55.0]])
+    return partial
+
+
+def test_a_partial_run_is_left_out_and_listed_by_default(tmp_path, capsys):
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    partial = three_task_runs(logs)
+    assert main([str(logs), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    written = make_report([str(logs)], str(out))
+    rows = {r["method"]: r for r in written["rows"]}
+    mg = rows["mgclip"]
+    # seeds 1 and 2 only: Avg (90+80+70)/3 = 80 and (94+84+74)/3 = 84 -> 82 ± 2; Last 70, 74 -> 72 ± 2
+    assert mg["seeds"] == "1 2" and mg["tasks"] == "3/3"
+    assert (mg["avg_mean"], mg["avg_std"], mg["last_mean"], mg["last_std"]) == (82.0, 2.0, 72.0, 2.0)
+    assert rows["zs_clip"]["tasks"] == "2/2"  # an older file: len(accuracy) tasks, counted as finished
+    assert written["left_out"] == [{"run_dir": str(partial), "reason": "partial, 1 of 3 tasks",
+                                    "completed_tasks": 1, "nb_tasks": 3}]
+    line = f"- {partial}: partial, 1 of 3 tasks"
+    md = (out / "summary.md").read_text()
+    assert line in stdout and line in md and md.index("Left out") > md.index("| mgclip |")
+    assert "| tasks |" not in md and "82.00 ± 2.00" in md and "72.00 ± 2.00" in md
+    with open(out / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert "tasks" not in table[0] and [r["seeds"] for r in table] == ["1 2", "1"]
+    with open(out / "left_out.csv") as f:
+        assert list(csv.DictReader(f)) == [{"run_dir": str(partial), "reason": "partial, 1 of 3 tasks",
+                                            "completed_tasks": "1", "nb_tasks": "3"}]
+    assert "left_out.csv" in written["files"]
+    if written["plots"]:  # no accuracy matrix of the partial run
+        assert sorted(p for p in os.listdir(out) if p.startswith("accuracy_matrix_mgclip")) == [
+            "accuracy_matrix_mgclip_cifar100_p_1.png", "accuracy_matrix_mgclip_cifar100_p_2.png"]
+
+
+def test_include_partial_reports_and_marks_a_partial_run(tmp_path, capsys):
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    three_task_runs(logs)
+    assert main([str(logs), "--out", str(out), "--include-partial"]) == 0
+    stdout = capsys.readouterr().out
+    written = make_report([str(logs)], str(out), include_partial=True)
+    mg = {r["method"]: r for r in written["rows"]}["mgclip"]
+    # Avg 80, 84 and 92 (the partial run's one task): mean 256/3 = 85.33, population std
+    # sqrt(((80-85.33)^2 + (84-85.33)^2 + (92-85.33)^2) / 3) = sqrt(24.89) = 4.99;
+    # Last 70, 74, 92: mean 78.67, std sqrt((75.11 + 21.78 + 177.78) / 3) = sqrt(91.56) = 9.57
+    assert mg["seeds"] == "1 2 3" and mg["tasks"] == "3/3, 1/3 (seed 3)" and mg["partial_seeds"] == [3]
+    assert mg["avg_mean"] == pytest.approx(85.3333, abs=1e-4) and mg["avg_std"] == pytest.approx(4.98888, abs=1e-4)
+    assert mg["last_mean"] == pytest.approx(78.6667, abs=1e-4) and mg["last_std"] == pytest.approx(9.56847, abs=1e-4)
+    assert written["left_out"] == []
+    md = (out / "summary.md").read_text()
+    assert md.splitlines()[0].startswith("| method | prefix | dataset | split | seeds | tasks | Avg |")
+    row = "| mgclip | p | cifar100 | 10/10 | 1 2 3 | 3/3, 1/3 (seed 3) | 85.33 ± 4.99 | 78.67 ± 9.57 |"
+    assert row in md and row in stdout and "| zs_clip | p | cifar100 | 10/10 | 1 | 2/2 | 65.00 ± 0.00 |" in md
+    assert "Left out" not in md
+    with open(out / "summary.csv") as f:
+        table = {r["method"]: r for r in csv.DictReader(f)}
+    assert table["mgclip"]["tasks"] == "3/3, 1/3 (seed 3)" and table["zs_clip"]["tasks"] == "2/2"
+    assert float(table["mgclip"]["avg_mean"]) == pytest.approx(85.3333, abs=1e-4)
+    tex = (out / "summary.tex").read_text()
+    assert "Method & Dataset & Split & Tasks & Avg & Last" in tex
+    assert "mgclip & cifar100 & 10/10 & 3/3, 1/3 (seed 3) & $85.33 \\pm 4.99$ & $78.67 \\pm 9.57$" in tex
+    if written["plots"]:
+        assert len([p for p in os.listdir(out) if p.startswith("accuracy_matrix_mgclip")]) == 3
+
+
+def test_folders_without_usable_results_are_listed_and_hidden_folders_never_read(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    M = [[90.0], [80.0, 70.0]]
+    good = fake_run(logs, "mgclip", 1, [90.0, 76.0], M)
+    started = logs / "mgclip_p_2"  # a run that has not finished its first task
+    started.mkdir()
+    (started / "config.json").write_text("{}")
+    (started / "run.log").write_text("")
+    broken = logs / "mgclip_p_3"
+    broken.mkdir()
+    (broken / "results.json").write_text('{"model_name": "mgclip", "acc')  # cut off mid-write
+    foreign = logs / "other"
+    foreign.mkdir()
+    (foreign / "results.json").write_text(json.dumps({"score": 1}))
+    # a replacement run in the good run's folder, and one waiting to be swapped in: never runs
+    fake_run(good / ".attempt", "mgclip", 7, [10.0, 10.0], M)
+    fake_run(good / ".replacing", "mgclip", 8, [20.0, 20.0], M)
+    fake_run(logs / ".trash", "mgclip", 9, [30.0, 30.0], M)
+    assert main([str(logs), "--out", str(tmp_path / "out")]) == 0
+    stdout = capsys.readouterr().out
+    written = make_report([str(logs)], str(tmp_path / "out"))
+    (row,) = written["rows"]
+    assert row["seeds"] == "1" and row["avg_mean"] == 83.0  # (90 + 76) / 2, the good run alone
+    reasons = {x["run_dir"]: x["reason"] for x in written["left_out"]}
+    assert reasons[str(started)] == "no task finished yet"
+    assert reasons[str(broken)].startswith("results.json unreadable: cannot be read as JSON")
+    assert reasons[str(foreign)] == "results.json unreadable: not a results file of this toolbox (missing " \
+                                    "model_name, dataset, seed, accuracy, accuracy_matrix, avg, last, config)"
+    assert len(reasons) == 3
+    attempt_dir = good / ".attempt"
+    notes = [f"- {good}: replacement pending: `python main.py --resume {good}` completes it",
+             f"- {good}: a replacement run is in progress or stopped in {attempt_dir}"]
+    md = (tmp_path / "out" / "summary.md").read_text()
+    for line in [f"- {started}: no task finished yet", f"- {broken}: results.json unreadable: "] + notes:
+        assert line in md and line in stdout
+    if written["plots"]:  # the good run's matrix alone
+        assert [p for p in os.listdir(tmp_path / "out") if p.startswith("accuracy_matrix_")] == [
+            "accuracy_matrix_mgclip_cifar100_p_1.png"]
+    # the run folder named itself: its .attempt is not read either
+    assert [r["seeds"] for r in make_report([str(good)], str(tmp_path / "o2"))["rows"]] == ["1"]
+    # only unusable folders: an error naming each and why
+    assert main([str(started), str(broken), "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err
+    assert f"{started}: no task finished yet" in err and f"{broken}: results.json unreadable" in err
+
+
+def test_only_partial_runs_is_an_error_that_names_the_flag(tmp_path, capsys):
+    run = fake_run(tmp_path / "logs", "mgclip", 1, [90.0], [[90.0]],
+                   progress={"nb_tasks": 3, "completed_tasks": 1, "finished": False})
+    assert main([str(tmp_path / "logs"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run}: partial, 1 of 3 tasks" in err and "--include-partial" in err
+    assert not (tmp_path / "out").exists()
+    assert main([str(tmp_path / "logs"), "--out", str(tmp_path / "out"), "--include-partial"]) == 0
+    assert "| mgclip | p | cifar100 | 10/10 | 1 | 1/3 (seed 1) | 90.00 ± 0.00 |" in capsys.readouterr().out

@@ -4,6 +4,7 @@ and the same small table through submitit's debug and local executors, including
 killed mid-run and resubmitted."""
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -91,6 +92,42 @@ def test_the_table_numbers_by_hand_beside_the_published_ones(tmp_path):
     md = table_markdown([cell])
     assert "cifar100 10/10 (ViT-B/16) Avg" in md.splitlines()[0]
     assert "| mgclip | 86.00 ± 1.00 (86.79, -0.79) | 80.50 ± 1.50 (80.40, +0.10) |" in md
+    assert "in parentheses the published figure and the difference" in md and "[" not in md  # every seed finished
+
+
+def test_a_cell_with_a_missing_and_a_partial_seed_is_marked_and_its_runs_listed(tmp_path):
+    """Four seeds planned: 1 and 2 finished, 3 stopped after its first task, 4 never
+    started, 5 started but no task done; the cell is over seeds 1 and 2 alone, marked."""
+    from toolbox.table import table_csv, table_latex
+
+    table = load_table_config(write_table(tmp_path, methods=["mgclip"], protocols=["cifar"], seeds=[1, 2, 3, 4, 5],
+                                          set={"logdir": str(tmp_path / "logs")}))
+    runs = plan(table)
+    by_seed = {r.seed: r for r in runs}
+    for seed, results in ((1, {"finished": True, "avg": 85.0, "last": 79.0}),
+                          (2, {"finished": True, "avg": 87.0, "last": 82.0}),
+                          (3, {"finished": False, "nb_tasks": 10, "completed_tasks": 1, "avg": 99.0, "last": 99.0})):
+        os.makedirs(by_seed[seed].run_dir)
+        with open(os.path.join(by_seed[seed].run_dir, "results.json"), "w") as f:
+            json.dump({**results, "seed": seed, "config": by_seed[seed].config}, f)
+    os.makedirs(by_seed[5].run_dir)
+    with open(os.path.join(by_seed[5].run_dir, "config.json"), "w") as f:
+        json.dump(by_seed[5].config, f)
+    (cell,) = collect(runs)
+    # seeds 1 and 2: Avg (85 + 87) / 2 = 86 ± 1, Last (79 + 82) / 2 = 80.5 ± 1.5 (seed 3's 99 is not in it)
+    assert (cell["avg_mean"], cell["avg_std"], cell["last_mean"], cell["last_std"]) == (86.0, 1.0, 80.5, 1.5)
+    assert (cell["runs"], cell["planned"], cell["incomplete"], cell["seeds"]) == (2, 5, "2 of 5 seeds", "1 2")
+    md = table_markdown([cell])
+    assert "| mgclip | 86.00 ± 1.00 [2 of 5 seeds] (86.79, -0.79) | 80.50 ± 1.50 [2 of 5 seeds] (80.40, +0.10) |" in md
+    for seed, why in ((3, "partial, 1 of 10 tasks"), (4, "not started"), (5, "no task finished yet")):
+        assert f"- mgclip cifar seed {seed}: {why} ({by_seed[seed].run_dir})" in md
+    csv_text = table_csv([cell]).splitlines()
+    assert csv_text[0].startswith("method,protocol,dataset,split,backbone,seeds,runs,planned,incomplete,left_out,")
+    assert "1 2,2,5,2 of 5 seeds,seed 3: partial, 1 of 10 tasks; seed 4: not started; seed 5: no task finished yet," \
+        in csv_text[1].replace('"', "")
+    tex = table_latex([cell])
+    assert "mgclip & $86.00 \\pm 1.00$ [2 of 5 seeds] & $80.50 \\pm 1.50$ [2 of 5 seeds] \\\\" in tex
+    assert "% in no cell: mgclip cifar seed 4: not started" in tex
 
 
 def _results(run_dirs):
@@ -162,7 +199,7 @@ def test_the_command_dry_run_writes_nothing(tmp_path, capsys):
     assert "zs_clip" in out and "seed 7: start" in out and "1 run(s); nothing was written" in out
     assert not (tmp_path / "logs").exists()
     assert main([path, "--out", str(tmp_path / "tbl")]) == 0
-    assert sorted(os.listdir(tmp_path / "tbl")) == ["table.csv", "table.md", "table.tex"]
+    assert sorted(os.listdir(tmp_path / "tbl")) == ["table.csv", "table.json", "table.md", "table.tex"]
     assert main([write_table(tmp_path, methods=["nope"], protocols=["demo"])]) == 2
     assert "unknown model_name 'nope'" in capsys.readouterr().err
 
@@ -203,3 +240,62 @@ def test_a_failing_job_is_one_line_naming_its_run_and_log(tmp_path, capsys):
                           "lr": -1.0},
                      executor={"name": "submitit", "cluster": "debug", "folder": str(tmp_path / "jobs")})
     assert main([ok]) == 2 and "'lr'" in capsys.readouterr().err  # a bad value: one line, nothing submitted
+
+
+def _files(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_tables_with_different_overrides_go_to_different_folders(tmp_path, monkeypatch, capsys):
+    from toolbox.table import overrides_slug
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    path = write_table(tmp_path, methods=["zs_clip"], seeds=[1], set={"logdir": str(tmp_path / "logs")},
+                       protocols=[{"tiny": {"configs": {"zs_clip": str(tmp_path / "tiny.json")}}}])
+    assert main([path, "--set", "prefix=a"]) == 0
+    first = _files(tmp_path / "tables" / "table_prefix-a")
+    assert main([path, "--set", "prefix=b"]) == 0
+    assert "wrote table.json, table.md, table.csv, table.tex to tables/table_prefix-b" in capsys.readouterr().out
+    assert _files(tmp_path / "tables" / "table_prefix-a") == first  # the first table untouched
+    with open(tmp_path / "tables" / "table_prefix-b" / "table.json") as f:
+        recorded = json.load(f)
+    assert recorded["config"] == path and recorded["set"] == ["prefix=b"] and recorded["overrides"] == {"prefix": "b"}
+    assert recorded["runs"] == [str(tmp_path / "logs" / "zs_clip" / "synthetic" / "2" / "2" / "b_1")]
+    assert main([path, "--set", "prefix=a"]) == 0  # the same table again: regenerated in its own folder
+    assert sorted(os.listdir(tmp_path / "tables")) == ["table_prefix-a", "table_prefix-b"]
+    # readable, stable (order of --set does not matter) and distinct, with a hash where a name would be lossy
+    assert overrides_slug([]) == "" and overrides_slug(["lr=0.01", "prefix=x"]) == "lr-0.01_prefix-x"
+    assert overrides_slug(["prefix=x", "lr=0.01"]) == overrides_slug(["lr=0.01", "prefix=x"])
+    lossy = [["prefix=a/b"], ["prefix=a_b"], ["prefix=a-b"], ["prefix='1'"], ["prefix=1"], ["prefix=a", "b=c"],
+             ["prefix=a_b-c"], ["data_path=/data"], ["prefix=" + "x" * 100], ["prefix=" + "x" * 101]]
+    slugs = [overrides_slug(o) for o in lossy]
+    assert len(set(slugs)) == len(slugs) and all(re.fullmatch(r"[A-Za-z0-9_.+-]+", s) for s in slugs)
+    assert overrides_slug(["data_path=/data"]).startswith("data_path-data_") and len(slugs[-1]) <= 70
+
+
+def test_a_folder_holding_another_table_is_refused_before_any_run(tmp_path, capsys):
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    path = write_table(tmp_path, methods=["zs_clip"], seeds=[1], set={"logdir": str(tmp_path / "logs")},
+                       protocols=[{"tiny": {"configs": {"zs_clip": str(tmp_path / "tiny.json")}}}])
+    out = tmp_path / "out"
+    assert main([path, "--set", "prefix=a", "--out", str(out)]) == 0
+    before = _files(out)
+    capsys.readouterr()
+    for argv in ([path, "--set", "prefix=b", "--out", str(out)], [path, "--set", "prefix=b", "--out", str(out),
+                                                                  "--dry-run"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"table folder {out} holds another table ({path}, --set prefix=a)" in err
+        assert "--out" in err and f"remove {out}" in err
+    assert not os.path.exists(tmp_path / "logs" / "zs_clip" / "synthetic" / "2" / "2" / "b_1")  # nothing ran
+    assert _files(out) == before  # byte for byte
+    (tmp_path / "other").mkdir()
+    other = write_table(tmp_path / "other", methods=["zs_clip"], seeds=[1], set={"logdir": str(tmp_path / "logs")},
+                        protocols=[{"tiny": {"configs": {"zs_clip": str(tmp_path / "tiny.json")}}}])
+    assert main([other, "--set", "prefix=a", "--out", str(out)]) == 2  # the same overrides, another config
+    assert "holds another table" in capsys.readouterr().err and _files(out) == before
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "table.md").write_text("a table of an earlier version\n")
+    assert main([path, "--out", str(tmp_path / "old"), "--dry-run"]) == 2
+    assert "holds table.md without a table.json" in capsys.readouterr().err

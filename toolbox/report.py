@@ -1,6 +1,9 @@
-"""Compare runs side by side: ``python -m toolbox.report RUN_DIR [RUN_DIR ...] [--out DIR]``.
+"""Compare runs side by side: ``python -m toolbox.report RUN_DIR [RUN_DIR ...] [--out DIR] [--include-partial]``.
 
-Each RUN_DIR is a run directory (with ``results.json``) or a folder searched for them.
+Each RUN_DIR is a run directory (with ``results.json``) or a folder searched for them
+(never entering hidden folders such as a run's ``.attempt/``). Only finished runs are
+reported unless ``--include-partial`` (then marked); partial runs and run folders without a
+usable results.json are listed (stdout, summary.md's "Left out", ``left_out.csv``).
 Runs of the same method, dataset, split and prefix are grouped over seeds. Writes
 ``summary.md``, ``summary.csv`` and ``summary.tex`` (a LaTeX table) (mean +- std over seeds; std is the population std,
 numpy's default; groups that run a published protocol also get a table against the
@@ -21,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from toolbox.io import atomic_write, write_text
+from toolbox.run_lock import LOCK_NAME
 from utils.config import PLACEMENT_KEYS
 
 logger = logging.getLogger(__name__)
@@ -37,41 +41,127 @@ class ReportError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- loading
-def find_runs(paths: Sequence[str]) -> List[str]:
-    """Run directories named by ``paths`` (a run directory, or a folder holding some)."""
-    runs, seen = [], set()
+# Files a run writes into its folder before its first task ends (results.json comes after
+# each task): a folder holding one of them but no results.json is a run with no task done.
+RUN_MARKERS = ("config.json", "run.log", "checkpoint.pt", LOCK_NAME)
+# Hidden subfolders of a run folder that hold a replacement run not yet swapped in; the
+# walk never enters a hidden folder, so neither is ever read as a run.
+ATTEMPT, REPLACING = ".attempt", ".replacing"
+
+
+def scan_runs(paths: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]], List[Tuple[str, str]]]:
+    """The folders named by ``paths`` (a run directory, or a folder searched for them, never
+    entering hidden folders): ``(runs, left_out, notes)``. ``runs`` hold a results.json;
+    ``left_out`` are ``(folder, reason)`` for run folders without one and named folders with
+    no run at all; ``notes`` are ``(folder, note)`` for a replacement run in ``.attempt/`` or
+    ``.replacing/``. A named path that does not exist is an error."""
+    runs: List[str] = []
+    left_out: List[Tuple[str, str]] = []
+    notes: List[Tuple[str, str]] = []
+    seen = set()
     for p in paths:
         if not os.path.isdir(p):
             raise ReportError(f"{p}: no such run directory")
-        if os.path.isfile(os.path.join(p, "results.json")):
-            found = [p]
-        else:
-            found = sorted(root for root, _, files in os.walk(p) if "results.json" in files)
+        found = 0
+        for root, dirs, files in os.walk(p):
+            hidden = {d for d in dirs if d.startswith(".")}
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            looks_like_run = "results.json" in files or any(m in files for m in RUN_MARKERS)
+            if not looks_like_run and not hidden & {ATTEMPT, REPLACING}:
+                continue
+            found += 1
+            real = os.path.realpath(root)
+            if real in seen:  # a run named twice (overlapping paths, links) counts once
+                continue
+            seen.add(real)
+            if "results.json" in files:
+                runs.append(root)
+            elif looks_like_run:
+                left_out.append((root, "no task finished yet"))
+            if REPLACING in hidden:
+                notes.append((root, f"replacement pending: `python main.py --resume {root}` completes it"))
+            if ATTEMPT in hidden:
+                notes.append((root, f"a replacement run is in progress or stopped in {os.path.join(root, ATTEMPT)}"))
         if not found:
-            raise ReportError(f"{p}: no results.json in it or below it (is it a run directory?)")
-        for run in found:  # a run named twice (overlapping paths, links) counts once
-            real = os.path.realpath(run)
-            if real not in seen:
-                seen.add(real)
-                runs.append(run)
-    return runs
+            left_out.append((p, "no run folder in it or below it (no results.json, config.json, run.log or "
+                                "checkpoint.pt)"))
+    return runs, left_out, notes
+
+
+def find_runs(paths: Sequence[str]) -> List[str]:
+    """Run directories with a results.json named by ``paths`` (see :func:`scan_runs`)."""
+    return scan_runs(paths)[0]
 
 
 REQUIRED = ("model_name", "dataset", "seed", "accuracy", "accuracy_matrix", "avg", "last", "config")
 
 
-def load_run(run_dir: str) -> Dict[str, Any]:
+def _read_results(run_dir: str) -> Tuple[Optional[Dict[str, Any]], str]:
+    """``(results, "")``, or ``(None, why results.json is unusable)``."""
     path = os.path.join(run_dir, "results.json")
     try:
         with open(path, "r", encoding="utf-8") as f:
             r = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ReportError(f"{path}: cannot be read as JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"cannot be read as JSON ({e})"
     missing = [k for k in REQUIRED if k not in r] if isinstance(r, dict) else list(REQUIRED)
     if missing:
-        raise ReportError(f"{path}: not a results file of this toolbox (missing {', '.join(missing)})")
+        return None, f"not a results file of this toolbox (missing {', '.join(missing)})"
+    wrong = [k for k, kind in (("accuracy", list), ("accuracy_matrix", list), ("config", dict))
+             if not isinstance(r[k], kind)]
+    wrong += [k for k in ("nb_tasks", "completed_tasks") if k in r and not isinstance(r[k], int)]
+    if wrong:
+        return None, f"not a results file of this toolbox (wrong type of {', '.join(wrong)})"
+    return r, ""
+
+
+def load_run(run_dir: str) -> Dict[str, Any]:
+    r, problem = _read_results(run_dir)
+    if r is None:
+        raise ReportError(f"{os.path.join(run_dir, 'results.json')}: {problem}")
     r["run_dir"] = run_dir
     return r
+
+
+def run_progress(r: Dict[str, Any]) -> Tuple[int, int, bool]:
+    """``(tasks completed, tasks planned, finished)`` of a loaded run (the trainer writes
+    ``completed_tasks``, ``nb_tasks`` and ``finished`` after every task). A results.json
+    written before the trainer recorded them lacks them: its completed tasks are then
+    ``len(accuracy)``, and without ``nb_tasks`` it counts as finished, as every run was
+    reported before (nothing in such a file tells a partial run from a finished one)."""
+    done = r.get("completed_tasks", len(r["accuracy"]))
+    planned = r.get("nb_tasks", done)
+    return done, planned, bool(r.get("finished", done >= planned))
+
+
+def load_runs(paths: Sequence[str], include_partial: bool = False
+              ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], List[Tuple[str, str]]]:
+    """``(runs, left_out, notes)`` of ``paths``: the usable runs (finished ones; also the
+    partial ones with ``include_partial``), what was left out (``run_dir``, ``reason``,
+    ``completed_tasks``, ``nb_tasks``) and the notes of :func:`scan_runs`. An error only
+    when no usable run is left, naming what was left out and why."""
+    dirs, skipped, notes = scan_runs(paths)
+    left_out = [{"run_dir": d, "reason": why, "completed_tasks": None, "nb_tasks": None} for d, why in skipped]
+    runs = []
+    for d in dirs:
+        r, problem = _read_results(d)
+        if r is None:
+            left_out.append({"run_dir": d, "reason": f"results.json unreadable: {problem}", "completed_tasks": None,
+                             "nb_tasks": None})
+            continue
+        r["run_dir"] = d
+        done, planned, finished = run_progress(r)
+        if finished or include_partial:
+            runs.append(r)
+        else:
+            left_out.append({"run_dir": d, "reason": f"partial, {done} of {planned} tasks", "completed_tasks": done,
+                             "nb_tasks": planned})
+    left_out.sort(key=lambda x: x["run_dir"])
+    if not runs:
+        hint = " (--include-partial reports partial runs)" if any(x["nb_tasks"] for x in left_out) else ""
+        raise ReportError(f"no usable run in {', '.join(paths)}: "
+                          + "; ".join(f"{x['run_dir']}: {x['reason']}" for x in left_out) + hint)
+    return runs, left_out, notes
 
 
 def group_key(r: Dict[str, Any]) -> Tuple[str, str, str, str]:
@@ -145,9 +235,14 @@ def summary_row(key: Tuple[str, str, str, str], runs: List[Dict[str, Any]]) -> D
 
     epochs = sorted({epochs_of(r["epochs"]) for r in runs if isinstance(r.get("epochs"), dict)
                      and r["epochs"].get("chosen") is not None}, key=lambda e: (isinstance(e, str), e))
+    progress = [(r["seed"], *run_progress(r)) for r in runs]
     return {
         "method": method, "prefix": prefix, "dataset": dataset, "split": split,
         "seeds": " ".join(str(r["seed"]) for r in runs),
+        # tasks done of planned: "3/3" for the finished runs, "1/3 (seed 1994)" for each partial one
+        "tasks": ", ".join(list(dict.fromkeys(f"{d}/{n}" for _, d, n, fin in progress if fin))
+                           + [f"{d}/{n} (seed {seed})" for seed, d, n, fin in progress if not fin]),
+        "partial_seeds": [seed for seed, _, _, fin in progress if not fin],
         "avg_mean": _mean([r["avg"] for r in runs]), "avg_std": _std([r["avg"] for r in runs]),
         "last_mean": _mean([r["last"] for r in runs]), "last_std": _std([r["last"] for r in runs]),
         "forgetting_mean": _mean([r.get("forgetting") for r in runs]),
@@ -173,25 +268,39 @@ def _row_metrics(rows: List[Dict[str, Any]]) -> List[str]:
     return list(dict.fromkeys(name for r in rows for name in r["metrics"]))
 
 
-def markdown_row(row: Dict[str, Any], metrics: Sequence[str]) -> str:
-    cells = [row["method"], row["prefix"], row["dataset"], row["split"], row["seeds"],
-             _pm(row["avg_mean"], row["avg_std"]), _pm(row["last_mean"], row["last_std"]),
-             _fmt(row["forgetting_mean"]), _fmt(row["bwt_mean"]), row["epochs"] or "-",
-             _fmt(row["wall_s_mean"], 1)] + [_fmt(row["metrics"].get(name)) for name in metrics]
+def has_partial(rows: List[Dict[str, Any]]) -> bool:
+    """Whether a row holds a partial run: then every table gets a "tasks" column after "seeds"."""
+    return any(r.get("partial_seeds") for r in rows)
+
+
+def _with_tasks(columns: List[str], rows: List[Dict[str, Any]]) -> List[str]:
+    if not has_partial(rows):
+        return list(columns)
+    at = columns.index("seeds") + 1
+    return columns[:at] + ["tasks"] + columns[at:]
+
+
+def markdown_row(row: Dict[str, Any], metrics: Sequence[str], tasks: bool = False) -> str:
+    cells = [row["method"], row["prefix"], row["dataset"], row["split"], row["seeds"]] + \
+        ([row["tasks"]] if tasks else []) + \
+        [_pm(row["avg_mean"], row["avg_std"]), _pm(row["last_mean"], row["last_std"]),
+         _fmt(row["forgetting_mean"]), _fmt(row["bwt_mean"]), row["epochs"] or "-",
+         _fmt(row["wall_s_mean"], 1)] + [_fmt(row["metrics"].get(name)) for name in metrics]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def summary_markdown(rows: List[Dict[str, Any]]) -> str:
-    """The table: the shared columns, then "<metric> Last" for each task metric of the rows."""
+    """The table: the shared columns, then "<metric> Last" for each task metric of the rows;
+    where a row holds a partial run, a "tasks" column after "seeds" (tasks done / planned)."""
     metrics = _row_metrics(rows)
-    header = MD_COLUMNS + [f"{metric_label(name)} Last" for name in metrics]
+    header = _with_tasks(MD_COLUMNS, rows) + [f"{metric_label(name)} Last" for name in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + [markdown_row(r, metrics) for r in rows]) + "\n"
+    return "\n".join(lines + [markdown_row(r, metrics, has_partial(rows)) for r in rows]) + "\n"
 
 
 def summary_csv(rows: List[Dict[str, Any]]) -> str:
     metrics = _row_metrics(rows)
-    columns = CSV_COLUMNS + [f"{metric_label(name)}_last_mean" for name in metrics]
+    columns = _with_tasks(CSV_COLUMNS, rows) + [f"{metric_label(name)}_last_mean" for name in metrics]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns)
     w.writeheader()
@@ -214,11 +323,15 @@ def latex_pm(mean: Optional[float], std: Optional[float]) -> str:
 
 def summary_latex(rows: List[Dict[str, Any]]) -> str:
     """The main figures as a LaTeX table body (method, dataset, split, Avg, Last as mean $\\pm$
-    std over seeds), ready for ``\\input``; needs no LaTeX package."""
+    std over seeds; where a row holds a partial run, a Tasks column after Split), ready for
+    ``\\input``; needs no LaTeX package."""
     tex, pm = latex_escape, latex_pm
-    lines = ["\\begin{tabular}{lllcc}", "\\hline", "Method & Dataset & Split & Avg & Last \\\\", "\\hline"]
-    lines += [f"{tex(r['method'])} & {tex(r['dataset'])} & {tex(r['split'])} & {pm(r['avg_mean'], r['avg_std'])} & "
-              f"{pm(r['last_mean'], r['last_std'])} \\\\" for r in rows]
+    tasks = has_partial(rows)
+    lines = ["\\begin{tabular}{lll" + ("l" if tasks else "") + "cc}", "\\hline",
+             "Method & Dataset & Split & " + ("Tasks & " if tasks else "") + "Avg & Last \\\\", "\\hline"]
+    lines += [f"{tex(r['method'])} & {tex(r['dataset'])} & {tex(r['split'])} & "
+              + (f"{tex(r['tasks'])} & " if tasks else "")
+              + f"{pm(r['avg_mean'], r['avg_std'])} & {pm(r['last_mean'], r['last_std'])} \\\\" for r in rows]
     return "\n".join(lines + ["\\hline", "\\end{tabular}"]) + "\n"
 
 
@@ -245,13 +358,15 @@ def published_rows(groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]
 def published_markdown(rows: List[Dict[str, Any]]) -> str:
     if not rows:
         return ""
-    lines = ["", "Against the published figures:", "",
-             "| method | prefix | dataset | split | backbone | seeds | Avg | published Avg | diff | Last "
-             "| published Last | diff | published in |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    tasks = has_partial(rows)
+    header = _with_tasks(["method", "prefix", "dataset", "split", "backbone", "seeds", "Avg", "published Avg",
+                          "diff", "Last", "published Last", "diff", "published in"], rows)
+    lines = ["", "Against the published figures:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         diff = {m: "-" if r[f"{m}_diff"] is None else f"{r[f'{m}_diff']:+.2f}" for m in ("avg", "last")}
         lines.append(f"| {r['method']} | {r['prefix']} | {r['dataset']} | {r['split']} | {r['backbone']} | "
-                     f"{r['seeds']} | {_fmt(r['avg_mean'])} | {_fmt(r['published_avg'])} | {diff['avg']} | "
+                     f"{r['seeds']} | " + (f"{r['tasks']} | " if tasks else "") +
+                     f"{_fmt(r['avg_mean'])} | {_fmt(r['published_avg'])} | {diff['avg']} | "
                      f"{_fmt(r['last_mean'])} | {_fmt(r['published_last'])} | {diff['last']} | {r['source']} |")
     return "\n".join(lines) + "\n"
 
@@ -296,13 +411,18 @@ def _save(fig, path: str) -> None:
 
 
 def plot_accuracy_curve(groups, path: str, plt) -> None:
+    """One line per group: after each task, mean (and std band) over the runs that reached
+    it; a group holding a partial run is dashed and its label says which seeds are partial."""
     fig, ax = plt.subplots(figsize=FIG_SIZE)
     for key, runs in groups.items():
-        T = min(len(r["accuracy"]) for r in runs)
-        acc = np.array([r["accuracy"][:T] for r in runs], dtype=float)
+        T = max(len(r["accuracy"]) for r in runs)
+        per_task = [np.array([r["accuracy"][t] for r in runs if len(r["accuracy"]) > t], dtype=float)
+                    for t in range(T)]
         x = np.arange(1, T + 1)
-        mean, std = acc.mean(0), acc.std(0)
-        ax.plot(x, mean, marker="o", label=_label(key))
+        mean, std = np.array([a.mean() for a in per_task]), np.array([a.std() for a in per_task])
+        row = summary_row(key, runs)
+        partial = f" [partial: {row['tasks']}]" if row["partial_seeds"] else ""
+        ax.plot(x, mean, marker="o", linestyle="--" if partial else "-", label=_label(key) + partial)
         if len(runs) > 1:
             ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("task")
@@ -333,7 +453,9 @@ def plot_accuracy_matrix(run: Dict[str, Any], path: str, plt) -> None:
     ax.set_yticks(range(T), [str(t + 1) for t in range(T)])
     ax.set_xlabel("task j (its classes)")
     ax.set_ylabel("after task t")
-    ax.set_title(f"{run['model_name']} seed {run['seed']}: accuracy matrix (%)")
+    done, planned, finished = run_progress(run)
+    partial = "" if finished else f" (partial: {done} of {planned} tasks)"
+    ax.set_title(f"{run['model_name']} seed {run['seed']}: accuracy matrix (%){partial}")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     _save(fig, path)
@@ -343,7 +465,7 @@ def plot_accuracy_matrix(run: Dict[str, Any], path: str, plt) -> None:
 def plot_gap(runs: List[Dict[str, Any]], path: str, plt) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=FIG_SIZE)
     for r in runs:
-        name = f"{r['config'].get('prefix', '')} seed {r['seed']}"
+        name = f"{r['config'].get('prefix', '')} seed {r['seed']}" + ("" if run_progress(r)[2] else " (partial)")
         ep = r.get("epochs") or {}
         if ep.get("neg0") is not None and ep.get("probe"):
             neg0, alpha = ep["neg0"], ep.get("alpha", r["config"].get("gap_alpha", 0.1))
@@ -388,21 +510,48 @@ def _safe_name(run: Dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- entry
-def make_report(paths: Sequence[str], out: str) -> Dict[str, Any]:
-    """Write the tables (and plots if matplotlib is there) into ``out``; returns what was written."""
-    runs = [load_run(d) for d in find_runs(paths)]
+LEFT_OUT_COLUMNS = ["run_dir", "reason", "completed_tasks", "nb_tasks"]
+
+
+def left_out_markdown(left_out: List[Dict[str, Any]], notes: Sequence[Tuple[str, str]]) -> str:
+    """The "Left out" section (folders searched whose runs are in no row, mean, plot or csv
+    line, and why) and the notes on replacement runs; empty when there is neither."""
+    text = ""
+    if left_out:
+        text += "\nLeft out (in no row, mean, plot or csv line above):\n\n" + \
+            "".join(f"- {x['run_dir']}: {x['reason']}\n" for x in left_out)
+    if notes:
+        text += "\nNotes:\n\n" + "".join(f"- {d}: {note}\n" for d, note in notes)
+    return text
+
+
+def left_out_csv(left_out: List[Dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LEFT_OUT_COLUMNS)
+    w.writeheader()
+    for x in left_out:
+        w.writerow({k: "" if x[k] is None else x[k] for k in LEFT_OUT_COLUMNS})
+    return buf.getvalue()
+
+
+def make_report(paths: Sequence[str], out: str, include_partial: bool = False) -> Dict[str, Any]:
+    """Write the tables (and plots if matplotlib is there) into ``out``; returns what was
+    written. Partial runs (not every task done) are left out, listed with the folders
+    that hold no usable results.json; with ``include_partial`` they are in the rows,
+    marked in a "tasks" column."""
+    runs, left_out, notes = load_runs(paths, include_partial)
     groups = group_runs(runs)
     rows = [summary_row(k, g) for k, g in groups.items()]
     os.makedirs(out, exist_ok=True)
     retention = retention_rows(runs)
     published = published_rows(groups)
-    write_text(os.path.join(out, "summary.md"),
-               summary_markdown(rows) + published_markdown(published) + retention_markdown(retention))
+    write_text(os.path.join(out, "summary.md"), summary_markdown(rows) + published_markdown(published)
+               + retention_markdown(retention) + left_out_markdown(left_out, notes))
     write_text(os.path.join(out, "summary.csv"), summary_csv(rows))
     write_text(os.path.join(out, "summary.tex"), summary_latex(rows))
-    written = {"rows": rows, "files": ["summary.md", "summary.csv", "summary.tex"], "plots": False,
-               "retention": retention,
-               "published": published}
+    write_text(os.path.join(out, "left_out.csv"), left_out_csv(left_out))
+    written = {"rows": rows, "files": ["summary.md", "summary.csv", "summary.tex", "left_out.csv"], "plots": False,
+               "retention": retention, "published": published, "left_out": left_out, "notes": notes}
     if retention:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(retention[0]))
@@ -436,14 +585,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m toolbox.report", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run directories, or folders that hold them")
     p.add_argument("--out", default="report", help="output folder (default: report)")
+    p.add_argument("--include-partial", action="store_true",
+                   help="also report runs that have not finished every task (marked in a 'tasks' column); "
+                        "by default they are left out and listed")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        written = make_report(args.runs, args.out)
+        written = make_report(args.runs, args.out, include_partial=args.include_partial)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary_markdown(written["rows"]) + published_markdown(written["published"]), end="")
+    print(summary_markdown(written["rows"]) + published_markdown(written["published"])
+          + left_out_markdown(written["left_out"], written["notes"]), end="")
     print(f"wrote {', '.join(written['files'])} to {args.out}")
     if not written["plots"]:
         print("no plots: matplotlib is not installed (pip install -e .[plots])")

@@ -18,12 +18,16 @@ It expands into one run per method x protocol x seed (each its own run folder an
 skips runs already finished with the same config, continues interrupted ones from their
 checkpoints, runs the rest, and writes ``table.md``, ``table.csv`` and ``table.tex``: rows
 = methods, columns = protocol (dataset, split, backbone weights) x {Avg, Last}, each cell
-mean +- std over seeds with the published figure and the difference beside it.
+mean +- std over the finished seeds (``[2 of 3 seeds]`` where fewer finished than planned;
+the others listed below the table) with the published figure and the difference beside it.
+The output folder is ``tables/<name>`` or, with ``--set`` overrides, ``tables/<name>_<overrides>``;
+its ``table.json`` says which table it holds, and a folder holding another table is refused.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -60,14 +64,19 @@ class PlannedRun:
 
 
 # ----------------------------------------------------------------------------- expansion
-def load_table_config(path: str) -> Dict[str, Any]:
-    """A table config: a path, or a shipped one (``exps/tables/<name>``)."""
+def table_config_path(path: str) -> str:
+    """The file of a table config: ``path`` itself, or a shipped one (``exps/tables/<name>``)."""
     if not os.path.isfile(path):
         shipped = os.path.join(shipped_configs_dir(), "tables")
         for candidate in (path, path + ".yaml", path + ".json"):
             if os.path.isfile(os.path.join(shipped, candidate)):
-                path = os.path.join(shipped, candidate)
-                break
+                return os.path.join(shipped, candidate)
+    return path
+
+
+def load_table_config(path: str) -> Dict[str, Any]:
+    """A table config: a path, or a shipped one (``exps/tables/<name>``)."""
+    path = table_config_path(path)
     data = load_config_file(path)
     unknown = sorted(set(data) - TABLE_KEYS - set(LEARNERS))
     if unknown:
@@ -238,19 +247,24 @@ class TableJobError(RuntimeError):
 
 # ----------------------------------------------------------------------------- the table
 def collect(runs: List[PlannedRun]) -> List[Dict[str, Any]]:
-    """One cell per method x protocol: Avg and Last over the seeds with results, and the
-    published figures of that protocol."""
+    """One cell per method x protocol: Avg and Last over the seeds whose run has finished,
+    and the published figures of that protocol. ``missing`` lists the planned runs left
+    out (``seed``, ``run_dir``, ``reason``: "partial, 1 of 3 tasks", "not started", ...);
+    ``incomplete`` is "2 of 3 seeds" where fewer seeds than planned finished, else ""."""
     cells = []
     for method in dict.fromkeys(r.method for r in runs):
         for protocol in dict.fromkeys(r.protocol for r in runs):
             mine = [r for r in runs if r.method == method and r.protocol == protocol]
-            results = [_finished(r.run_dir) for r in mine]
-            results = [x for x in results if x is not None]
+            states = [(r, *run_state(r.run_dir)) for r in mine]
+            results = [x for _, x, _ in states if x is not None]
+            missing = [{"seed": r.seed, "run_dir": r.run_dir, "reason": why} for r, x, why in states if x is None]
             cfg = mine[0].config
             pub = published_for(method, cfg)
             cell = {"method": method, "protocol": protocol, "dataset": cfg["dataset"],
                     "split": f"{cfg['init_cls']}/{cfg['increment']}", "backbone": cfg["backbone"],
                     "seeds": " ".join(str(x["seed"]) for x in results), "runs": len(results), "planned": len(mine),
+                    "incomplete": f"{len(results)} of {len(mine)} seeds" if len(results) < len(mine) else "",
+                    "missing": missing,
                     "published_avg": pub.avg if pub else None, "published_last": pub.last if pub else None,
                     "source": pub.source if pub else None}
             for key in ("avg", "last"):
@@ -263,13 +277,27 @@ def collect(runs: List[PlannedRun]) -> List[Dict[str, Any]]:
     return cells
 
 
-def _finished(run_dir: str) -> Optional[Dict[str, Any]]:
+def run_state(run_dir: str) -> Tuple[Optional[Dict[str, Any]], str]:
+    """``(results, "")`` for a finished run (results.json says ``finished``, as
+    :func:`status_of` needs to skip it), else ``(None, why it is not in the table)``."""
     path = os.path.join(run_dir, "results.json")
     if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        r = json.load(f)
-    return r if r.get("finished") else None
+        started = any(os.path.exists(os.path.join(run_dir, name)) for name in ("config.json", "run.log", CHECKPOINT))
+        return None, "no task finished yet" if started else "not started"
+    try:
+        with open(path, encoding="utf-8") as f:
+            r = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"results.json unreadable: {e}"
+    if not isinstance(r, dict):
+        return None, "results.json unreadable: not a results file of this toolbox"
+    if r.get("finished"):
+        return r, ""
+    done = r.get("completed_tasks", len(r.get("accuracy") or []))
+    planned = r.get("nb_tasks")
+    if planned:
+        return None, f"partial, {done} of {planned} tasks"
+    return None, f"results.json not marked finished ({done} task(s) in it; written before runs recorded it?)"
 
 
 def _columns(cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -280,12 +308,20 @@ def _columns(cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def _cell_text(c: Dict[str, Any], key: str) -> str:
+    mark = f" [{c['incomplete']}]" if c["incomplete"] else ""
     if c[f"{key}_mean"] is None:
-        return "-"
-    text = f"{c[f'{key}_mean']:.2f} ± {c[f'{key}_std']:.2f}"
+        return "-" + mark
+    text = f"{c[f'{key}_mean']:.2f} ± {c[f'{key}_std']:.2f}" + mark
     if c[f"published_{key}"] is not None:
         text += f" ({c[f'published_{key}']:.2f}, {c[f'{key}_diff']:+.2f})"
     return text
+
+
+def left_out_lines(cells: List[Dict[str, Any]]) -> List[str]:
+    """One line per planned run that is in no cell, and why: ``mgclip cifar seed 3: partial,
+    1 of 10 tasks (<run dir>)``."""
+    return [f"{c['method']} {c['protocol']} seed {m['seed']}: {m['reason']} ({m['run_dir']})"
+            for c in cells for m in c["missing"]]
 
 
 def table_markdown(cells: List[Dict[str, Any]]) -> str:
@@ -299,13 +335,20 @@ def table_markdown(cells: List[Dict[str, Any]]) -> str:
             row += [_cell_text(cell, "avg"), _cell_text(cell, "last")]
         lines.append("| " + " | ".join(row) + " |")
     notes = sorted({f"{c['method']} on {c['dataset']} {c['split']}: {c['source']}" for c in cells if c["source"]})
-    text = "\n".join(lines) + "\n\nCells: mean ± std over seeds (population std); in brackets the published figure " \
-                              "and the difference.\n"
-    return text + "".join(f"- published: {n}\n" for n in notes)
+    text = "\n".join(lines) + "\n\nCells: mean ± std over the finished seeds (population std); in parentheses " \
+                              "the published figure and the difference.\n"
+    text += "".join(f"- published: {n}\n" for n in notes)
+    missing = left_out_lines(cells)
+    if missing:
+        text += "\n[k of n seeds]: only k of the n planned seeds have finished; the mean and std are over those " \
+                "k. Runs in no cell:\n\n" + "".join(f"- {line}\n" for line in missing)
+    return text
 
 
-TABLE_CSV = ["method", "protocol", "dataset", "split", "backbone", "seeds", "runs", "planned", "avg_mean", "avg_std",
-             "last_mean", "last_std", "published_avg", "published_last", "avg_diff", "last_diff", "source"]
+# incomplete: "2 of 3 seeds" where fewer seeds than planned finished; left_out: each run in no cell and why
+TABLE_CSV = ["method", "protocol", "dataset", "split", "backbone", "seeds", "runs", "planned", "incomplete",
+             "left_out", "avg_mean", "avg_std", "last_mean", "last_std", "published_avg", "published_last",
+             "avg_diff", "last_diff", "source"]
 
 
 def table_csv(cells: List[Dict[str, Any]]) -> str:
@@ -313,7 +356,8 @@ def table_csv(cells: List[Dict[str, Any]]) -> str:
     w = csv.DictWriter(buf, fieldnames=TABLE_CSV)
     w.writeheader()
     for c in cells:
-        w.writerow({k: "" if c[k] is None else c[k] for k in TABLE_CSV})
+        flat = {**c, "left_out": "; ".join(f"seed {m['seed']}: {m['reason']}" for m in c["missing"])}
+        w.writerow({k: "" if flat[k] is None else flat[k] for k in TABLE_CSV})
     return buf.getvalue()
 
 
@@ -328,16 +372,105 @@ def table_latex(cells: List[Dict[str, Any]]) -> str:
         row = [tex(method)]
         for col in cols:
             cell = next(c for c in cells if c["method"] == method and c["protocol"] == col["protocol"])
-            row += [latex_pm(cell[f"{key}_mean"], cell[f"{key}_std"]) for key in ("avg", "last")]
+            mark = f" [{cell['incomplete']}]" if cell["incomplete"] else ""
+            row += [latex_pm(cell[f"{key}_mean"], cell[f"{key}_std"]) + mark for key in ("avg", "last")]
         lines.append(" & ".join(row) + " \\\\")
-    return "\n".join(lines + ["\\hline", "\\end{tabular}"]) + "\n"
+    lines += ["\\hline", "\\end{tabular}"] + [f"% in no cell: {latex_escape(line)}" for line in left_out_lines(cells)]
+    return "\n".join(lines) + "\n"
 
 
-def write_table(cells: List[Dict[str, Any]], out: str) -> List[str]:
+def write_table(cells: List[Dict[str, Any]], out: str, identity: Optional[Dict[str, Any]] = None) -> List[str]:
+    """table.md, table.csv and table.tex into ``out``; with ``identity`` (:func:`table_identity`)
+    first ``table.json``, which says which table the folder holds."""
     files = {"table.md": table_markdown(cells), "table.csv": table_csv(cells), "table.tex": table_latex(cells)}
+    if identity is not None:
+        files = {"table.json": json.dumps(identity, indent=2, sort_keys=True, default=str) + "\n", **files}
     for name, text in files.items():
         write_text(os.path.join(out, name), text)
     return list(files)
+
+
+# ----------------------------------------------------------------------------- the output folder
+TABLE_FILES = ("table.md", "table.csv", "table.tex")
+
+
+def overrides_slug(overrides: Sequence[str]) -> str:
+    """The ``--set`` overrides as a folder-name part: ``prefix=x`` -> ``prefix-x``, several
+    sorted by key and joined by ``_`` (the order on the command line does not matter, a key
+    set twice counts as the last). A value that does not read back from its name exactly
+    (``/``, ``_``, spaces, lists, quoted numbers) or a long name gets a short hash of all
+    the overrides, so distinct overrides never share a name. ``""`` without overrides."""
+    from toolbox.configs import parse_overrides
+
+    parsed = parse_overrides(overrides)
+    parts, exact = [], True
+    for key in sorted(parsed):
+        value = parsed[key]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        name, shown = re.sub(r"[^A-Za-z0-9_.]+", "-", key).strip("-"), re.sub(r"[^A-Za-z0-9.+]+", "-", text).strip("-")
+        exact = exact and name == key and shown == text and _reads_back(key, text, value)
+        parts.append(f"{name}-{shown}")
+    slug = "_".join(parts)
+    if parts and (not exact or len(slug) > 60):
+        digest = hashlib.sha1(json.dumps(parsed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        slug = slug[:60].rstrip("-_.") + "_" + digest
+    return slug
+
+
+def _reads_back(key: str, text: str, value: Any) -> bool:
+    from toolbox.configs import parse_overrides
+
+    try:
+        again = parse_overrides([f"{key}={text}"])[key]
+    except ConfigError:
+        return False
+    return type(again) is type(value) and again == value
+
+
+def default_out(table: Dict[str, Any], overrides: Sequence[str]) -> str:
+    """``tables/<name>``, or ``tables/<name>_<overrides>`` with ``--set`` overrides (see
+    :func:`overrides_slug`); a table config's own ``out`` wins."""
+    if table.get("out"):
+        return str(table["out"])
+    slug = overrides_slug(overrides)
+    return os.path.join("tables", table["name"] + (f"_{slug}" if slug else ""))
+
+
+def table_identity(config_path: str, table: Dict[str, Any], overrides: Sequence[str],
+                   runs: List[PlannedRun]) -> Dict[str, Any]:
+    """What ``table.json`` records: the table's name, its config file, the ``--set``
+    overrides (as given and as read) and the run folders."""
+    from toolbox.configs import parse_overrides
+
+    return {"name": table["name"], "config": os.path.abspath(config_path), "set": list(overrides),
+            "overrides": parse_overrides(overrides), "runs": [r.run_dir for r in runs]}
+
+
+def check_out(out: str, identity: Dict[str, Any]) -> None:
+    """Refuses an output folder that holds another table (its table.json names another
+    config or other overrides, cannot be read, or table files lie there without one);
+    the same table is regenerated in place."""
+    todo = f"give --out another folder, or remove {out}"
+    path = os.path.join(out, "table.json")
+    if not os.path.exists(path):
+        there = [name for name in TABLE_FILES if os.path.exists(os.path.join(out, name))]
+        if there:
+            raise ConfigError(f"table folder {out} holds {', '.join(there)} without a table.json saying which table "
+                              f"they are (written by hand or by an earlier version): {todo}")
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            theirs = json.load(f)
+        config, overrides = theirs["config"], theirs["overrides"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"table folder {out}: its table.json cannot be read ({e}): {todo}") from None
+
+    def same(a, b):
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    if config != identity["config"] or not same(overrides, identity["overrides"]):
+        sets = " ".join(f"--set {o}" for o in theirs.get("set") or []) or "no --set"
+        raise ConfigError(f"table folder {out} holds another table ({config}, {sets}): {todo}")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -349,7 +482,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list the runs and what each would do, write nothing")
     p.add_argument("--executor", choices=["local", "submitit"], help="overrides the config's executor.name")
     p.add_argument("--cluster", help="submitit's cluster: slurm, local or debug (default: slurm where available)")
-    p.add_argument("--out", help="output folder of the table (default: tables/<name>)")
+    p.add_argument("--out", help="output folder of the table (default: tables/<name>, with --set overrides "
+                                 "tables/<name>_<overrides>, e.g. tables/demo_prefix-x)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -371,17 +505,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.cluster:
             executor["cluster"] = args.cluster
         runs = plan(table, args.overrides)
+        out = args.out or default_out(table, args.overrides)
+        identity = table_identity(table_config_path(args.config), table, args.overrides, runs)
+        check_out(out, identity)  # before any run starts
         for r in runs:
             print(f"{r.method:14s} {r.protocol:14s} seed {r.seed}: {r.status}  ({r.run_dir})")
+        print(f"table -> {out}")
         if args.dry_run:
             print(f"{len(runs)} run(s); nothing was written (run without --dry-run to run them)")
             return 0
-        execute(runs, executor)
-        out = args.out or table.get("out") or os.path.join("tables", table["name"])
+        failed = None
+        try:
+            execute(runs, executor)
+        except TableJobError as e:  # the table of what finished is still written, its gaps marked
+            failed = e
         cells = collect(runs)
-        written = write_table(cells, out)
+        written = write_table(cells, out, identity)
         print(table_markdown(cells), end="")
         print(f"wrote {', '.join(written)} to {out}")
+        if failed is not None:
+            raise failed
     except (ConfigError, DatasetError, BackboneError, CheckpointError, ReleasedFileError, RunLockedError) as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
