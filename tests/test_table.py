@@ -5,6 +5,7 @@ killed mid-run and resubmitted."""
 import json
 import os
 import re
+import shutil
 import time
 
 import numpy as np
@@ -72,6 +73,31 @@ def test_skip_continue_and_refuse(tmp_path):
     os.remove(os.path.join(run.run_dir, "results.json"))  # as if killed after its last checkpoint
     (resumable,) = plan(table)
     assert resumable.status == "continue after task 3"
+
+
+def test_a_replacement_stopped_in_its_attempt_folder_is_continued_and_moved_in(tmp_path):
+    """main.py --overwrite works in <run>/.attempt; a table over that folder continues it."""
+    table = tiny_table(tmp_path, methods=("zs_clip",), seeds=(1,))
+    (run,) = plan(table)
+    execute([run], {"name": "local"})
+    attempt = os.path.join(run.run_dir, ".attempt")
+    os.mkdir(attempt)
+    for name in ("config.json", "checkpoint.pt"):  # a replacement killed after its last checkpoint
+        shutil.copy(os.path.join(run.run_dir, name), attempt)
+    (again,) = plan(table)
+    assert again.status == "continue after task 3 (the replacement in .attempt/)"
+    with open(os.path.join(run.run_dir, "results.json")) as f:
+        results = {**json.load(f), "marker": "the replacement's"}  # so that the moved-in file shows
+    with open(os.path.join(attempt, "results.json"), "w") as f:
+        json.dump(results, f)
+    (again,) = plan(table)
+    assert again.status == "continue (moves it in) (the replacement in .attempt/)"
+    execute([again], {"name": "local"})
+    assert not os.path.exists(attempt)
+    with open(os.path.join(run.run_dir, "results.json")) as f:
+        assert json.load(f)["marker"] == "the replacement's"
+    (done,) = plan(table)
+    assert done.status == "skip (finished)"
 
 
 def test_the_table_numbers_by_hand_beside_the_published_ones(tmp_path):

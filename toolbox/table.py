@@ -37,13 +37,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from toolbox import interrupts
 from toolbox.checkpoint import CheckpointError, config_differences, load_checkpoint
 from toolbox.configs import load_config_file, make_config, shipped_configs_dir
+from toolbox.exit_codes import exit_code
 from toolbox.io import write_text
 from toolbox.published import published_for
 from toolbox.registry import LEARNERS, check_model_name
 from toolbox.report import _mean, _std, latex_escape, latex_pm
-from toolbox.trainer import CHECKPOINT, run_dir_for
+from toolbox.trainer import ATTEMPT, CHECKPOINT, REPLACING, run_dir_for
 from utils.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -145,7 +147,16 @@ def plan(table: Dict[str, Any], overrides: Sequence[str] = ()) -> List[PlannedRu
 
 def status_of(run_dir: str, resolved: Dict[str, Any]) -> str:
     """What a run would do: skip a finished run of this config, continue one with a
-    checkpoint of it, start otherwise; a folder holding another config is refused."""
+    checkpoint of it (or a stopped replacement in ``.attempt``, which a run with resume
+    continues; or a finished one whose move-in a killed process left in ``.replacing``),
+    start otherwise; a folder holding another config is refused."""
+    attempt = os.path.join(run_dir, ATTEMPT)
+    if os.path.isdir(attempt):
+        status = status_of(attempt, resolved)
+        status = "continue (moves it in)" if status.startswith("skip") else status
+        return f"{status} (the replacement in {ATTEMPT}/)"
+    if os.path.isdir(os.path.join(run_dir, REPLACING)):
+        return "continue (moves in the finished replacement in .replacing/)"
     results, ckpt = os.path.join(run_dir, "results.json"), os.path.join(run_dir, CHECKPOINT)
     saved = None
     if os.path.isfile(results):
@@ -487,53 +498,48 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from toolbox.data import DatasetError
-    from toolbox.released import ReleasedFileError
-    from toolbox.run_lock import RunLockedError
-    from utils.clip_backbone import BackboneError
-    from utils.errors import NonFiniteError, user_message
-
-    try:
-        table = load_table_config(args.config)
-        executor = dict(table.get("executor") or {"name": "local"})
-        unknown = sorted(set(executor) - EXECUTOR_KEYS)
-        if unknown:
-            raise ConfigError(f"table config 'executor': unknown key(s) {', '.join(unknown)} "
-                              f"(keys: {', '.join(sorted(EXECUTOR_KEYS))})")
-        if args.executor:
-            executor["name"] = args.executor
-        if args.cluster:
-            executor["cluster"] = args.cluster
-        runs = plan(table, args.overrides)
-        out = args.out or default_out(table, args.overrides)
-        identity = table_identity(table_config_path(args.config), table, args.overrides, runs)
-        check_out(out, identity)  # before any run starts
-        for r in runs:
-            print(f"{r.method:14s} {r.protocol:14s} seed {r.seed}: {r.status}  ({r.run_dir})")
-        print(f"table -> {out}")
-        if args.dry_run:
-            print(f"{len(runs)} run(s); nothing was written (run without --dry-run to run them)")
-            return 0
-        failed = None
+    with interrupts.installed():
         try:
-            execute(runs, executor)
-        except TableJobError as e:  # the table of what finished is still written, its gaps marked
-            failed = e
-        cells = collect(runs)
-        written = write_table(cells, out, identity)
-        print(table_markdown(cells), end="")
-        print(f"wrote {', '.join(written)} to {out}")
-        if failed is not None:
-            raise failed
-    except (ConfigError, DatasetError, BackboneError, CheckpointError, ReleasedFileError, RunLockedError) as e:
-        print(f"error: {user_message(e)}", file=sys.stderr)
-        return 2
-    except (NonFiniteError, TableJobError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except OSError as e:
-        print(f"error: {user_message(e)}", file=sys.stderr)
-        return 1
+            return _main(args)
+        except BaseException as e:
+            code = exit_code(e, stopped=(TableJobError,))
+            if code is None:
+                raise
+            return code
+
+
+def _main(args: argparse.Namespace) -> int:
+    table = load_table_config(args.config)
+    executor = dict(table.get("executor") or {"name": "local"})
+    unknown = sorted(set(executor) - EXECUTOR_KEYS)
+    if unknown:
+        raise ConfigError(f"table config 'executor': unknown key(s) {', '.join(unknown)} "
+                          f"(keys: {', '.join(sorted(EXECUTOR_KEYS))})")
+    if args.executor:
+        executor["name"] = args.executor
+    if args.cluster:
+        executor["cluster"] = args.cluster
+    runs = plan(table, args.overrides)
+    out = args.out or default_out(table, args.overrides)
+    identity = table_identity(table_config_path(args.config), table, args.overrides, runs)
+    check_out(out, identity)  # before any run starts
+    for r in runs:
+        print(f"{r.method:14s} {r.protocol:14s} seed {r.seed}: {r.status}  ({r.run_dir})")
+    print(f"table -> {out}")
+    if args.dry_run:
+        print(f"{len(runs)} run(s); nothing was written (run without --dry-run to run them)")
+        return 0
+    failed = None
+    try:
+        execute(runs, executor)
+    except TableJobError as e:  # the table of what finished is still written, its gaps marked
+        failed = e
+    cells = collect(runs)
+    written = write_table(cells, out, identity)
+    print(table_markdown(cells), end="")
+    print(f"wrote {', '.join(written)} to {out}")
+    if failed is not None:
+        raise failed
     return 0
 
 

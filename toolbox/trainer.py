@@ -178,7 +178,7 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str], 
     resolved = {**cfg.to_dict(), "seed": seed}
     check_writable(run_dir)
     work_dir = choose_work_dir(run_dir, resume, overwrite)
-    ckpt = _pending(run_dir, CHECKPOINT) if work_dir == run_dir else os.path.join(work_dir, CHECKPOINT)
+    ckpt = pending_path(run_dir, CHECKPOINT) if work_dir == run_dir else os.path.join(work_dir, CHECKPOINT)
     state = _load_resume_state(ckpt, resume, resolved)
     seed_everything(seed)
     dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg)
@@ -194,7 +194,7 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str], 
 
 
 # ----------------------------------------------------------------------------- earlier runs
-def _pending(run_dir: str, name: str) -> str:
+def pending_path(run_dir: str, name: str) -> str:
     """The path of ``name`` as the folder holds it once a move-in that a killed process
     began is completed (the next process that takes the folder completes it)."""
     staged = os.path.join(run_dir, REPLACING, name)
@@ -214,7 +214,7 @@ def describe_run(folder: str) -> Optional[str]:
     """What ``folder`` holds that a fresh run there would replace, in words ("a finished
     run (3/3 tasks, Last 45.20 %)"); None when nothing would be lost (no task completed
     and no checkpoint: a run that stopped in its first task, or nothing)."""
-    results_path = _pending(folder, "results.json")
+    results_path = pending_path(folder, "results.json")
     results = _read_results(results_path)
     if results is not None:
         done = results.get("completed_tasks", len(results.get("accuracy") or []))
@@ -226,7 +226,7 @@ def describe_run(folder: str) -> Optional[str]:
         return f"an unfinished run ({done} of {total} tasks completed)"
     if os.path.exists(results_path):
         return "a run whose results.json cannot be read"
-    if os.path.exists(_pending(folder, CHECKPOINT)):
+    if os.path.exists(pending_path(folder, CHECKPOINT)):
         return "an unfinished run (a checkpoint; no task completed yet)"
     return None
 
@@ -555,7 +555,7 @@ def precheck(cfg: Config, resume: bool = False, overwrite: bool = False) -> None
         run_dir = run_dir_for(cfg, seed)
         check_writable(run_dir)
         work_dir = choose_work_dir(run_dir, resume, overwrite)
-        ckpt = _pending(run_dir, CHECKPOINT) if work_dir == run_dir else os.path.join(work_dir, CHECKPOINT)
+        ckpt = pending_path(run_dir, CHECKPOINT) if work_dir == run_dir else os.path.join(work_dir, CHECKPOINT)
         _load_resume_state(ckpt, resume, {**resolved, "seed": seed})
 
 
