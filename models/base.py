@@ -15,6 +15,8 @@ hook                       what it is for                                       
 =========================  ======================================================  ===================
 ``options_class``          the method's options dataclass (defaults = official)    None: no options
 ``release``                the official release ``released`` data files come from  None: name one
+``uses_text``              whether it builds prompts from class names (then        True
+                           folder ids such as wnids are refused as names)
 ``trains``                 what the method trains, in words ("" = nothing)          required by analysis
 ``state_dict`` / ``load_state_dict``  what a resumed run needs                     the task counters
 ``results_extra()``        the method's own records for results.json                {}
@@ -40,6 +42,7 @@ import torch
 class BaseLearner:
     options_class: Optional[type] = None
     release: Optional[str] = None
+    uses_text: bool = True  # prompts from class names: class folders that are ids are refused as names
 
     def __init__(self, args: Dict[str, Any]):
         self.args = args

@@ -142,6 +142,7 @@ def linear_from(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
 class PromptLearner(CLIPLearner, BaseLearner):
     """What L2P++, DualPrompt and CODA-Prompt share; a subclass builds its pool (``_make_pool``)."""
     release = "mgclip"  # 'released' class orders and names: MG-CLIP's files (the official runs: seeded shuffles)
+    uses_text = False  # classifies without prompts: class names only label the results
     trains = "prompts (key/value prefixes of CLIP's image blocks) with their keys, and a linear head"
 
     def __init__(self, args: Dict[str, Any]):

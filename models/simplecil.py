@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 class SimpleCIL(CLIPLearner, BaseLearner):
     release = "mgclip"  # 'released' class orders and names: MG-CLIP's files (SimpleCIL's own: seeded shuffles)
+    uses_text = False  # classifies without prompts: class names only label the results
     trains = ""
 
     def __init__(self, args: Dict[str, Any]):

@@ -405,8 +405,10 @@ def test_a_split_list_divides_an_unsplit_dataset_folder(tmp_path):
             lines["train" if i < 3 else "test"].append(f"{w}/a_{i}.jpg")
     split = tmp_path / "split.txt"
     split.write_text("train\n" + "\n".join(lines["train"]) + "\ntest\n" + "\n".join(lines["test"]) + "\n")
+    names = tmp_path / "names.txt"  # wnid folders: a method with text needs names
+    names.write_text("goldfish\ngreat white shark\nhammerhead\nstingray\n")
     dm = DataManager("imagenet_r", False, 0, 2, 2, {"data_path": str(tmp_path), "imagenet_r_split": str(split),
-                                                   "class_order": "default"})
+                                                   "class_order": "default", "class_names": str(names)})
     train = dm.get_dataset(range(4), source="train", mode="test")
     test = dm.get_dataset(range(4), source="test", mode="test")
     assert len(train) == 12 and len(test) == 4

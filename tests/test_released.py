@@ -203,6 +203,8 @@ def test_offline_fails_in_one_line_naming_url_and_path(tmp_path, capsys, monkeyp
     args = tiny_args(tmp_path, dataset="imagenet_r", data_path=str(tmp_path), class_order="released",
                      released_cache=str(tmp_path / "cache"))
     fake_imagenet_r(tmp_path, [f"n{i:08d}" for i in range(200)])
+    (tmp_path / "names.txt").write_text("".join(f"class {i}\n" for i in range(200)))  # wnid folders need names
+    args["class_names"] = str(tmp_path / "names.txt")
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(args))
     assert main(["--config", str(path), "-q"]) == 2

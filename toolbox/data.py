@@ -7,6 +7,7 @@ torchvision's CIFAR-100.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -49,11 +50,33 @@ WNID = re.compile(r"^n\d{8}$")
 
 def read_class_table(path: str, key: str = "class_names") -> List[List[str]]:
     """The tab-separated fields of each non-blank line of a class file (one field for a
-    plain list of names)."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"class file not found: {path} (config key '{key}')")
-    with open(path, "r", encoding="utf-8") as f:
+    plain list of names). A ``.json`` file holds a list of names, or an object of such
+    lists: ``file.json#name`` is the list under ``name`` (PROOF's ``labels.json#cub``)."""
+    file, _, entry = path.rpartition("#") if not os.path.isfile(path) and "#" in path else (path, "", "")
+    if not os.path.isfile(file):
+        raise DatasetError(f"class file not found: {file} (config key '{key}')")
+    if file.endswith(".json"):
+        return [[name] for name in _json_names(file, entry, key)]
+    with open(file, "r", encoding="utf-8") as f:
         return [[field.strip() for field in line.rstrip("\n\r").split("\t")] for line in f if line.strip()]
+
+
+def _json_names(file: str, entry: str, key: str) -> List[str]:
+    try:
+        with open(file, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"class file {file} is not valid JSON: {e} (config key '{key}')") from None
+    if isinstance(data, dict):
+        if entry not in data:
+            raise DatasetError(f"class file {file} holds one list per dataset: name one as {file}#<name> (config "
+                               f"key '{key}'; {'no ' + repr(entry) + '; ' if entry else ''}it has: "
+                               f"{', '.join(sorted(data))})")
+        data = data[entry]
+    if not isinstance(data, list) or not all(isinstance(n, str) for n in data):
+        raise DatasetError(f"class file {file}{'#' + entry if entry else ''} must be a list of class names "
+                           f"(config key '{key}')")
+    return [n.strip() for n in data]
 
 
 def table_wnids(rows: List[List[str]]) -> Optional[List[str]]:
@@ -86,6 +109,37 @@ def read_class_names(path: str, expected: Optional[int] = None, folders: Optiona
 
 def _folder_name_to_class_name(folder: str) -> str:
     return re.sub(r"^\d+\.", "", folder)  # CUB's "001.Black_footed_Albatross" -> "Black_footed_Albatross"
+
+
+def is_class_id(name: str) -> bool:
+    """A class name that is an id, not words: an ImageNet wnid (``n01443537``), a number
+    (``017``), or nothing (after ``_folder_name_to_class_name``)."""
+    return not name.strip() or bool(WNID.match(name)) or name.strip().isdigit()
+
+
+# Where readable names for a dataset's id folders are (the refusal's hint).
+NAMES_HINT = {
+    "imagenet_r": "'released' (MG-CLIP's ImageNet-R names) or 'released:proof' (PROOF's)",
+    "imagenet100": "'released' (MG-CLIP's ImageNet-100 names)",
+    "cub200": "'released' (MG-CLIP's CUB-200 names) or 'released:proof' (PROOF's)",
+}
+
+
+def folder_class_names(class_dirs: Sequence[str], dataset: str, needs_names: str) -> List[str]:
+    """Class names from class folders (CUB's numbering removed). Where ``needs_names`` (the
+    method that builds prompts from them) and a folder's name is an id (``is_class_id``),
+    refused in one line naming config key 'class_names'; ``needs_names`` = "" (a method
+    without text) takes the folder names as they are."""
+    names = [_folder_name_to_class_name(d) for d in class_dirs]
+    ids = [d for d, n in zip(class_dirs, names) if is_class_id(n)]
+    if ids and needs_names:
+        hint = NAMES_HINT.get(dataset, "a file of one name per line, in the sorted order of the class folders")
+        raise DatasetError(f"{dataset}: {len(ids)} of {len(names)} class folders are ids, not names (e.g. {ids[0]}), "
+                           f"and {needs_names} builds its prompts from class names: set config key 'class_names' "
+                           f"to {hint}; see docs/data.md")
+    if needs_names:
+        logger.warning("%s: no class-name file (config key 'class_names'); prompts use the folder names", dataset)
+    return names
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -124,7 +178,7 @@ def make_synthetic(num_classes: int, train_per_class: int, test_per_class: int, 
 
 
 # ----------------------------------------------------------------------------- cifar100
-def load_cifar100(data_path: str) -> RawData:
+def load_cifar100(data_path: str, class_names: Optional[str] = None) -> RawData:
     from torchvision import datasets
 
     try:
@@ -135,9 +189,11 @@ def load_cifar100(data_path: str) -> RawData:
             f"CIFAR-100 is not in {os.path.abspath(data_path)} and could not be downloaded ({e}). "
             f"Set config key 'data_path' to the folder that holds 'cifar-100-python/', or run once "
             f"with internet access (torchvision downloads it there).") from None
-    # torchvision's names keep underscores (e.g. 'aquarium_fish'), as the prompts need (SPEC 2).
+    # torchvision's names keep underscores (e.g. 'aquarium_fish'), as MG-CLIP's prompts need (SPEC 2);
+    # 'class_names' (e.g. PROOF's labels.json, 'aquarium fish') replaces them, by label id.
+    names = read_class_names(class_names, expected=100) if class_names else list(train.classes)
     return RawData(np.asarray(train.data), np.asarray(train.targets), np.asarray(test.data),
-                   np.asarray(test.targets), list(train.classes))
+                   np.asarray(test.targets), names)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -165,18 +221,18 @@ def _scan_split(split_dir: str, class_dirs: Sequence[str]) -> Tuple[List[str], n
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def _names_for(class_dirs: List[str], root: str, class_names: Optional[str], dataset: str) -> List[str]:
+def _names_for(class_dirs: List[str], root: str, class_names: Optional[str], dataset: str,
+               needs_names: str = "the method") -> List[str]:
     if class_names is None and os.path.isfile(os.path.join(root, "classnames.txt")):
         class_names = os.path.join(root, "classnames.txt")
     if class_names is not None:
         return read_class_names(class_names, expected=len(class_dirs), folders=class_dirs)
-    logger.warning("%s: no class-name file (config key 'class_names'); prompts use the folder names", dataset)
-    return [_folder_name_to_class_name(d) for d in class_dirs]
+    return folder_class_names(class_dirs, dataset, needs_names)
 
 
 def load_split_folders(dataset: str, data_path: str, subfolders: Sequence[str], test_split: str,
                        class_names: Optional[str], how_to_get: str,
-                       class_dirs: Optional[List[str]] = None) -> RawData:
+                       class_dirs: Optional[List[str]] = None, needs_names: str = "the method") -> RawData:
     root = _dataset_root(data_path, subfolders, ["train", test_split])
     if root is None:
         looked = [data_path] + [os.path.join(data_path, s) for s in subfolders]
@@ -191,7 +247,8 @@ def load_split_folders(dataset: str, data_path: str, subfolders: Sequence[str], 
         raise DatasetError(f"dataset '{dataset}': no class folders in {os.path.join(root, 'train')}")
     train_paths, train_y = _scan_split(os.path.join(root, "train"), class_dirs)
     test_paths, test_y = _scan_split(os.path.join(root, test_split), class_dirs)
-    return RawData(train_paths, train_y, test_paths, test_y, _names_for(class_dirs, root, class_names, dataset))
+    return RawData(train_paths, train_y, test_paths, test_y,
+                   _names_for(class_dirs, root, class_names, dataset, needs_names))
 
 
 def read_split_list(path: str) -> Dict[str, List[str]]:
@@ -216,7 +273,7 @@ def read_split_list(path: str) -> Dict[str, List[str]]:
 
 
 def load_listed_split(dataset: str, data_path: str, subfolders: Sequence[str], list_path: str,
-                      class_names: Optional[str], how_to_get: str) -> RawData:
+                      class_names: Optional[str], how_to_get: str, needs_names: str = "the method") -> RawData:
     """An unsplit dataset folder (``<class>/<image>``) divided by a split list; classes are
     the sorted class folders named in the list."""
     split = read_split_list(list_path)
@@ -238,10 +295,10 @@ def load_listed_split(dataset: str, data_path: str, subfolders: Sequence[str], l
         out[part] = ([os.path.join(root, p) for p in split[part]],
                      np.asarray([index[p.split("/")[0]] for p in split[part]], dtype=np.int64))
     return RawData(out["train"][0], out["train"][1], out["test"][0], out["test"][1],
-                   _names_for(class_dirs, root, class_names, dataset))
+                   _names_for(class_dirs, root, class_names, dataset, needs_names))
 
 
-def load_cub_official(root: str, class_names: Optional[str]) -> RawData:
+def load_cub_official(root: str, class_names: Optional[str], needs_names: str = "the method") -> RawData:
     """The CUB_200_2011 archive as distributed: images/, images.txt, classes.txt,
     image_class_labels.txt, train_test_split.txt."""
     def table(name: str) -> Dict[int, str]:
@@ -256,7 +313,7 @@ def load_cub_official(root: str, class_names: Optional[str]) -> RawData:
         paths.append(os.path.join(root, "images", images[image_id].strip()))
         ys.append(int(labels[image_id]) - 1)
     names = (read_class_names(class_names, expected=len(classes)) if class_names else
-             [_folder_name_to_class_name(classes[k].strip()) for k in sorted(classes)])
+             folder_class_names([classes[k].strip() for k in sorted(classes)], "cub200", needs_names))
     return RawData(split[True][0], np.asarray(split[True][1]), split[False][0], np.asarray(split[False][1]), names)
 
 
@@ -271,7 +328,8 @@ HOW_TO_GET = {
 }
 
 
-def load_imagenet100(data_path: str, class_list: Optional[str], class_names: Optional[str]) -> RawData:
+def load_imagenet100(data_path: str, class_list: Optional[str], class_names: Optional[str],
+                     needs_names: str = "the method") -> RawData:
     if class_list is None:
         raise DatasetError("dataset 'imagenet100' needs config key 'imagenet100_classes': a file with the "
                            "100 ImageNet class ids (wnids), one per line. " + HOW_TO_GET["imagenet100"])
@@ -283,33 +341,44 @@ def load_imagenet100(data_path: str, class_list: Optional[str], class_names: Opt
     if class_names is None and table_wnids(rows) is not None:
         class_names = class_list
     return load_split_folders("imagenet100", data_path, ["imagenet", "ImageNet", "imagenet100"], "val",
-                              class_names, HOW_TO_GET["imagenet100"], class_dirs=wnids)
+                              class_names, HOW_TO_GET["imagenet100"], class_dirs=wnids, needs_names=needs_names)
+
+
+def _needs_names(model_name: str) -> str:
+    """``model_name`` if its learner builds prompts from class names (``uses_text``), else ""."""
+    from toolbox.registry import LEARNERS, uses_text
+
+    name = str(model_name).lower()
+    return name if name not in LEARNERS or uses_text(name) else ""
 
 
 def build_raw_data(cfg) -> RawData:
-    """Dispatch on ``cfg.dataset`` (a ``Config``)."""
+    """Dispatch on ``cfg.dataset`` (a ``Config``). Class names from folders that are ids are
+    refused for a method that uses text (``folder_class_names``)."""
     name = cfg.dataset
+    text = _needs_names(cfg.model_name)
     if name == "synthetic":
         return make_synthetic(cfg.synthetic_classes, cfg.synthetic_train_per_class,
                               cfg.synthetic_test_per_class, cfg.synthetic_image_size)
     if name == "cifar100":
-        return load_cifar100(cfg.data_path)
+        return load_cifar100(cfg.data_path, cfg.class_names)
     if name == "imagenet_r" and getattr(cfg, "imagenet_r_split", None):
         return load_listed_split("imagenet_r", cfg.data_path, ["imagenet-r", "imagenet_r"], cfg.imagenet_r_split,
-                                 cfg.class_names, HOW_TO_GET["imagenet_r"])
+                                 cfg.class_names, HOW_TO_GET["imagenet_r"], text)
     if name == "imagenet_r":
         return load_split_folders("imagenet_r", cfg.data_path, ["imagenet-r", "imagenet_r"], "test",
-                                  cfg.class_names, HOW_TO_GET["imagenet_r"])
+                                  cfg.class_names, HOW_TO_GET["imagenet_r"], needs_names=text)
     if name == "cub200":
         official = _dataset_root(cfg.data_path, ["CUB_200_2011", "cub200/CUB_200_2011"],
                                  ["images.txt", "train_test_split.txt", "image_class_labels.txt", "classes.txt"])
         if official is not None:
-            return load_cub_official(official, cfg.class_names)
+            return load_cub_official(official, cfg.class_names, text)
         return load_split_folders("cub200", cfg.data_path, ["cub200", "CUB200", "cub"], "test",
-                                  cfg.class_names, HOW_TO_GET["cub200"])
+                                  cfg.class_names, HOW_TO_GET["cub200"], needs_names=text)
     if name == "imagenet100":
-        return load_imagenet100(cfg.data_path, cfg.imagenet100_classes, cfg.class_names)
+        return load_imagenet100(cfg.data_path, cfg.imagenet100_classes, cfg.class_names, text)
     if name == "folder":  # any dataset as train/<class>/ and test/<class>/ folders (e.g. held-out Oxford Pets)
         return load_split_folders("folder", cfg.data_path, [], "test", cfg.class_names,
-                                  "Give data_path a folder with train/<class>/ and test/<class>/ image folders.")
+                                  "Give data_path a folder with train/<class>/ and test/<class>/ image folders.",
+                                  needs_names=text)
     raise DatasetError(f"unknown dataset '{name}' (config key 'dataset')")

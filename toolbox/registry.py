@@ -1,7 +1,7 @@
 """The method registry: a name -> the learner class, which declares everything else the
 toolbox needs of its method (``options_class``: its options dataclass, or None;
-``release``: the official release whose data files ``released`` stands for, or None; the
-optional hooks of ``models/base.py``).
+``release``: the official release whose data files ``released`` stands for, or None;
+``uses_text``: whether it builds prompts from class names; the optional hooks of ``models/base.py``).
 
 Adding a method is one file in ``models/`` and one line in ``LEARNERS`` (or, for a
 learner that lives elsewhere, ``with registered({"name": "package.module:Class"})``).
@@ -65,6 +65,12 @@ def option_owner(key: str) -> List[str]:
 def method_release(model_name: str) -> Optional[str]:
     """The official release whose files ``released`` means for this method (None: it has none)."""
     return getattr(learner_class(model_name), "release", None)
+
+
+def uses_text(model_name: str) -> bool:
+    """Whether the method builds prompts from class names (its learner's ``uses_text``;
+    a learner that does not say is taken to: its names must then be words, not folder ids)."""
+    return bool(getattr(learner_class(model_name), "uses_text", True))
 
 
 def with_method(model: str, message: str, own) -> str:

@@ -4,7 +4,9 @@ checked, cached. The project ships none of their contents.
 
 ``fetch_released("mgclip/class_orders/cifar100.yaml", cache)`` returns a local, verified
 copy; the first path component names the release (see ``RELEASES``), the rest is the
-file's path in that repository. ``released_file(key, dataset, release)`` says which file a
+file's path in that repository. A ``#key`` after the path (``proof/utils/labels.json#cub``)
+is kept on the local path it returns: the list under that key of a JSON object (see
+``toolbox.data.read_class_table``). ``released_file(key, dataset, release)`` says which file a
 config value ``released`` (the run's method's release) or ``released:<release>`` stands for.
 """
 from __future__ import annotations
@@ -64,7 +66,16 @@ RAPF_FILES: Dict[str, Dict[str, str]] = {
     "imagenet_r_split": {"imagenet_r": "rapf/imgr_split/imgr_train_test_split.txt"},
 }
 
-TABLES = {"mgclip": MGCLIP_FILES, "rapf": RAPF_FILES}
+# PROOF's release: its class names, utils/labels.json, one list per dataset (its DataManager
+# indexes the list by class id: CIFAR-100's label ids, the sorted class folders of ImageNet-R
+# and CUB-200, the orders this toolbox's loaders give). "released:proof" in a config.
+PROOF_FILES: Dict[str, Dict[str, str]] = {
+    "class_names": {"cifar100": "proof/utils/labels.json#cifar224",
+                    "imagenet_r": "proof/utils/labels.json#imagenetr",
+                    "cub200": "proof/utils/labels.json#cub"},
+}
+
+TABLES = {"mgclip": MGCLIP_FILES, "rapf": RAPF_FILES, "proof": PROOF_FILES}
 
 
 def release_of(value: str, method_release: Optional[str], model_name: str = "the method") -> Optional[str]:
@@ -103,13 +114,15 @@ def cache_path(name: str, cache_dir: str) -> str:
 
 def fetch_released(name: str, cache_dir: str) -> str:
     """A local copy of the official file ``name`` (see module doc), SHA-256 checked. A
-    cached copy with another checksum is refused, never replaced."""
+    cached copy with another checksum is refused, never replaced. ``name#key``: the same
+    file, with ``#key`` kept on the path returned."""
+    name, sep, key = name.partition("#")
     if name not in SHA256:
         raise ReleasedFileError(f"no pinned official file '{name}' (known: {', '.join(sorted(SHA256))})")
     inside = os.path.relpath(cache_path(name, "/"), "/")
     return fetch_verified(url_of(name), cache_path(name, cache_dir), SHA256[name], ReleasedFileError,
                           f"or set config key 'released_cache' to a folder that holds it as {inside}.",
-                          redownload_mismatch=False)
+                          redownload_mismatch=False) + sep + key
 
 
 def released_file(key: str, dataset: str, release: str = "mgclip") -> str:
