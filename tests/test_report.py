@@ -165,8 +165,32 @@ def test_runs_of_a_published_protocol_are_set_beside_its_figures(tmp_path, capsy
     assert rows[("mgclip", "replay")]["published_last"] == 82.58  # the replay protocol's figure
     assert rows[("rapf", "p")]["published_avg"] == 86.19
     md = (tmp_path / "out" / "summary.md").read_text()
-    line = "| mgclip | p | cifar100 | 10/10 | ViT-B/16 | 1 2 | 85.00 | 86.79 | -1.79 | 78.00 | 80.40 | -2.40 |"
+    line = ("| mgclip | p | cifar100 | 10/10 | ViT-B/16 | 1 2 | 85.00 | 86.79 | -1.79 | 78.00 | 80.40 | -2.40 | "
+            "MG-CLIP supplementary | accuracy over all seen test images |")
     assert line in md and line in capsys.readouterr().out
+
+
+def test_a_published_figure_is_compared_under_its_own_definition_of_accuracy(tmp_path, monkeypatch):
+    """A figure published as the mean over tasks (CODA-Prompt's trainer) is set beside our
+    runs' task-mean Avg and Last, not their accuracy over all seen images; both are named."""
+    from toolbox import published
+
+    logs = tmp_path / "logs"
+    M = [[90.0], [80.0, 60.0]]  # task-mean accuracies: 90 and (80 + 60) / 2 = 70
+    d = fake_run(logs, "coda_prompt", 1, [90.0, 76.0], M, backbone="ViT-B/16")
+    r = json.loads((d / "results.json").read_text())
+    r.update({"avg_task_mean": (90 + 70) / 2, "last_task_mean": 70.0})
+    (d / "results.json").write_text(json.dumps(r))
+    monkeypatch.setattr(published, "PUBLISHED", published.PUBLISHED + (
+        published.Published("coda_prompt", "cifar100", 10, 10, "ViT-B/16", 81.0, 72.0, "a stand-in", {},
+                            "task_mean"),))
+    (row,) = make_report([str(logs)], str(tmp_path / "out"))["published"]
+    assert row["avg_mean"] == pytest.approx(80.0) and row["last_mean"] == pytest.approx(70.0)  # not 83 / 76
+    assert row["avg_diff"] == pytest.approx(80 - 81) and row["last_diff"] == pytest.approx(70 - 72)
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert ("| 80.00 | 81.00 | -1.00 | 70.00 | 72.00 | -2.00 | a stand-in | mean over seen tasks of each task's "
+            "accuracy |") in md
+    assert "| coda_prompt | p | cifar100 | 10/10 | 1 | 83.00 ± 0.00 | 76.00 ± 0.00 |" in md  # the summary: all seen
 
 
 def test_the_config_tables_of_the_docs_give_the_figures_the_report_uses():

@@ -11,6 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+# How a source's Avg and Last define the accuracy after each task (utils/metrics.py; a run's
+# results.json has both): over all seen test images (PyCIL, MG-CLIP, RAPF's continuum logger,
+# PROOF, MoE-Adapters), or the mean over seen tasks of each task's accuracy (CODA-Prompt's
+# trainer). Every figure below is of the first kind: the papers and logs they come from
+# evaluate so (SPEC.md, SPEC-RAPF.md, SPEC-PROOF.md); MG-CLIP's Table 2 reports its
+# comparators in MG-CLIP's own evaluation.
+ACCURACY = {"seen": "accuracy over all seen test images", "task_mean": "mean over seen tasks of each task's accuracy"}
+RESULT_KEYS = {"seen": ("avg", "last"), "task_mean": ("avg_task_mean", "last_task_mean")}
+
 
 @dataclass(frozen=True)
 class Published:
@@ -23,6 +32,7 @@ class Published:
     last: Optional[float]
     source: str
     conditions: Dict[str, Any] = field(default_factory=dict)  # further config values the protocol has
+    accuracy: str = "seen"  # the definition of its Avg and Last: a key of ACCURACY
 
     def matches(self, method: str, config: Dict[str, Any]) -> bool:
         own = (self.method, self.dataset, self.init_cls, self.increment, self.backbone)
@@ -84,6 +94,12 @@ PUBLISHED = (
                               ("coda_prompt", (85.82, 78.67, 89.11, 84.56)))
       for dataset, inc, avg, last in (("cifar100", 10, *figures[:2]), ("imagenet_r", 20, *figures[2:]))),
 )
+
+
+def ours(results: Dict[str, Any], key: str, accuracy: str = "seen") -> Optional[float]:
+    """A run's ``key`` ("avg" or "last") under the accuracy definition ``accuracy`` (a run
+    written before both were recorded has only "seen")."""
+    return results.get(RESULT_KEYS[accuracy][("avg", "last").index(key)])
 
 
 def published_for(method: str, config: Dict[str, Any]) -> Optional[Published]:

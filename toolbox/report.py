@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from toolbox.io import atomic_write, write_text
+from toolbox.published import ACCURACY, ours, published_for
 from toolbox.run_lock import LOCK_NAME
 from utils.config import PLACEMENT_KEYS
 
@@ -338,8 +339,6 @@ def summary_latex(rows: List[Dict[str, Any]]) -> str:
 def published_rows(groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """One row per group that runs a published protocol (``toolbox.published``): its mean
     Avg and Last beside the published ones, and the differences."""
-    from toolbox.published import published_for
-
     rows = []
     for key, runs in groups.items():
         pub = published_for(key[0], runs[0]["config"])
@@ -347,10 +346,11 @@ def published_rows(groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]
             continue
         row = summary_row(key, runs)
         row.update({"backbone": pub.backbone, "published_avg": pub.avg, "published_last": pub.last,
-                    "source": pub.source})
-        for m in ("avg", "last"):
-            ours, theirs = row[f"{m}_mean"], row[f"published_{m}"]
-            row[f"{m}_diff"] = None if ours is None or theirs is None else ours - theirs
+                    "source": pub.source, "accuracy": pub.accuracy})
+        for m in ("avg", "last"):  # ours under the published figure's definition of accuracy
+            row[f"{m}_mean"] = _mean([ours(r, m, pub.accuracy) for r in runs])
+            mine, theirs = row[f"{m}_mean"], row[f"published_{m}"]
+            row[f"{m}_diff"] = None if mine is None or theirs is None else mine - theirs
         rows.append(row)
     return rows
 
@@ -360,14 +360,16 @@ def published_markdown(rows: List[Dict[str, Any]]) -> str:
         return ""
     tasks = has_partial(rows)
     header = _with_tasks(["method", "prefix", "dataset", "split", "backbone", "seeds", "Avg", "published Avg",
-                          "diff", "Last", "published Last", "diff", "published in"], rows)
-    lines = ["", "Against the published figures:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                          "diff", "Last", "published Last", "diff", "published in", "accuracy"], rows)
+    lines = ["", "Against the published figures (ours under each figure's definition of accuracy):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         diff = {m: "-" if r[f"{m}_diff"] is None else f"{r[f'{m}_diff']:+.2f}" for m in ("avg", "last")}
         lines.append(f"| {r['method']} | {r['prefix']} | {r['dataset']} | {r['split']} | {r['backbone']} | "
                      f"{r['seeds']} | " + (f"{r['tasks']} | " if tasks else "") +
                      f"{_fmt(r['avg_mean'])} | {_fmt(r['published_avg'])} | {diff['avg']} | "
-                     f"{_fmt(r['last_mean'])} | {_fmt(r['published_last'])} | {diff['last']} | {r['source']} |")
+                     f"{_fmt(r['last_mean'])} | {_fmt(r['published_last'])} | {diff['last']} | {r['source']} | "
+                     f"{ACCURACY[r['accuracy']]} |")
     return "\n".join(lines) + "\n"
 
 

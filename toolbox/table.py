@@ -42,7 +42,7 @@ from toolbox.checkpoint import CheckpointError, config_differences, load_checkpo
 from toolbox.configs import load_config_file, make_config, shipped_configs_dir
 from toolbox.exit_codes import exit_code
 from toolbox.io import write_text
-from toolbox.published import published_for
+from toolbox.published import ACCURACY, ours, published_for
 from toolbox.registry import LEARNERS, check_model_name
 from toolbox.report import _mean, _std, latex_escape, latex_pm
 from toolbox.trainer import ATTEMPT, CHECKPOINT, REPLACING, run_dir_for
@@ -278,8 +278,9 @@ def collect(runs: List[PlannedRun]) -> List[Dict[str, Any]]:
                     "missing": missing,
                     "published_avg": pub.avg if pub else None, "published_last": pub.last if pub else None,
                     "source": pub.source if pub else None}
+            cell["accuracy"] = pub.accuracy if pub else "seen"  # the cell's definition: the published figure's
             for key in ("avg", "last"):
-                values = [x[key] for x in results]
+                values = [ours(x, key, cell["accuracy"]) for x in results]
                 cell[f"{key}_mean"], cell[f"{key}_std"] = _mean(values), _std(values)
                 theirs = cell[f"published_{key}"]
                 cell[f"{key}_diff"] = None if theirs is None or cell[f"{key}_mean"] is None else \
@@ -345,9 +346,11 @@ def table_markdown(cells: List[Dict[str, Any]]) -> str:
             cell = next(c for c in cells if c["method"] == method and c["protocol"] == col["protocol"])
             row += [_cell_text(cell, "avg"), _cell_text(cell, "last")]
         lines.append("| " + " | ".join(row) + " |")
-    notes = sorted({f"{c['method']} on {c['dataset']} {c['split']}: {c['source']}" for c in cells if c["source"]})
+    notes = sorted({f"{c['method']} on {c['dataset']} {c['split']}: {c['source']} ({ACCURACY[c['accuracy']]})"
+                    for c in cells if c["source"]})
     text = "\n".join(lines) + "\n\nCells: mean ± std over the finished seeds (population std); in parentheses " \
-                              "the published figure and the difference.\n"
+                              "the published figure and the difference; a cell uses its published figure's " \
+                              "definition of accuracy (named below; without one: over all seen test images).\n"
     text += "".join(f"- published: {n}\n" for n in notes)
     missing = left_out_lines(cells)
     if missing:
