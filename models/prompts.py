@@ -335,7 +335,24 @@ class CODAPrompt(PromptLearner):
     """CODA-Prompt: attention-weighted sums of prompt components, new components per task (C1-C4)."""
     options_class = CODAOptions
 
+    def __init__(self, args: Dict[str, Any]):
+        super().__init__(args)
+        self._check_key_width(number_of_tasks(self.cfg))
+
+    def _check_key_width(self, tasks: Optional[int]) -> None:
+        """C2: every task's keys and attention vectors are drawn orthonormal to all earlier
+        ones, so all tasks' components must fit the key width (the encoder's); past it the
+        official Gram-Schmidt never ends (``tasks`` None: not known from the config alone)."""
+        if tasks is None or tasks > self.opts.pool_size:
+            return  # D3 refuses the second case
+        rows = tasks * (self.opts.pool_size // tasks)
+        require(rows <= self.width, "pool_size", self.opts.pool_size,
+                f"components of all tasks ({tasks} x (pool_size // {tasks}) = {rows}) at most the key width "
+                f"{self.width} (backbone {self.cfg.backbone!r}: its image encoder's width), as CODA-Prompt draws "
+                f"every task's keys and attention vectors orthonormal to the earlier ones")
+
     def _make_pool(self, tasks: int) -> nn.Module:
+        self._check_key_width(tasks)  # a fork's split is known only now
         o = self.opts
         return CodaPool(self.width, self.width, o.pool_size, o.prompt_length, o.prompt_layers, tasks, o.ortho_mu)
 

@@ -134,7 +134,7 @@ def test_a_whole_run_on_the_gpu(tmp_path):
     ("rapf", {"epochs": 3}), ("proof", {"epochs": 2, "lr": 0.01}), ("zs_clip", {}), ("simplecil", {}),
     ("aper_adapter", {"epochs": 2, "lr": 0.01}), ("moe_adapters", {"epochs": 1, "warmup_steps": 2}),
     ("l2p", {"epochs": 2, "lr": 0.01}), ("dualprompt", {"epochs": 2, "prompt_layers": [1], "g_prompt_layers": [0]}),
-    ("coda_prompt", {"epochs": 2, "prompt_layers": [0, 1]})])
+    ("coda_prompt", {"epochs": 2, "prompt_layers": [0, 1], "pool_size": 60})])
 def test_every_other_method_runs_on_the_gpu_in_its_default_numerics(tmp_path, model, over):
     """RAPF's default on CUDA is its official fp16 path; the others' fp32 (TF32 matrix products)."""
     from toolbox.trainer import run_one
@@ -189,8 +189,8 @@ def test_the_query_cache_is_exact_on_the_gpu(tmp_path):
     accuracies = []
     for cache in (True, False):
         args = tiny_args(tmp_path / str(cache), model_name="coda_prompt", device="cuda", prompt_layers=[0, 1],
-                         synthetic_classes=12, synthetic_train_per_class=20, init_cls=4, increment=4, batch_size=16,
-                         epochs=2, query_cache=cache)
+                         pool_size=60, synthetic_classes=12, synthetic_train_per_class=20, init_cls=4, increment=4,
+                         batch_size=16, epochs=2, query_cache=cache)
         cfg = make_config(args)
         with open(os.path.join(run_one(cfg, cfg.seeds()[0]), "results.json")) as f:
             accuracies.append(json.load(f)["accuracy_matrix"])

@@ -215,6 +215,21 @@ def test_c3_earlier_components_are_used_but_not_trained_and_c4_ortho_penalty():
     assert float(ortho_penalty(m)) == pytest.approx(((m.numpy() @ m.numpy().T - np.eye(3)) ** 2).mean(), rel=1e-5)
 
 
+def test_c2_coda_components_past_the_key_width_are_refused_before_any_work(tmp_path, capsys):
+    """The official Gram-Schmidt loops for ever once the rows outnumber the key width; ours
+    refuses the config: tiny CLIP's width is 64, 3 tasks x (100 // 3) = 99 components."""
+    err = refused(tmp_path, capsys, prompt_args(tmp_path, "coda_prompt", pool_size=100))
+    assert "coda_prompt: config key 'pool_size' = 100" in err and "= 99" in err and "key width 64" in err, err
+    assert "'tiny-random'" in err
+    learner, _ = make_learner(prompt_args(tmp_path, "coda_prompt", pool_size=65))  # 3 x 21 = 63 fit
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="1 x \\(pool_size // 1\\) = 65"):  # a fork's split: checked once known
+        learner._ensure_pool(1)
+    with pytest.raises(ValueError, match="do not fit width 5"):
+        gram_schmidt_rows(rand(4, 5), 2)
+
+
 # ----------------------------------------------------------------------------- parameter counts
 def test_trainable_parameters_on_vit_b16_shapes_equal_the_official_modules():
     def count(m):
@@ -283,11 +298,27 @@ def test_l4_the_query_is_the_frozen_final_class_token_before_the_projection(tmp_
     torch.testing.assert_close(learner._query(images), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_l5_official_cosine_rate_by_its_closed_form():
-    assert official_cosine_lr(1e-3, 20, 0) == 1e-3
-    assert official_cosine_lr(1e-3, 20, 19) == pytest.approx(1e-3 * 0.0157073, rel=1e-4)  # cos(99 pi / 200)
-    assert official_cosine_lr(1e-3, 50, 10) == pytest.approx(1e-3 * math.cos(99 * math.pi * 10 / (200 * 49)))
-    assert official_cosine_lr(1e-3, 1, 0) == 1e-3
+def test_l5_official_cosine_rate_runs_one_epoch_behind_its_formula():
+    """The official CosineSchedule (K = E) sets lr cos(99 pi s / (200 (E - 1))) at its counter s.
+    Its constructor sets the rate at s = 0 and leaves the counter at -1; learners/default.py
+    calls step() (s + 1) before every epoch but the first. So epochs 0, 1, 2, ... run at
+    s = 0, 0, 1, ..., E - 2."""
+    def at(s, E):
+        return 1e-3 * math.cos(99 * math.pi * s / (200 * (E - 1)))
+
+    expected = [at(0, 5), at(0, 5), at(1, 5), at(2, 5), at(3, 5)]  # E = 5, written out
+    assert expected == pytest.approx([1e-3, 1e-3, 0.925375e-3, 0.712639e-3, 0.393541e-3], rel=1e-5)
+    assert [official_cosine_lr(1e-3, 5, e) for e in range(5)] == pytest.approx(expected, rel=1e-12)
+    for E in (2, 20, 50):  # the official loop replayed: the constructor's s = 0, then s = -1 + 1, ... per epoch
+        counter, rates = -1, []
+        for epoch in range(E):
+            if epoch > 0:
+                counter += 1
+            rates.append(at(max(counter, 0), E))
+        assert [official_cosine_lr(1e-3, E, e) for e in range(E)] == pytest.approx(rates, rel=1e-12)
+    # E = 20: the last epoch at s = 18, 1e-3 cos(99 pi 18 / 3800), not the curve's end cos(99 pi / 200) (6x lower)
+    assert official_cosine_lr(1e-3, 20, 19) == pytest.approx(0.0974000561e-3, rel=1e-8)
+    assert official_cosine_lr(1e-3, 1, 0) == 1e-3  # E = 1: the official schedule divides by zero; ours keeps lr
 
 
 @pytest.mark.parametrize("method, cls", [("l2p", L2P), ("dualprompt", DualPrompt), ("coda_prompt", CODAPrompt)])
@@ -304,9 +335,10 @@ def test_l5_l6_two_adam_steps_on_ce_over_the_task_classes_plus_pool_loss(tmp_pat
             if self._cur_task == 1:
                 seen["pool"], seen["head"] = copy.deepcopy(self.pool), copy.deepcopy(self.head)
 
-    # one full batch per task (16 images), two epochs: two Adam steps on task 1, the second at the cosine's end
+    # one full batch per task (16 images), three epochs: three Adam steps on task 1 at the official rates
+    # of E = 3 (L5): lr, lr (the scheduler's first step leaves s at 0), lr cos(99 pi / 400) (s = 1)
     lr = 0.05
-    learner, dm = make_learner(prompt_args(tmp_path, method, batch_size=16, lr=lr, epochs=2))
+    learner, dm = make_learner(prompt_args(tmp_path, method, batch_size=16, lr=lr, epochs=3))
     learner.__class__ = Watched
     for _ in range(2):
         learner.incremental_train(dm)
@@ -318,7 +350,7 @@ def test_l5_l6_two_adam_steps_on_ce_over_the_task_classes_plus_pool_loss(tmp_pat
     first_rows = head.weight[:2].detach().clone()
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
-    for step, rate in enumerate([lr, lr * math.cos(99 * math.pi / 200)], start=1):
+    for step, rate in enumerate([lr, lr, lr * math.cos(99 * math.pi / 400)], start=1):
         prefixes, pool_loss = pool(learner._query(x), True, 1)
         logits = head(learner._class_token(x, prefixes))
         loss = F.cross_entropy(logits[:, 2:4], y - 2) + pool_loss  # CE over the task's own classes

@@ -95,7 +95,7 @@ def test_every_registered_learner_keeps_the_contract(tmp_path, model):
     from toolbox.registry import get_model
 
     tiny_blocks = {"dualprompt": {"prompt_layers": [1], "g_prompt_layers": [0]},  # tiny CLIP has 2 image blocks
-                   "coda_prompt": {"prompt_layers": [0, 1]}}.get(model, {})
+                   "coda_prompt": {"prompt_layers": [0, 1], "pool_size": 6}}.get(model, {})
     cfg = make_config(tiny_args(tmp_path, model_name=model, epochs=1, **tiny_blocks))
     args = {**cfg.to_dict(), "seed": 1993}
 

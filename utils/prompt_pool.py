@@ -90,6 +90,8 @@ def gram_schmidt_rows(old: torch.Tensor, new_rows: int) -> torch.Tensor:
     """C2: ``new_rows`` rows drawn from N(0, 1), each made orthogonal to every row before it
     (the rows of ``old`` as they are, then the new ones) by subtracting its projection on
     each in turn (classical Gram-Schmidt), then scaled to unit norm; returns them (new_rows, dim)."""
+    if len(old) + new_rows > old.shape[1]:  # beyond the width no row is orthogonal to all before it
+        raise ValueError(f"{len(old)} + {new_rows} orthonormal rows do not fit width {old.shape[1]}")
     basis = [r for r in old]
     made = []
     for _ in range(new_rows):
@@ -158,8 +160,13 @@ class CodaPool(nn.Module):
 
 
 def official_cosine_lr(base_lr: float, epochs: int, epoch: int) -> float:
-    """The official per-epoch rate (``utils/schedulers.CosineSchedule``):
-    ``base * cos(99 pi e / (200 (E - 1)))`` for epoch e of E (base throughout when E = 1)."""
+    """The official rate of epoch ``epoch`` (0-based) of ``epochs`` = E (L5):
+    ``base * cos(99 pi max(e - 1, 0) / (200 (E - 1)))``. ``utils/schedulers.CosineSchedule``
+    gives ``base * cos(99 pi s / (200 (E - 1)))`` at its counter s, but its constructor sets
+    the rate at s = 0 and then puts the counter back to -1, and ``learners/default.py`` calls
+    ``step()`` (s + 1) before every epoch but the first: epochs 0 and 1 both run at s = 0,
+    epoch e >= 1 at s = e - 1, so the last runs at s = E - 2, never at the curve's end.
+    E = 1: base (the official schedule divides by E - 1 = 0 and raises)."""
     if epochs <= 1:
         return base_lr
-    return base_lr * math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
+    return base_lr * math.cos(99 * math.pi * max(epoch - 1, 0) / (200 * (epochs - 1)))
