@@ -35,8 +35,9 @@ class ReferenceRAPF(RAPF):
                 f = self._encode(x)
             yield f, y  # outside no_grad: the caller trains on it
 
-    def _batch_text(self) -> torch.Tensor:
-        return F.normalize(self._full_text(), dim=1)
+    def _batch_text(self):
+        text = F.normalize(self._full_text(), dim=1)
+        return text, text
 
     @torch.no_grad()
     def _statistics_features(self, data_manager, new, feats, labels):

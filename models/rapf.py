@@ -59,8 +59,16 @@ class RAPFOptions:
     milestones: List[int] = field(default_factory=lambda: [4, 10])  # MultiStepLR, stepped per epoch
     lr_gamma: float = 0.1
     covariance_ridge: float = 1e-4
+    # on the official fp16 path (CUDA, precision auto), which values are held in fp16:
+    # "official" = every point the official code has in fp16 (its clip.load model is half on
+    # CUDA): the text encoder's output, the class means and covariances, the adapter output,
+    # the logits and the hinge; "encoder_and_logits" = only the image features, adapter output
+    # and logits (text, statistics and hinge in fp32). No effect off that path (CPU: all fp32).
+    fp16_points: str = "official"
 
     def validate(self) -> None:
+        require(self.fp16_points in ("official", "encoder_and_logits"), "fp16_points", self.fp16_points,
+                "'official' or 'encoder_and_logits'")
         checks = [("beta", self.beta > 0, "a number > 0"),
                   ("old_per_batch", self.old_per_batch >= 0, "an integer >= 0"),
                   ("hard_pair_threshold", self.hard_pair_threshold >= 0, "a number >= 0"),
@@ -91,10 +99,31 @@ def hard_pairs(old_text: torch.Tensor, new_text: torch.Tensor, threshold: float,
     return [(int(k), offset + int(j)) for k, j in (dist < threshold).nonzero().tolist()]
 
 
-def hinge_loss(edge: torch.Tensor, text: torch.Tensor, pairs_of_rows: torch.Tensor, margin: float) -> torch.Tensor:
+def fp16(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as fp16 storage holds it (rounded to float16), kept in fp32: the official fp16
+    points, computed the same on the CPU and on CUDA."""
+    return x.half().float()
+
+
+def fp16_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``x / x.norm()`` row-wise on fp16 tensors: the input, the norm and the quotient each rounded to fp16."""
+    x = fp16(x)
+    return fp16(x / fp16(x.norm(dim=1, keepdim=True)))
+
+
+def hinge_loss(edge: torch.Tensor, text: torch.Tensor, pairs_of_rows: torch.Tensor, margin: float,
+               half: bool = False) -> torch.Tensor:
     """R5: mean over edge samples of max(0, cos(u, g_new) - cos(u, g_old) + margin), u the
     adapted edge sample. ``edge`` (M, d) adapted, ``text`` (C, d) normalised (detached),
-    ``pairs_of_rows`` (M, 2): (old class, new class) of each sample."""
+    ``pairs_of_rows`` (M, 2): (old class, new class) of each sample. ``half``: the official
+    fp16 points: the adapter output cast to fp16 and normalised (models.py:132-134), again
+    (main.py:113), the texts cast to fp16 and normalised (main.py:114-117), products, sums,
+    difference, margin and mean each rounded to fp16 (main.py:118)."""
+    if half:
+        u = fp16_normalize(fp16_normalize(edge))
+        old, new = fp16_normalize(text[pairs_of_rows[:, 0]]), fp16_normalize(text[pairs_of_rows[:, 1]])
+        cos_old, cos_new = fp16(fp16(u * old).sum(1)), fp16(fp16(u * new).sum(1))
+        return fp16(F.relu(fp16(fp16(cos_new - cos_old) + margin)).mean())
     u = F.normalize(edge, dim=1)
     cos_new = (u * text[pairs_of_rows[:, 1]]).sum(1)
     cos_old = (u * text[pairs_of_rows[:, 0]]).sum(1)
@@ -126,6 +155,24 @@ class RAPF(CLIPLearner, BaseLearner):
         """The official numerics on CUDA: clip.load's fp16 encoders, fp16 adapter output and logits."""
         return self._device.type == "cuda" and self.cfg.precision == "auto"
 
+    @property
+    def _fp16_points(self) -> bool:
+        """On the official fp16 path, also the text features, class statistics and hinge in fp16."""
+        return self._official_half and self.opts.fp16_points == "official"
+
+    @torch.no_grad()
+    def _prompt_texts(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """R1's prompt features of ``tokens``: (normalised in fp32: hard pairs and the hinge,
+        the official ``class_name_features``; as the logits use them). With the official fp16
+        points the encoder runs in fp16 and its output is fp16 (models.py:112-113), normalised
+        in fp32 for the first (models.py:165) and in fp16 for the logits (models.py:118, 138)."""
+        if not self._fp16_points:
+            text = text_features(self._network, tokens, self._device, "fp32")
+            return text, text
+        with torch.autocast(self._device.type, dtype=torch.float16):
+            raw = fp16(self._network.encode_text(tokens).float())
+        return F.normalize(raw, dim=1), fp16_normalize(raw)
+
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         if self._official_half:
             with torch.autocast(self._device.type, dtype=torch.float16):
@@ -145,7 +192,7 @@ class RAPF(CLIPLearner, BaseLearner):
         self.data_manager = data_manager
         with torch.no_grad():  # R1: the prompts of all seen classes, once per task
             tokens = self._network.tokenize(prompts(self.cfg.prompt_template, self._names)).to(self._device)
-            self._text = text_features(self._network, tokens, self._device, "fp32")
+            self._text, self._logit_text = self._prompt_texts(tokens)
         pairs = []
         if self._cur_task > 0:
             pairs = hard_pairs(self._text[:self._known_classes], self._text[self._known_classes:],
@@ -159,7 +206,7 @@ class RAPF(CLIPLearner, BaseLearner):
         with self._timed("stats_fusion"):
             feats, labels = self._statistics_features(data_manager, new, feats, labels)
             for c in new:  # R8: statistics of the new classes, pre-adapter features
-                self.stats.add(c, feats[labels == c])
+                self.stats.add(c, feats[labels == c], half=self._fp16_points)
             if self._cur_task > 0:  # R9
                 with torch.no_grad():
                     self.adapter.weight.copy_(svd_fusion(old_weight, self.adapter.weight.detach(), self.opts.mix_bias))
@@ -182,16 +229,16 @@ class RAPF(CLIPLearner, BaseLearner):
             random.shuffle(old)  # R3: the old labels, shuffled each epoch
             replayed = edge_count = 0
             for b, (x, y) in enumerate(batches):
-                text = self._batch_text()
+                text, logit_text = self._batch_text()
                 if known > 0:
                     chosen = [old[(b * n_old + k) % known] for k in range(n_old)]
                     x = torch.cat([x] + [self.stats.sample(c, m_r) for c in chosen])
                     y = torch.cat([y, torch.tensor(chosen, device=y.device).repeat_interleave(m_r)])
                     replayed += len(chosen) * m_r
-                loss = F.cross_entropy(self._logits(x, text), y)
+                loss = F.cross_entropy(self._logits(x, logit_text), y)
                 if pairs:
                     edge = torch.cat([self.stats.sample(k, m_e) for k, _ in pairs])
-                    loss = loss + hinge_loss(self.adapter(edge), text, pair_rows, opts.hinge_margin)
+                    loss = loss + hinge_loss(self.adapter(edge), text, pair_rows, opts.hinge_margin, self._fp16_points)
                     edge_count += len(edge)
                 checked_step(opt, loss, f"task {self._cur_task}, epoch {epoch + 1}, step {b + 1}")
             sched.step()
@@ -205,9 +252,10 @@ class RAPF(CLIPLearner, BaseLearner):
         for idx in shuffled_batches(len(labels), self.cfg.batch_size, labels.device):
             yield feats[idx], labels[idx]
 
-    def _batch_text(self) -> torch.Tensor:
-        """The seen classes' normalised prompt features (fixed within a task: encoded once)."""
-        return self._text.detach()
+    def _batch_text(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The seen classes' normalised prompt features, for the hinge and for the logits
+        (fixed within a task: encoded once)."""
+        return self._text.detach(), self._logit_text.detach()
 
     def _statistics_features(self, data_manager, new: range, feats: torch.Tensor, labels: torch.Tensor):
         """The features R8's statistics are computed from: the task's cached ones."""
@@ -219,7 +267,7 @@ class RAPF(CLIPLearner, BaseLearner):
         """R10: argmax of the logits over all seen classes."""
         with self._timed("eval"):
             feats, labels = self.cache.get(self.data_manager, "test", range(self._total_classes))
-            scores = torch.cat([self._logits(feats[i:i + 4096], self._text).float()
+            scores = torch.cat([self._logits(feats[i:i + 4096], self._logit_text).float()
                                 for i in range(0, len(labels), 4096)])
         return scores_result(self, scores, labels)
 

@@ -98,6 +98,104 @@ def test_the_official_fp16_numerics_run_here_and_agree_with_fp32_by_hand(tmp_pat
     assert len(accuracy) == 3 and all(math.isfinite(a) for a in accuracy)
 
 
+def h16(a):
+    """Numpy: the value fp16 storage keeps."""
+    return np.asarray(a, dtype=np.float64).astype(np.float16).astype(np.float64)
+
+
+def h16_normalize(a):
+    a = h16(a)
+    return h16(a / h16(np.sqrt((a ** 2).sum(1, keepdims=True))))
+
+
+def test_official_fp16_points_hinge_and_statistics_by_hand():
+    """fp16_points: official: the hinge (main.py:113-118 on models.py:132-134's output) and
+    the class statistics (models.py:193-194, torch.mean/torch.cov of fp16 features), each
+    against numpy arithmetic rounded to float16 at the same points; fp32 differs."""
+    g = torch.Generator().manual_seed(3)
+    text = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    edge = torch.randn(6, 8, generator=g) * 3
+    rows = torch.tensor([[0, 2], [0, 2], [1, 3], [1, 3], [1, 2], [0, 3]])
+    u = h16_normalize(h16_normalize(edge.numpy()))
+    t = text.numpy()
+    old, new = h16_normalize(t[rows[:, 0]]), h16_normalize(t[rows[:, 1]])
+    cos_old, cos_new = h16(h16(u * old).sum(1)), h16(h16(u * new).sum(1))
+    expected = h16(np.maximum(h16(h16(cos_new - cos_old) + 0.1), 0).mean())
+    half = float(hinge_loss(edge, text, rows, 0.1, half=True))
+    assert half == pytest.approx(float(expected), abs=float(np.spacing(np.float16(expected))))
+    full = float(hinge_loss(edge, text, rows, 0.1))
+    assert half != full and half == pytest.approx(full, abs=2e-3)
+
+    x = torch.randn(40, 8, generator=g).mul(0.8).add(0.4).half().float()  # fp16 features, as cached
+    stats, stats32 = ClassGaussians(1e-4), ClassGaussians(1e-4)
+    stats.add(0, x, half=True)
+    stats32.add(0, x)
+    xn = x.numpy().astype(np.float64)
+    mean = h16(xn.mean(0))
+    centred = h16(xn - mean)
+    cov = h16(h16(centred.T @ centred) / 39) + 1e-4 * np.eye(8)
+    np.testing.assert_array_equal(stats.means[0].numpy(), mean.astype(np.float32))
+    np.testing.assert_allclose(stats.covs[0].numpy(), cov, rtol=0, atol=1e-6)
+    torch.testing.assert_close(stats.covs[0], torch.cov(x.half().t()).float() + 1e-4 * torch.eye(8),
+                               rtol=0, atol=1e-3)  # torch's fp16 kernel: within one fp16 step
+    assert not torch.equal(stats.means[0], stats32.means[0]) and not torch.equal(stats.covs[0], stats32.covs[0])
+
+
+def test_official_fp16_points_text_and_a_hard_pair_near_the_threshold(tmp_path, monkeypatch):
+    """The text features as the official fp16 model gives them (encoder in fp16, output
+    stored in fp16, normalised in fp32 for hard pairs and the hinge, in fp16 for the logits),
+    and a threshold between a pair's fp32 and fp16 distance: the two settings pick
+    different hard pairs in the same run."""
+    monkeypatch.setattr(RAPF, "_official_half", property(lambda self: True))  # the CUDA path, here on the CPU
+    learner, dm = make(tmp_path, epochs=1)
+    assert learner.opts.fp16_points == "official" and learner._fp16_points
+    names = dm.get_class_names(range(4))  # tasks 0 and 1
+    tokens = learner._network.tokenize([learner.cfg.prompt_template.format(n) for n in names])
+    with torch.no_grad():
+        text, logit_text = learner._prompt_texts(tokens)
+        with torch.autocast("cpu", dtype=torch.float16):
+            raw = learner._network.encode_text(tokens).float().numpy()
+        raw32 = learner._network.encode_text(tokens).float().numpy()
+    raw16 = h16(raw)
+    np.testing.assert_allclose(text.numpy(), raw16 / np.linalg.norm(raw16, axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(logit_text.numpy(), h16_normalize(raw16), atol=1e-3)
+    assert set(np.unique(logit_text.numpy().astype(np.float16).astype(np.float32) == logit_text.numpy())) == {True}
+
+    def distances(r):
+        a = r / np.linalg.norm(r, axis=1, keepdims=True)
+        return np.sqrt(((a[:2, None] - a[None, 2:4]) ** 2).sum(-1))  # task 0's classes vs task 1's
+
+    d16, d32 = distances(raw16), distances(raw32)
+    k, j = np.unravel_index(np.argmax(np.abs(d16 - d32)), d16.shape)
+    assert abs(d16[k, j] - d32[k, j]) > 1e-5
+    threshold = float((d16[k, j] + d32[k, j]) / 2)
+    picked = {}
+    for points in ("official", "encoder_and_logits"):
+        learner, dm = make(tmp_path, epochs=1, hard_pair_threshold=threshold, fp16_points=points)
+        for _ in range(2):
+            learner.incremental_train(dm)
+            learner.after_task()
+        picked[points] = learner.record["hard_pairs"][1]["pairs"]
+        d = d16 if points == "official" else d32
+        assert picked[points] == [(a, 2 + b) for a in range(2) for b in range(2) if d[a, b] < threshold]
+    assert picked["official"] != picked["encoder_and_logits"]
+    assert ((k, 2 + j) in picked["official"]) == (d16[k, j] < threshold)
+
+
+def test_fp16_points_is_the_official_default_and_only_on_the_fp16_path(tmp_path):
+    """The official code as released runs clip.load's half model on CUDA, so the published
+    numbers come from the fp16 points: every shipped RAPF config keeps the default; on the
+    CPU (and with precision fp32) nothing is fp16."""
+    assert RAPFOptions().fp16_points == "official"
+    for path in sorted(glob.glob(os.path.join(ROOT, "exps", "rapf_*.json"))):
+        cfg = make_config(json.load(open(path)))
+        assert cfg.options["fp16_points"] == "official" and cfg.precision == "auto", path
+    learner, _ = make(tmp_path)
+    assert not learner._official_half and not learner._fp16_points
+    with pytest.raises(ConfigError, match="fp16_points"):
+        make(tmp_path, fp16_points="fp16")
+
+
 # ----------------------------------------------------------------------------- R3 / R6
 def test_r3_replay_labels_follow_the_epoch_shuffle_and_task_1_has_no_replay(tmp_path, monkeypatch):
     learner, dm = make(tmp_path, synthetic_classes=8, init_cls=4, increment=4, hard_pair_threshold=0.0,
@@ -272,7 +370,7 @@ def test_rapf_learns_separable_features_and_keeps_old_classes_by_replay(tmp_path
         y = torch.tensor(classes).repeat_interleave(n)
         return 3 * torch.eye(d)[y] + 0.3 * torch.randn(len(y), d, generator=g), y
 
-    learner._text = torch.eye(d)[:4]
+    learner._text = learner._logit_text = torch.eye(d)[:4]
     for task, classes in enumerate(([0, 1], [2, 3])):
         learner._cur_task, learner._known_classes = task, 2 * task
         x, y = data(classes, 20)

@@ -35,11 +35,21 @@ class ClassGaussians:
         self.generator = torch.Generator().manual_seed(seed)
         self.cache_cholesky = True  # False: factorise at every draw (the official code's cost)
 
-    def add(self, c: int, feats: torch.Tensor) -> None:
-        """Statistics of class ``c`` from its features (N, d), N >= 2."""
+    def add(self, c: int, feats: torch.Tensor, half: bool = False) -> None:
+        """Statistics of class ``c`` from its features (N, d), N >= 2. ``half``: as
+        ``torch.mean`` and ``torch.cov`` give them on fp16 features (RAPF's official numerics):
+        the mean, the centred features, their Gram matrix and the covariance each rounded to
+        fp16; the ridge added in fp32."""
         x = feats.float()
-        self.means[c] = x.mean(0)
-        self.covs[c] = torch.cov(x.t()) + self.ridge * torch.eye(x.shape[1], device=x.device)
+        if half:
+            mean = x.mean(0).half().float()
+            centred = (x - mean).half().float()
+            self.means[c] = mean
+            cov = ((centred.t() @ centred).half().float() / (x.shape[0] - 1)).half().float()
+        else:
+            self.means[c] = x.mean(0)
+            cov = torch.cov(x.t())
+        self.covs[c] = cov + self.ridge * torch.eye(x.shape[1], device=x.device)
         self._chol.pop(c, None)
 
     def cholesky(self, c: int) -> torch.Tensor:
