@@ -9,8 +9,11 @@ cost structure, in one process.
 L2P++ / DualPrompt / CODA-Prompt: ours = ``models.prompts`` with ``query_cache: true`` (the
 frozen query forward once per image); reference = the same learner with ``query_cache:
 false``, which runs the frozen encoder a second time on every training batch and every
-evaluated image, as the official ``ViTZoo.forward`` does. Their official CIFAR-100 values
-(20 epochs, batch 128, lr 1e-3; ``--epochs`` to shorten).
+evaluated image, as the official ``ViTZoo.forward`` does; both without augmentation (the
+cache is exact only then). A third path, ``augmented``, is the default run: the official
+random resized crop and flip per image and step (PIL, per image) and the query forward of
+every augmented batch. Their official CIFAR-100 values (20 epochs, batch 128, lr 1e-3;
+``--epochs`` to shorten).
 
 PROOF: ours = ``models.proof.PROOF`` (features once per image, prompts once per task, no
 unreported evaluations); reference = ``benchmarks.proof_reference.ReferencePROOF``.
@@ -99,13 +102,14 @@ def registered(method: str = "rapf"):
     they declare the method's options and release)."""
     cls = {"rapf": ("BenchRAPF", "BenchReferenceRAPF"), "proof": ("BenchPROOF", "BenchReferencePROOF"),
            **{m: (c, c) for m, c in PROMPT_METHODS.items()}}[method]  # the reference: query_cache false
+    extra = {f"bench_{method}_augmented": f"{__name__}:{cls[0]}"} if method in PROMPT_METHODS else {}
     return registry.registered({f"bench_{method}": f"{__name__}:{cls[0]}",
-                                f"bench_{method}_reference": f"{__name__}:{cls[1]}"})
+                                f"bench_{method}_reference": f"{__name__}:{cls[1]}", **extra})
 
 
 def config(args, model: str) -> Dict[str, Any]:
     smoke = args.smoke
-    method = model[len("bench_"):].replace("_reference", "")
+    method = model[len("bench_"):].replace("_reference", "").replace("_augmented", "")
     if method in PROMPT_METHODS:
         small_pool = {"pool_size": 8, "prompt_length": 4} if smoke else {}
         tiny_layers = {"l2p": {}, "dualprompt": {"prompt_layers": [1], "g_prompt_layers": [0]},
@@ -115,7 +119,8 @@ def config(args, model: str) -> Dict[str, Any]:
                 "synthetic_image_size": 32, "init_cls": 2 if smoke else 10, "increment": 2 if smoke else 10,
                 "backbone": "tiny-random" if smoke else args.backbone, "device": "cpu" if smoke else args.device,
                 "seed": 1993, "epochs": 2 if smoke else args.epochs, "lr": 1e-3, "batch_size": 4 if smoke else 128,
-                "eval_batch_size": 16 if smoke else 128, "query_cache": not model.endswith("_reference"),
+                "eval_batch_size": 16 if smoke else 128, "query_cache": model == f"bench_{method}",
+                "train_augment": "official" if model.endswith("_augmented") else "none",
                 "num_workers": 0 if smoke else args.workers, "preprocess": "device", "prefix": model,
                 **(tiny_layers if smoke or args.backbone == "tiny-random" else {})}  # tiny CLIP: 2 blocks
     if model.startswith("bench_proof"):
@@ -183,8 +188,10 @@ def main(argv: List[str] = None) -> int:
         # warm-up (CUDA context, library handles, lazy imports) so the first measured path pays none of it
         warm = config(argparse.Namespace(**{**vars(args), "smoke": True}), f"bench_{m}")
         run_path({**warm, "device": "cpu" if args.smoke else args.device}, os.path.join(logdir, "warm-up"), None)
-        for path, model in (("ours", f"bench_{m}"), ("reference", f"bench_{m}_reference")):
-            limit = args.reference_tasks if path == "reference" and args.reference_tasks > 0 else None
+        paths = [("ours", f"bench_{m}"), ("reference", f"bench_{m}_reference")]
+        paths += [("augmented", f"bench_{m}_augmented")] if m in PROMPT_METHODS else []
+        for path, model in paths:
+            limit = args.reference_tasks if path != "ours" and args.reference_tasks > 0 else None
             out["paths"][path] = run_path(config(args, model), os.path.join(logdir, path), limit)
             write_json(args.out, out)
     ours, ref = out["paths"]["ours"], out["paths"]["reference"]
@@ -197,6 +204,10 @@ def main(argv: List[str] = None) -> int:
     if "query_images" in ours:
         print(f"frozen query forwards (images): ours {ours['query_images']} in all; reference "
               f"{ref['query_images']} in {k or 'all'} task(s)")
+    if "augmented" in out["paths"]:  # the default run: official crops and flips, the query forward every step
+        aug = out["paths"]["augmented"]
+        print(f"augmented (default): {aug['wall_s']:.1f} s, {aug['query_images']} query images, accuracy "
+              f"{aug['accuracy']}")
     print(f"device: {out['device']}; wrote {args.out}")
     return 0
 

@@ -3,7 +3,8 @@ with Pre-Trained Models"; ``adam_adapter`` / ``aper_adapter`` in the official co
 zhoudw-zdw/RevisitingCIL), on CLIP's image encoder: items A1-A6 of docs/methods/aper_adapter.md.
 
 On the first task only: parallel adapters in every block of the image encoder (A1) and a
-cosine classifier over the task's classes (A2) are trained with cross-entropy (A3). Then
+cosine classifier over the task's classes (A2) are trained with cross-entropy (A3), on
+the official random resized crops and flips (A7). Then
 the encoder is frozen for good, and every image is represented by the pre-trained
 encoder's feature and the adapted encoder's feature side by side (A4); each class, the
 first task's included, gets the mean of those merged features of its training images as
@@ -31,6 +32,7 @@ from utils.adapter import (
     apply_adapters,
     load_adapter_state_dict,
 )
+from utils.augment import seeded
 from utils.clip_backbone import autocast
 from utils.clip_ops import build_backbone, make_loader, progress, task_data
 from utils.config import require
@@ -45,7 +47,8 @@ OFFICIAL_EPOCHS = 20  # "tuned_epoch" of the official configs
 @dataclass
 class APEROptions:
     """APER-Adapter's own options; defaults are the official configs' (CIFAR-100 B0 Inc10:
-    ``exps/adam_adapter.json``). Shared keys it reads: ``lr`` (init_lr, 0.01 there),
+    ``exps/adam_adapter.json`` before upstream commit 34c68f4 renamed it; now
+    ``exps/aper_adapter/*.json``). Shared keys it reads: ``lr`` (init_lr, 0.01 there),
     ``batch_size`` (48 there), ``epochs`` ("auto" = the official 20, first task only),
     ``eval_batch_size``, ``precision``."""
     adapter_bottleneck: int = 64  # ffn_num
@@ -54,6 +57,7 @@ class APEROptions:
     optimizer: str = "sgd"  # "sgd" (momentum 0.9) | "adam" (AdamW)
     weight_decay: float = 0.0005
     min_lr: float = 0.0  # the cosine schedule's end
+    train_augment: str = "official"  # A7: random resized crop (scale 0.05-1) + flip; "none": CLIP's centre crop
 
     def validate(self) -> None:
         for key, ok, allowed in [
@@ -62,7 +66,8 @@ class APEROptions:
                 ("adapter_dropout", 0 <= self.adapter_dropout < 1, "a number in [0, 1)"),
                 ("optimizer", self.optimizer in ("sgd", "adam"), "'sgd' or 'adam'"),
                 ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
-                ("min_lr", self.min_lr >= 0, "a number >= 0")]:
+                ("min_lr", self.min_lr >= 0, "a number >= 0"),
+                ("train_augment", self.train_augment in ("official", "none"), "'official' or 'none'")]:
             require(ok, key, getattr(self, key), allowed)
 
 
@@ -126,10 +131,15 @@ class APER(SimpleCIL):
         else:
             opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=opts.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs, eta_min=opts.min_lr)
-        data = task_data(data_manager, new, "train", net.input_resolution, self.cfg, self._device)
+        # A7: the official training transform (prototypes, later, use the deterministic one, as the official
+        # ``train_loader_for_protonet`` with mode "test")
+        augment = seeded("aper", net.input_resolution) if opts.train_augment == "official" else None
+        data = task_data(data_manager, new, "train", net.input_resolution, self.cfg, self._device, transform=augment)
         loader = make_loader(data, self.cfg.batch_size, True, self.cfg.num_workers, self._device)
         net.train()
         for epoch in range(self.epochs):
+            if augment is not None:
+                augment.reseed()  # this epoch's crops and flips, from the run's seeded stream
             for step, (_, x, y) in enumerate(progress(loader, f"adapt {epoch + 1}/{self.epochs}")):
                 loss = F.cross_entropy(head(self._adapted(x)), y - self._known_classes)
                 checked_step(opt, loss, f"task {self._cur_task}, epoch {epoch + 1}, step {step + 1}")

@@ -6,7 +6,8 @@ Mixture-of-experts adapters beside the MLP of every block of both CLIP encoders 
 trained on every task, one epoch of cross-entropy between the images and the current
 task's prompts (M2), with AdamW under a warm-up-then-cosine schedule per step (M3); the
 adapters and routers carry over from task to task (M4). A test image goes to the seen
-class whose prompt has the largest cosine with it (M5).
+class whose prompt has the largest cosine with it (M5). Training and test images alike go
+through the official RandomResizedCrop (scale 0.9-1, bicubic; M6), seeded.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from models.base import BaseLearner
 from utils.adapter import adapter_parameters, adapter_state_dict, adapters_disabled, load_adapter_state_dict
+from utils.augment import seeded
 from utils.clip_backbone import autocast
 from utils.clip_ops import (
     CLIPLearner,
@@ -54,6 +56,9 @@ class MoEOptions:
     warmup_steps: int = 30
     label_smoothing: float = 0.0  # "ls"
     noise_at_test: bool = True  # the official blocks draw gate noise at test time too (see utils/moe.py)
+    train_augment: str = "official"  # M6: RandomResizedCrop(scale 0.9-1, bicubic); "none": CLIP's centre crop
+    extra_step: bool = True  # M3: the official extra step after the epoch (changes weights below warmup_steps)
+    test_crop: str = "random"  # M6: the official tests on the same random crops; "center": CLIP's centre crop
 
     def validate(self) -> None:
         for key, ok, allowed in [
@@ -64,7 +69,9 @@ class MoEOptions:
                 ("adapter_dropout", 0 <= self.adapter_dropout < 1, "a number in [0, 1)"),
                 ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
                 ("warmup_steps", self.warmup_steps >= 0, "an integer >= 0"),
-                ("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)")]:
+                ("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
+                ("train_augment", self.train_augment in ("official", "none"), "'official' or 'none'"),
+                ("test_crop", self.test_crop in ("random", "center"), "'random' or 'center'")]:
             require(ok, key, getattr(self, key), allowed)
 
 
@@ -95,16 +102,24 @@ class MoEAdapters(CLIPLearner, BaseLearner):
 
     def incremental_train(self, data_manager) -> None:
         new = begin_task(self, data_manager)
-        net, cfg = self._network, self.cfg
-        data = task_data(data_manager, new, "train", net.input_resolution, cfg, self._device)
+        net, cfg, R = self._network, self.cfg, self._network.input_resolution
+        augment = seeded("moe", R) if self.opts.train_augment == "official" else None  # M6
+        data = task_data(data_manager, new, "train", R, cfg, self._device, transform=augment)
         loader = make_loader(data, cfg.batch_size, True, cfg.num_workers, self._device)
-        test = task_data(data_manager, range(self._total_classes), "test", net.input_resolution, cfg, self._device)
+        # M6: the official evaluation crops at random too; seeded by the run's seed and the task, so a rerun (or a
+        # resumed run) evaluates on the same crops, without moving the training's random stream
+        crops = seeded("moe", R).fixed(self.test_crop_seed()) if self.opts.test_crop == "random" else None
+        test = task_data(data_manager, range(self._total_classes), "test", R, cfg, self._device, transform=crops)
         self.test_loader = make_loader(test, cfg.eval_batch_size, False, cfg.num_workers, self._device)
         tokens = net.tokenize(prompts(cfg.prompt_template, self._names[new.start:])).to(self._device)
         with self._timed("train"):
-            self._train(loader, tokens)
+            self._train(loader, tokens, augment)
 
-    def _train(self, loader, tokens: torch.Tensor) -> None:
+    def test_crop_seed(self) -> int:
+        """The base seed of the current task's random test crops (test image i: base + i)."""
+        return self._seed * 1_000_003 + self._cur_task
+
+    def _train(self, loader, tokens: torch.Tensor, augment=None) -> None:
         """M2-M3: a fresh AdamW over the experts and routers of both encoders, the rate set
         before every step; cross-entropy of 100 * cos(image, current task's prompts)."""
         net, opts = self._network, self.opts
@@ -114,16 +129,31 @@ class MoEAdapters(CLIPLearner, BaseLearner):
         net.train()
         step = 0
         for epoch in range(self.epochs):
+            if augment is not None:
+                augment.reseed()  # this epoch's crops, from the run's seeded stream
             for _, x, y in progress(loader, f"task {self._cur_task} epoch {epoch + 1}/{self.epochs}"):
-                for group in opt.param_groups:
-                    group["lr"] = warmup_cosine(self.cfg.lr, opts.warmup_steps, steps, step)
-                img = self._image_features(x)
-                txt = text_features(net, tokens, self._device, self.cfg.precision)
-                loss = F.cross_entropy(net.logit_scale * img @ txt.t(), y - self._known_classes,
-                                       label_smoothing=opts.label_smoothing)
-                checked_step(opt, loss, f"task {self._cur_task}, epoch {epoch + 1}, step {step + 1}")
+                self._step(opt, tokens, x, y, warmup_cosine(self.cfg.lr, opts.warmup_steps, steps, step),
+                           f"task {self._cur_task}, epoch {epoch + 1}, step {step + 1}")
                 step += 1
+        if opts.extra_step and steps < opts.warmup_steps:
+            # M3: the official loop runs steps + 1 iterations; the last, on the first batch of a new shuffle, is
+            # still in the warm-up when the task has fewer steps than it, at rate lr (steps + 1) / warmup
+            if augment is not None:
+                augment.reseed()
+            _, x, y = next(iter(loader))
+            self._step(opt, tokens, x, y, warmup_cosine(self.cfg.lr, opts.warmup_steps, steps, steps),
+                       f"task {self._cur_task}, the extra step {steps + 1}")
         net.eval()
+
+    def _step(self, opt, tokens: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float, where: str) -> None:
+        net = self._network
+        for group in opt.param_groups:
+            group["lr"] = lr
+        img = self._image_features(x)
+        txt = text_features(net, tokens, self._device, self.cfg.precision)
+        loss = F.cross_entropy(net.logit_scale * img @ txt.t(), y - self._known_classes,
+                               label_smoothing=self.opts.label_smoothing)
+        checked_step(opt, loss, where)
 
     @torch.no_grad()
     def eval_task(self):

@@ -13,8 +13,12 @@ with betas (0.9, 0.999) and weight decay 0 over the pool and the head, lr 1e-3 w
 official per-epoch cosine, batches of 128 with the last partial one dropped, 20 epochs on
 CIFAR-100 and 50 on ImageNet-R; L5): cross-entropy over the seen classes with earlier
 tasks' logits set to -inf, plus the pool's loss summed (L6). A test image goes to the seen
-class of the largest logit (L7). The query never changes: it is computed once per image
-and reused for every epoch and evaluation (``query_cache``, exact; L8).
+class of the largest logit (L7). Training images get the official random resized crop and
+horizontal flip, drawn anew every step (``train_augment``, L9; ``utils/augment.py``), and
+each step's query is the frozen forward of those augmented images (the official second
+forward); test images get CLIP's deterministic preprocessing. With ``train_augment: none``
+the query of an image never changes, so it can be computed once per image and reused for
+every epoch and evaluation (``query_cache``, exact only then; L8).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from models.base import BaseLearner
+from utils.augment import seeded
 from utils.clip_backbone import autocast
 from utils.clip_ops import CLIPLearner, begin_task, build_backbone, make_loader, progress, scores_result, task_data
 from utils.config import DATASET_CLASSES, require
@@ -54,7 +59,8 @@ class PromptOptions:
     prompt_length: int = 20
     prompt_layers: List[int] = field(default_factory=lambda: [0])
     weight_decay: float = 0.0
-    query_cache: bool = True  # L8: the frozen query once per image (exact); false: a second forward per step
+    train_augment: str = "official"  # L9: random resized crop + flip per step (official); "none": CLIP's centre crop
+    query_cache: bool = False  # L8: the frozen query once per image (exact only with train_augment "none")
     # why the pool needs a prompt per task ("": it does not): DualPrompt's E-prompts, CODA's components
     pool_per_task: ClassVar[str] = ""
 
@@ -65,7 +71,11 @@ class PromptOptions:
                  "an even integer >= 2 (half the tokens are keys, half values)"),
                 ("prompt_layers", len(self.prompt_layers) == len(set(self.prompt_layers))
                  and all(i >= 0 for i in self.prompt_layers), "distinct block indices >= 0"),
-                ("weight_decay", self.weight_decay >= 0, "a number >= 0")]:
+                ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
+                ("train_augment", self.train_augment in ("official", "none"), "'official' or 'none'"),
+                ("query_cache", not self.query_cache or self.train_augment == "none",
+                 "true only with train_augment: 'none' (the query comes from each step's augmented image; "
+                 "set query_cache: false, or train_augment: 'none' to cache it)")]:
             require(ok, key, getattr(self, key), allowed)
 
     def validate_with(self, cfg) -> None:
@@ -237,17 +247,22 @@ class PromptLearner(CLIPLearner, BaseLearner):
         the last partial one dropped; CE over the seen classes, earlier ones at -inf, + pool loss."""
         cfg = self.cfg
         opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=self.opts.weight_decay)
-        data = task_data(dm, new, "train", self._network.input_resolution, cfg, self._device)
+        res = self._network.input_resolution
+        augment = seeded("prompts", res) if self.opts.train_augment == "official" else None  # L9
+        data = task_data(dm, new, "train", res, cfg, self._device, transform=augment)
         loader = make_loader(data, cfg.batch_size, True, cfg.num_workers, self._device)
         drop_last = len(loader.dataset) >= cfg.batch_size  # a task smaller than one batch still trains
         cached = self._queries_of(data)[0] if self.opts.query_cache else None
         self.pool.train()
         for epoch in range(self.epochs):
+            if augment is not None:
+                augment.reseed()  # this epoch's crops and flips, from the run's seeded stream
             for group in opt.param_groups:
                 group["lr"] = official_cosine_lr(cfg.lr, self.epochs, epoch)
             for step, (idx, x, y) in enumerate(progress(loader, f"task {self._cur_task} epoch {epoch + 1}")):
                 if drop_last and len(y) < cfg.batch_size:
                     continue
+                # the query: the frozen forward of this step's (augmented) images, as the official second forward
                 q = cached[idx.to(self._device)] if cached is not None else self._query(x)
                 logits, pool_loss = self.logits(x, q, train=True)
                 logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device)

@@ -188,3 +188,33 @@ def test_the_merged_features_are_the_pre_trained_and_adapted_ones_after_the_firs
     assert torch.allclose(F.normalize(feats[:, d:], dim=1),
                           F.normalize(learner.image_view(clip_images(dm, range(2), "test", 32)[0], True), dim=1),
                           atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- A7: the official augmentation
+def test_a7_adaptation_images_are_the_official_random_resized_crop_and_flip(tmp_path, monkeypatch):
+    from torchvision import transforms as T
+
+    import models.aper_adapter as aper_module
+    from tests.test_prompts import capture_batches, spy_reseeds, torchvision_official
+
+    batches, bases = capture_batches(monkeypatch, aper_module), spy_reseeds(monkeypatch)
+    learner, dm = make(tmp_path)  # the defaults: train_augment official
+    assert learner.opts.train_augment == "official"
+    learner.incremental_train(dm)
+    images, _, _ = dm.get_dataset(range(2), source="train", mode="train", ret_data=True)
+    adapt = [b for b in batches if b[0].startswith("adapt")]
+    assert len(bases) == 2 and len(adapt) == 2 * 4  # 2 epochs of 16 images in batches of 4
+    R = learner._network.input_resolution
+    geometry = [T.RandomResizedCrop(R, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3)), T.RandomHorizontalFlip(p=0.5)]
+    for desc, idx, x in adapt:
+        base = bases[int(desc.split()[1].split("/")[0]) - 1]
+        torch.testing.assert_close(x, torchvision_official(images, idx, lambda r: base + r, geometry), rtol=0,
+                                   atol=1e-6)
+    centre, labels = clip_images(dm, range(2), "train", R)
+    assert (adapt[0][2] - centre[adapt[0][1]]).abs().max() > 0.1  # not CLIP's centre crop
+    # the prototypes: CLIP's deterministic preprocessing (the official train_loader_for_protonet, mode "test")
+    learner.eval_task()
+    with torch.no_grad():
+        merged = np.concatenate([_plain(learner._network, centre), learner._network.encode_image(centre).numpy()], 1)
+    np.testing.assert_allclose(learner.prototypes[:2].numpy(),
+                               np.stack([merged[labels.numpy() == c].mean(0) for c in range(2)]), rtol=1e-4, atol=1e-5)

@@ -190,7 +190,7 @@ def test_the_query_cache_is_exact_on_the_gpu(tmp_path):
     for cache in (True, False):
         args = tiny_args(tmp_path / str(cache), model_name="coda_prompt", device="cuda", prompt_layers=[0, 1],
                          pool_size=60, synthetic_classes=12, synthetic_train_per_class=20, init_cls=4, increment=4,
-                         batch_size=16, epochs=2, query_cache=cache)
+                         batch_size=16, epochs=2, query_cache=cache, train_augment="none")
         cfg = make_config(args)
         with open(os.path.join(run_one(cfg, cfg.seeds()[0]), "results.json")) as f:
             accuracies.append(json.load(f)["accuracy_matrix"])

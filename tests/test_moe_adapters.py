@@ -155,7 +155,7 @@ def test_m2_m3_m4_loss_schedule_and_carry_over(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- M5
 def test_m5_prediction_is_the_nearest_prompt_by_cosine(tmp_path):
-    learner, dm = make(tmp_path, noise_at_test=False, preprocess="pil")
+    learner, dm = make(tmp_path, noise_at_test=False, preprocess="pil", test_crop="center")
     learner.incremental_train(dm)
     learner.after_task()
     learner.incremental_train(dm)
@@ -213,3 +213,64 @@ def test_adapters_state_round_trip(tmp_path):
     fresh.load_state_dict(learner.state_dict())
     a, b = adapter_state_dict(learner._network), adapter_state_dict(fresh._network)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- M6: the official crops
+def test_m6_train_and_test_images_are_the_official_random_resized_crop_seeded(tmp_path, monkeypatch):
+    from torchvision import transforms as T
+
+    import models.moe_adapters as moe_module
+    from tests.test_aper_adapter import clip_images
+    from tests.test_prompts import capture_batches, spy_reseeds, torchvision_official
+
+    batches, bases = capture_batches(monkeypatch, moe_module), spy_reseeds(monkeypatch)
+    learner, dm = make(tmp_path)  # the defaults: train_augment official, test_crop random
+    assert (learner.opts.train_augment, learner.opts.test_crop) == ("official", "random")
+    R = learner._network.input_resolution
+    geometry = [T.RandomResizedCrop(R, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC)]  # no flip
+    learner.incremental_train(dm)
+    learner.eval_task()
+    learner.eval_task()  # the same crops again
+    learner.after_task()
+    learner.incremental_train(dm)
+    learner.eval_task()
+    train_images, _, _ = dm.get_dataset(range(2), source="train", mode="train", ret_data=True)
+    train = [b for b in batches if b[0].startswith("task 0")]
+    # one epoch per task, 8 x 2 images in batches of 4; a base for the epoch and one for the extra step (M3)
+    assert len(bases) == 4 and len(train) == 4
+    for _, idx, x in train:
+        torch.testing.assert_close(x, torchvision_official(train_images, idx, lambda r: bases[0] + r, geometry),
+                                   rtol=0, atol=1e-6)
+    evals = [b for b in batches if b[0] == "eval"]
+    assert len(evals) == 3
+    torch.testing.assert_close(evals[0][2], evals[1][2], rtol=0, atol=0)  # a rerun: bit-identical crops
+    for task, classes, (_, idx, x) in ((0, 2, evals[0]), (1, 4, evals[2])):
+        test_images, _, _ = dm.get_dataset(range(classes), source="test", mode="test", ret_data=True)
+        seed = 1993 * 1_000_003 + task  # the run's seed and the task
+        torch.testing.assert_close(x, torchvision_official(test_images, idx, lambda r: seed + r, geometry),
+                                   rtol=0, atol=1e-6)
+    centre, _ = clip_images(dm, range(2), "test", R)
+    assert (evals[0][2] - centre).abs().max() > 0.01  # not the centre crop ...
+    batches.clear()
+    learner, dm = make(tmp_path, test_crop="center")
+    learner.incremental_train(dm)
+    learner.eval_task()
+    torch.testing.assert_close([b for b in batches if b[0] == "eval"][0][2], centre, rtol=0, atol=1e-6)  # ... unless
+
+
+def test_m3_the_official_extra_step_runs_inside_the_warm_up_only(tmp_path, monkeypatch):
+    """The official loop runs ``steps + 1`` iterations with the rate set before each: the last
+    is a real step at ``lr (steps + 1) / 30`` when a task has fewer than 30 steps (and at rate 0,
+    changing nothing, when it has more: not run here; ``test_m2_m3_m4...`` has 5 steps > warm-up 2)."""
+    real_step = torch.optim.AdamW.step
+    for extra, want in ((True, 5), (False, 4)):
+        lrs = []
+
+        def step(self, *a, **k):
+            lrs.append(self.param_groups[0]["lr"])
+            return real_step(self, *a, **k)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", step)
+        learner, dm = make(tmp_path, extra_step=extra)  # 16 images in batches of 4: 4 steps, warm-up 30
+        learner.incremental_train(dm)
+        assert lrs == pytest.approx([0.01 * (s + 1) / 30 for s in range(want)])

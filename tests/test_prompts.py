@@ -338,7 +338,7 @@ def test_l5_l6_two_adam_steps_on_ce_over_the_task_classes_plus_pool_loss(tmp_pat
     # one full batch per task (16 images), three epochs: three Adam steps on task 1 at the official rates
     # of E = 3 (L5): lr, lr (the scheduler's first step leaves s at 0), lr cos(99 pi / 400) (s = 1)
     lr = 0.05
-    learner, dm = make_learner(prompt_args(tmp_path, method, batch_size=16, lr=lr, epochs=3))
+    learner, dm = make_learner(prompt_args(tmp_path, method, batch_size=16, lr=lr, epochs=3, train_augment="none"))
     learner.__class__ = Watched
     for _ in range(2):
         learner.incremental_train(dm)
@@ -417,7 +417,7 @@ def test_l8_the_query_cache_is_exact_and_encodes_each_image_once(tmp_path, metho
     results = {}
     for cache in (True, False):
         torch.manual_seed(0)
-        learner, dm = make_learner(prompt_args(tmp_path, method, query_cache=cache, epochs=2))
+        learner, dm = make_learner(prompt_args(tmp_path, method, query_cache=cache, epochs=2, train_augment="none"))
         accs = []
         for _ in range(3):
             learner.incremental_train(dm)
@@ -431,20 +431,24 @@ def test_l8_the_query_cache_is_exact_and_encodes_each_image_once(tmp_path, metho
     assert results[False][2] == 3 * 2 * 16 + (8 + 16 + 24)
 
 
+@pytest.mark.parametrize("cache", [False, True])
 @pytest.mark.parametrize("method", METHODS)
-def test_prompt_methods_resume_exactly(tmp_path, monkeypatch, method):
+def test_prompt_methods_resume_exactly(tmp_path, monkeypatch, method, cache):
+    """With the official augmentation (the crops of every epoch drawn from the checkpointed
+    stream) and with the query cache (no augmentation)."""
     from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
     from toolbox.trainer import run_dir_for
 
-    args = prompt_args(tmp_path, method)
+    args = prompt_args(tmp_path, method, **({"query_cache": True, "train_augment": "none"} if cache else {}))
     (tmp_path / "m.json").write_text(json.dumps(args))
     snapshots = run_keeping_checkpoints(tmp_path / "m.json", monkeypatch)
     run_dir = run_dir_for(make_config(args), 1993)
     reference = without_timings(read(run_dir))
     assert reference["finished"] and reference["trainable_parameters"] > 0
     resumed = resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed")
-    # a cost counter, like the timings: the resumed process computes the test images' queries once more
-    assert resumed.pop("query_images") == reference.pop("query_images") + 6 * 4
+    # a cost counter, like the timings: with the cache the resumed process computes the test images' queries
+    # once more
+    assert resumed.pop("query_images") == reference.pop("query_images") + (6 * 4 if cache else 0)
     assert resumed == reference
 
 
@@ -472,3 +476,89 @@ def test_l5_epochs_auto_are_the_official_20_or_50_on_imagenet_r(tmp_path):
         split = {"init_cls": 20, "increment": 20} if dataset != "synthetic" else {}
         args = {**prompt_args(tmp_path, "l2p", epochs="auto"), "dataset": dataset, **split}
         assert get_model("l2p", args).epochs == epochs
+
+
+# ----------------------------------------------------------------------------- L9: the official augmentation
+def capture_batches(monkeypatch, module):
+    """Every (description, idx, images) a learner of ``module`` iterates through ``progress``."""
+    seen = []
+    original = module.progress
+
+    def spy(loader, desc):
+        for idx, x, y in original(loader, desc):
+            seen.append((desc, idx.clone(), x.detach().clone()))
+            yield idx, x, y
+
+    monkeypatch.setattr(module, "progress", spy)
+    return seen
+
+
+def spy_reseeds(monkeypatch):
+    """The bases ``SeededAugment.reseed`` draws (the crops of item i are then torch seed base + i)."""
+    from utils.augment import SeededAugment
+
+    bases, original = [], SeededAugment.reseed
+    monkeypatch.setattr(SeededAugment, "reseed", lambda self: bases.append(original(self)) or bases[-1])
+    return bases
+
+
+def torchvision_official(images, rows, seed_of, geometry):
+    """The images of ``rows`` through ``geometry`` + RGB + ToTensor + CLIP normalisation, each
+    under ``torch.manual_seed(seed_of(row))``: built here by hand from torchvision."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from utils.clip_backbone import CLIP_MEAN, CLIP_STD
+
+    pipe = T.Compose([*geometry, T.Lambda(lambda im: im.convert("RGB")), T.ToTensor(),
+                      T.Normalize(CLIP_MEAN, CLIP_STD)])
+    out = []
+    for r in rows:
+        torch.manual_seed(seed_of(int(r)))
+        out.append(pipe(Image.fromarray(images[int(r)])))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_l9_training_images_and_queries_are_the_official_random_crop_and_flip_test_images_are_not(
+        tmp_path, monkeypatch, method):
+    from PIL import Image
+    from torchvision import transforms as T
+
+    import models.prompts as prompts_module
+    from utils.clip_backbone import clip_transform
+
+    batches, bases = capture_batches(monkeypatch, prompts_module), spy_reseeds(monkeypatch)
+    queried = []
+    cls = {"l2p": L2P, "dualprompt": DualPrompt, "coda_prompt": CODAPrompt}[method]
+    original_query = cls._query
+    monkeypatch.setattr(cls, "_query", lambda self, x: queried.append(x.detach().clone()) or original_query(self, x))
+    torch.manual_seed(0)
+    learner, dm = make_learner(prompt_args(tmp_path, method, epochs=2))  # the defaults: train_augment official
+    assert learner.opts.train_augment == "official" and learner.opts.query_cache is False
+    learner.incremental_train(dm)
+    images, _, _ = dm.get_dataset(range(2), source="train", mode="train", ret_data=True)
+    train = [(d, i, x) for d, i, x in batches if d.startswith("task 0 epoch")]
+    assert len(bases) == 2 and bases[0] != bases[1] and len(train) == 4  # 16 images, batches of 8, 2 epochs
+    R = learner._network.input_resolution
+    for step, (desc, idx, x) in enumerate(train):
+        base = bases[int(desc.split("epoch ")[1]) - 1]
+        want = torchvision_official(images, idx, lambda r: base + r, [T.RandomResizedCrop(R), T.RandomHorizontalFlip()])
+        torch.testing.assert_close(x, want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(queried[step], x, rtol=0, atol=0)  # the query: this step's augmented images
+    centre = torch.stack([clip_transform(R)(Image.fromarray(images[int(r)])) for r in train[0][1]])
+    assert (train[0][2] - centre).abs().max() > 0.1  # not CLIP's deterministic preprocessing
+    batches.clear()
+    learner.eval_task()
+    test_images, _, _ = dm.get_dataset(range(2), source="test", mode="test", ret_data=True)
+    (_, idx, x), = [b for b in batches if b[0] == "eval"]
+    torch.testing.assert_close(x, torch.stack([clip_transform(R)(Image.fromarray(test_images[int(r)])) for r in idx]),
+                               rtol=0, atol=1e-6)  # test time: deterministic
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_l8_l9_the_query_cache_with_augmentation_is_refused_naming_both_keys(tmp_path, capsys, method):
+    err = refused(tmp_path, capsys, {**prompt_args(tmp_path, method), "query_cache": True})
+    assert f"{method}: config key 'query_cache' = True" in err and "train_augment: 'none'" in err
+    cfg = make_config(prompt_args(tmp_path, method, query_cache=True, train_augment="none"))  # accepted
+    assert cfg.model_name == method

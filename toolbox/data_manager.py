@@ -253,6 +253,8 @@ class CLDataset(Dataset):
         if self.transform is None:
             return idx, torch.from_numpy(np.ascontiguousarray(self.images[idx])), int(self.labels[idx])
         image = open_rgb(self.images[idx]) if self.use_path else Image.fromarray(self.images[idx])
+        if getattr(self.transform, "takes_index", False):  # utils.augment.SeededAugment: seeded per item
+            return idx, self.transform(image, idx), int(self.labels[idx])
         return idx, self.transform(image), int(self.labels[idx])
 
 
