@@ -111,7 +111,8 @@ def config(args, model: str) -> Dict[str, Any]:
     smoke = args.smoke
     method = model[len("bench_"):].replace("_reference", "").replace("_augmented", "")
     if method in PROMPT_METHODS:
-        small_pool = {"pool_size": 8, "prompt_length": 4} if smoke else {}
+        # the tiny CLIP's 64-wide keys hold at most 64 CODA components (10 tasks x 6)
+        small_pool = {"pool_size": 8, "prompt_length": 4} if smoke else {"pool_size": 60}
         tiny_layers = {"l2p": {}, "dualprompt": {"prompt_layers": [1], "g_prompt_layers": [0]},
                        "coda": {"prompt_layers": [0, 1], **small_pool}}[method]
         return {"model_name": model, "dataset": "synthetic", "synthetic_classes": 8 if smoke else 100,
