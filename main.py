@@ -57,7 +57,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from toolbox import interrupts
     from toolbox.exit_codes import exit_code
 
-    with interrupts.installed():
+    with interrupts.installed(exiting=argv is None):  # argv None: the command line, which exits after this
         try:
             _main(args)
         except BaseException as e:

@@ -309,3 +309,22 @@ def test_ctrl_c_after_one_seed_finished_stops_before_the_next(tmp_path, capsys, 
     assert "interrupted before a run started: nothing of it was written" in err and "--resume" in err
     assert read(run_dir)["finished"]
     assert not os.path.exists(run_dir.replace("_1993", "_1994"))
+
+
+def test_a_command_interrupted_after_done_exits_0(tmp_path):
+    """The issue's case, as a user meets it: Ctrl-C (several) once the run has logged "done
+    in", while the process finishes and exits, never turns a finished run into exit 130."""
+    cfg_path, run_dir = write_cfg(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), "--config", str(cfg_path)], env=env,
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "done in" in line:
+            break
+    while proc.poll() is None:  # keep pressing until the process is gone
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.002)
+    rest = proc.stderr.read()
+    assert proc.wait() == 0, rest
+    assert "Traceback" not in rest and "error:" not in rest
+    assert read(run_dir)["finished"]

@@ -36,8 +36,11 @@ def _handler(signum, frame) -> None:
 
 
 @contextmanager
-def installed() -> Iterator[None]:
-    """Ctrl-C handling for one command (main thread only; elsewhere a no-op)."""
+def installed(exiting: bool = False) -> Iterator[None]:
+    """Ctrl-C handling for one command (main thread only; elsewhere a no-op). ``exiting``:
+    the process ends after the block (a command line), so Ctrl-C stays ignored rather than
+    getting Python's handler back for the last steps of the exit; otherwise (a test or a
+    caller in the same process) the previous handler is restored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -46,7 +49,7 @@ def installed() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if exiting and not _state.armed else previous)
         _state.installed, _state.armed, _state.pending = False, True, False
 
 

@@ -501,7 +501,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    with interrupts.installed():
+    with interrupts.installed(exiting=argv is None):  # argv None: the command line, which exits after this
         try:
             return _main(args)
         except BaseException as e:
