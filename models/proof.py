@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from models.base import BaseLearner
 from utils.clip_ops import CLIPLearner, begin_task, build_backbone, scores_result, shuffled_batches
-from utils.config import ConfigError
+from utils.config import ConfigError, require
 from utils.errors import checked_step
 from utils.feature_cache import FeatureCache
 from utils.herding import per_class_budget, update_herding_memory
@@ -53,14 +53,15 @@ class PROOFOptions:
     per_sample_eval: bool = False  # option: text/prototype outputs per sample, not averaged over the batch
 
     def validate(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"config key 'optimizer' = {self.optimizer!r} is not allowed: 'sgd' or 'adam'")
-        if self.templates != ["released"] and (not self.templates or not all("{}" in t for t in self.templates)):
-            raise ConfigError("config key 'templates' must be 'released' (PROOF's templates.json for the dataset) "
-                              "or a non-empty list of prompts with one '{}' each")
-        for key in ("context_prompts", "proof_memory_size", "memory_per_class"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config key '{key}' = {getattr(self, key)} is not allowed: an integer >= 0")
+        for key, ok, allowed in [
+                ("optimizer", self.optimizer in ("sgd", "adam"), "'sgd' or 'adam'"),
+                ("templates", self.templates == ["released"] or (len(self.templates) > 0 and all(
+                    "{}" in t for t in self.templates)), "'released' (PROOF's templates.json for the dataset) or "
+                                                         "a non-empty list of prompts with one '{}' each"),
+                ("context_prompts", self.context_prompts >= 0, "an integer >= 0"),
+                ("proof_memory_size", self.proof_memory_size >= 0, "an integer >= 0"),
+                ("memory_per_class", self.memory_per_class >= 0, "an integer >= 0")]:
+            require(ok, key, getattr(self, key), allowed)
 
 
 PROOF_DATASET_KEYS = {"cifar100": "cifar224", "imagenet_r": "imagenetr", "cub200": "cub"}

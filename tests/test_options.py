@@ -31,8 +31,8 @@ def hand_ce(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def test_defaults_are_off():
     o = make_config({}).options
-    assert o["memory_size"] == 0 and o["lora_ema"] == 0.0 and o["epochs_per_task"] is False
-    assert o["replay_weight"] == 0.1  # the released code's weight on the exemplars' loss
+    assert o.memory_size == 0 and o.lora_ema == 0.0 and o.epochs_per_task is False
+    assert o.replay_weight == 0.1  # the released code's weight on the exemplars' loss
 
 
 @pytest.mark.parametrize("key, value, message", [

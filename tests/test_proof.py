@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from main import main
 from models.proof import PROOF, FusionBlock, ProofHead
-from tests.conftest import tiny_args
+from tests.conftest import refused, tiny_args
 from toolbox.configs import make_config
 from toolbox.data_manager import DataManager
 from toolbox.trainer import run_dir_for
@@ -29,6 +29,18 @@ def make(tmp_path, **over):
 
 def trainable(module):
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("optimizer", "adamw", "'sgd' or 'adam'"),
+    ("templates", ["a photo"], "'released' (PROOF's templates.json for the dataset) or a non-empty list of prompts"),
+    ("templates", [], "a non-empty list of prompts with one '{}' each"),
+    ("context_prompts", -1, "an integer >= 0"), ("proof_memory_size", -5, "an integer >= 0"),
+    ("memory_per_class", -1, "an integer >= 0")])
+def test_bad_options_are_one_line_naming_the_key(tmp_path, capsys, key, value, allowed):
+    """PROOF's options are checked by the shared path: the one message shape of every method's."""
+    err = refused(tmp_path, capsys, tiny_args(tmp_path, model_name="proof", **{key: value}))
+    assert f"proof: config key '{key}' = {value!r} is not allowed: " in err and allowed in err
 
 
 # ----------------------------------------------------------------------------- P1 / P6
@@ -288,11 +300,11 @@ def test_proof_configs_equal_the_official_ones_key_by_key(official, ours, logged
                                                                      o["seed"][0])
     assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.eval_batch_size) == (o["tuned_epoch"], o["init_lr"],
                                                                          o["batch_size"], o["batch_size"])
-    assert (opts["weight_decay"], opts["optimizer"], opts["proof_memory_size"], opts["fixed_memory"],
-            opts["memory_per_class"]) == (o["weight_decay"], o["optimizer"], o["memory_size"], o["fixed_memory"],
+    assert (opts.weight_decay, opts.optimizer, opts.proof_memory_size, opts.fixed_memory,
+            opts.memory_per_class) == (o["weight_decay"], o["optimizer"], o["memory_size"], o["fixed_memory"],
                                           o["memory_per_class"])
     assert o["convnet_type"] == "clip" and cfg.backbone == "openclip:ViT-B-16/laion400m_e32"  # LAION-400M
-    assert cfg.class_order == "shuffle" and opts["templates"] == ["released"] and opts["squash_resize"]
+    assert cfg.class_order == "shuffle" and opts.templates == ["released"] and opts.squash_resize
     assert o["min_lr"] == 0 and o["projection_type"] == "pure_mlp"
 
 
@@ -313,11 +325,11 @@ def test_imagenet_r_keeps_the_published_logs_fixed_memory_not_img_json(tmp_path)
     logged = [int(m) for m in re.findall(r"Constructing exemplars for new classes\.\.\.\((\d+) per classes\)", text)]
     assert len(logged) >= 10 and set(logged) == {20}
     opts = make_config(json.load(open(os.path.join(ROOT, "exps", "proof_imagenet_r.json")))).options
-    assert opts["fixed_memory"] is True
-    budgets = [per_class_budget(opts["proof_memory_size"], opts["fixed_memory"], opts["memory_per_class"], 20 * t)
+    assert opts.fixed_memory is True
+    budgets = [per_class_budget(opts.proof_memory_size, opts.fixed_memory, opts.memory_per_class, 20 * t)
                for t in range(1, 11)]
     assert budgets == [20] * 10
-    assert per_class_budget(opts["proof_memory_size"], False, opts["memory_per_class"], 20) == 200  # img.json's
+    assert per_class_budget(opts.proof_memory_size, False, opts.memory_per_class, 20) == 200  # img.json's
 
 
 def test_released_templates_are_prooFs_own(released_cache):

@@ -189,7 +189,7 @@ def test_fp16_points_is_the_official_default_and_only_on_the_fp16_path(tmp_path)
     assert RAPFOptions().fp16_points == "official"
     for path in sorted(glob.glob(os.path.join(ROOT, "exps", "rapf_*.json"))):
         cfg = make_config(json.load(open(path)))
-        assert cfg.options["fp16_points"] == "official" and cfg.precision == "auto", path
+        assert cfg.options.fp16_points == "official" and cfg.precision == "auto", path
     learner, _ = make(tmp_path)
     assert not learner._official_half and not learner._fp16_points
     with pytest.raises(ConfigError, match="fp16_points"):
@@ -386,7 +386,7 @@ def test_rapf_learns_separable_features_and_keeps_old_classes_by_replay(tmp_path
 # ----------------------------------------------------------------------------- config and runs
 def test_rapf_options_belong_to_rapf():
     cfg = make_config({"model_name": "rapf", "beta": 1, "shrink": True, "milestones": [3, 6]})
-    assert cfg.options["beta"] == 1.0 and cfg.options["shrink"] is True and cfg.options["milestones"] == [3, 6]
+    assert cfg.options.beta == 1.0 and cfg.options.shrink is True and cfg.options.milestones == [3, 6]
     assert cfg.to_dict()["beta"] == 1.0 and make_config(cfg.to_dict()).options == cfg.options
     with pytest.raises(ConfigError, match="'beta' is an option of rapf, not of 'mgclip'"):
         make_config({"model_name": "mgclip", "beta": 1})
@@ -402,7 +402,7 @@ def test_side_by_side_sections_and_set(tmp_path):
                                 "rapf": {"lr": 0.002}}))
     mg, rapf = build_configs(str(path), ["rapf.mix_bias=0.9"])
     assert mg.model_name == "mgclip" and mg.lr == 0.5 and "beta" not in mg.to_dict()
-    assert rapf.lr == 0.002 and rapf.options["beta"] == 1.0 and rapf.options["mix_bias"] == 0.9
+    assert rapf.lr == 0.002 and rapf.options.beta == 1.0 and rapf.options.mix_bias == 0.9
     path.write_text(json.dumps({"model_name": ["rapf", "mgclip"], "dataset": "cifar100", "class_order": "released"}))
     assert [c.class_order for c in build_configs(str(path))] == ["released:rapf", "released:rapf"]  # one order
     path.write_text(json.dumps({"model_name": ["mgclip"], "rapf": {"lr": 0.1}}))
@@ -470,10 +470,10 @@ def test_every_official_rapf_config_has_a_config_here_key_by_key():
         o = cfg.options
         assert (cfg.batch_size, cfg.eval_batch_size, cfg.epochs, cfg.lr, cfg.seed) == \
             (r["train_batch_size"], r["batch_size"], r["epochs"], r["lr"], r["seed"]), path
-        assert (o["beta"], o["mix_bias"], o["hard_pair_threshold"], o["shrink"], o["milestones"]) == \
+        assert (o.beta, o.mix_bias, o.hard_pair_threshold, o.shrink, o.milestones) == \
             (r["beta"], r["mix_bias"], r["threshold"], bool(r["shrinkage"]), r["milestones"]), path
         assert cfg.backbone == r["model_name"] and cfg.prompt_template == r["prompt_template"]
-        assert cfg.class_order == "released" and o["old_per_batch"] == 0 and cfg.precision == "auto"
+        assert cfg.class_order == "released" and o.old_per_batch == 0 and cfg.precision == "auto"
         assert cfg.imagenet_r_split == ("released" if cfg.dataset == "imagenet_r" else None)
 
 

@@ -73,8 +73,8 @@ def test_paper_config_equals_the_released_config_key_by_key(released, ours):
     # released switches that stay off in this method's runs, and the method's fixed values
     assert not any(rel[k] for k in ("reset", "only_reset_B", "freeze_A", "all_test", "balance_ft"))
     o = cfg.options
-    assert o["lora_alpha"] == 1.0 and o["fusion_beta"] == 4.0 and o["gap_alpha"] == 0.10
-    assert o["visual_scale"] == 1.0 and o["min_lr_ratio"] == 0.01 and cfg.precision == "auto"
+    assert o.lora_alpha == 1.0 and o.fusion_beta == 4.0 and o.gap_alpha == 0.10
+    assert o.visual_scale == 1.0 and o.min_lr_ratio == 0.01 and cfg.precision == "auto"
     if cfg.dataset != "cifar100":
         assert cfg.class_names == "released"
 

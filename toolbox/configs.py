@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from dataclasses import fields
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
@@ -24,7 +23,7 @@ from toolbox.registry import (
     with_method,
 )
 from toolbox.released import TABLES, ReleasedFileError, release_of
-from utils.config import C3BOX_KEYS, DATASETS, Config, ConfigError, require
+from utils.config import C3BOX_KEYS, DATASETS, Config, ConfigError, field_hints, require
 
 # Config keys whose value may be "released" (an official data file).
 RELEASED_KEYS = ("class_order", "class_names", "imagenet100_classes", "imagenet_r_split")
@@ -90,10 +89,7 @@ def _free_text(key: str) -> bool:
     """A string-valued key whose value is free text (a prompt, a prefix, a path): ``--set``
     keeps its raw text where YAML would read a list or a mapping (``a photo: {}``). Not
     ``model_name``, which a config may give as a list of methods."""
-    return _KINDS.get(key) in ("str", "Optional[str]") and key != "model_name"
-
-
-_KINDS = {f.name: str(f.type) for f in fields(Config)}
+    return field_hints(Config).get(key) in (str, Optional[str]) and key != "model_name"
 
 
 # Names researchers bring from other codebases (PyCIL, C3Box, common habits) -> our key.

@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 
 
 def read_args(args: Dict[str, Any], options_cls=None) -> Tuple[Config, torch.device]:
-    """Typed config and device from a learner's ``args`` dict; ``cfg.options`` holds the
-    learner's own options (``options_cls``, its defaults for keys not given).
+    """Typed config and device from a learner's ``args`` dict; ``cfg.options`` is the
+    learner's own options object (``options_cls``, its defaults for keys not given), built
+    and validated here, once.
 
     Works with this toolbox's args and with a PyCIL fork's: its ``device`` is a list of
     devices (``cuda:<entry>`` whatever the machine: without CUDA the learner runs on the
@@ -55,8 +56,9 @@ class CLIPLearner:
     """Mixed in ahead of a PyCIL ``BaseLearner`` (this toolbox's or a fork's, which may set
     neither ``args`` nor ``_task_ranges``): ``class MGCLIP(CLIPLearner, BaseLearner)``.
 
-    ``_setup(args)`` gives the learner ``args``, ``cfg`` (typed, ``cfg.options`` its own
-    options), ``opts`` (an ``options_class`` instance, or None), ``_device``, ``_seed``,
+    ``_setup(args)`` gives the learner ``args`` (PyCIL's dict, as given), ``cfg`` (the one
+    typed config, built once: a ``Config`` whose ``options`` is the ``options_class``
+    instance, or None; ``opts`` names the same object), ``_device``, ``_seed``,
     ``_names`` (class names of the seen classes), ``record`` (its results.json records) and
     ``timings`` (seconds per phase, ``with self._timed("train"):``). Checkpoints carry the
     names, records and timings besides the learner's own state."""
@@ -71,9 +73,13 @@ class CLIPLearner:
         self.timings: Dict[str, float] = defaultdict(float)
         self.on_checkpoint: Optional[Callable[[], None]] = None
         self.cfg, self._device = read_args(args, self.options_class)
-        self.opts = self.options_class(**self.cfg.options) if self.options_class is not None else None
         seed = args.get("seed", 0)
         self._seed = int(seed[0] if isinstance(seed, (list, tuple)) else seed)
+
+    @property
+    def opts(self) -> Any:
+        """The method's options: ``cfg.options`` (one object, built and validated once)."""
+        return self.cfg.options
 
     @contextlib.contextmanager
     def _timed(self, phase: str) -> Iterator[None]:

@@ -14,7 +14,7 @@ import difflib
 import math
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Generic, List, Literal, Optional, TypeVar, Union, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -39,9 +39,11 @@ CLASS_ORDER_KEYWORDS = ("shuffle", "default", "released")
 PLACE = {"placement": True}
 BY_CONTENT = {"by_content": True}
 
+Options = TypeVar("Options")  # a method's options dataclass
+
 
 @dataclass
-class Config:
+class Config(Generic[Options]):
     # --- run ---
     prefix: str = "reproduce"
     model_name: str = "mgclip"
@@ -52,7 +54,8 @@ class Config:
     num_workers: int = field(default=0, metadata=PLACE)
     preprocess: str = "device"  # "device": batched resize/normalize on the device; "pil": per image with PIL
     # JPEG datasets: decode + resize once per run ("auto": if under cache_max_gb)
-    cache_images: str = field(default="auto", metadata=PLACE)
+    cache_images: Literal["auto", "true", "false"] = field(default="auto", metadata={
+        **PLACE, "allowed": "'auto', true or false"})
     cache_max_gb: float = field(default=8.0, metadata=PLACE)
     compile: bool = False  # torch.compile the image encoder (warm-up costs tens of seconds)
 
@@ -60,7 +63,8 @@ class Config:
     dataset: str = "cifar100"
     data_path: str = field(default="data", metadata=PLACE)
     # "shuffle" | "default" | "released" | list | file path
-    class_order: Union[str, List[int]] = field(default="shuffle", metadata=BY_CONTENT)
+    class_order: Union[str, List[int]] = field(default="shuffle", metadata={
+        **BY_CONTENT, "allowed": "'shuffle', 'default', 'released', a list of class ids or a file path"})
     # file: one name per line, or tab-separated (name last); or "released"
     class_names: Optional[str] = field(default=None, metadata=BY_CONTENT)
     # file of the 100 wnids (imagenet100 only); or "released"
@@ -86,13 +90,16 @@ class Config:
     lr: float = 1e-3
     batch_size: int = 128
     eval_batch_size: int = 128
-    epochs: Union[str, int] = "auto"  # "auto": the method's own choice (MG-CLIP: the epoch probe); or an integer
+    # "auto": the method's own choice (MG-CLIP: the epoch probe); or an integer
+    epochs: Union[Literal["auto"], int] = "auto"
 
     # --- zero-shot retention on held-out data after the last task (toolbox/retention.py) ---
-    zero_shot_eval: List[Dict[str, Any]] = field(default_factory=list)
+    zero_shot_eval: List[Dict[str, Any]] = field(default_factory=list, metadata={
+        "allowed": "a list of held-out dataset specs, e.g. [{dataset: cifar100, corruption: gaussian_noise}]"})
 
-    # --- the chosen method's own options (the options_class its learner declares) ---
-    options: Dict[str, Any] = field(default_factory=dict)
+    # --- the chosen method's own options: an instance of the options_class its learner
+    # declares (built and validated once, by from_dict), or None for a method without any ---
+    options: Optional[Options] = None
 
     # ------------------------------------------------------------------
     @classmethod
@@ -108,27 +115,26 @@ class Config:
         first (``toolbox.configs.make_config``)."""
         names = [n for n in cls.field_names() if n != "options"]
         own = [f.name for f in fields(options_cls)] if options_cls else []
+        hints, allowed = field_hints(cls), {f.name: f.metadata.get("allowed") for f in fields(cls)}
         kwargs, options = {}, {}
         for key, value in d.items():
             if key in names:
-                kwargs[key] = _coerce(key, value)
+                kwargs[key] = coerce(key, value, hints[key], allowed[key])
             elif key in own:
                 options[key] = value
             elif not ignore_unknown:
                 close = difflib.get_close_matches(key, names + own, n=1, cutoff=0.6)
                 raise ConfigError(f"unknown config key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
         if options_cls is not None:
-            kwargs["options"] = options_from_dict(options_cls, options)
+            kwargs["options"] = build_options(options_cls, options)
         cfg = cls(**kwargs)
         cfg.validate()
-        if options_cls is not None and hasattr(options_cls, "validate_with"):  # checks that need shared keys
-            options_cls(**cfg.options).validate_with(cfg)
         return cfg
 
     def to_dict(self) -> Dict[str, Any]:
         """Flat: the shared keys and the method's options side by side (as in config files)."""
         d = dataclasses.asdict(self)
-        return {**{k: v for k, v in d.items() if k != "options"}, **d["options"]}
+        return {**{k: v for k, v in d.items() if k != "options"}, **(d["options"] or {})}
 
     def seeds(self) -> List[int]:
         return list(self.seed) if isinstance(self.seed, list) else [self.seed]
@@ -173,6 +179,8 @@ class Config:
         need(self.synthetic_image_size >= 8, "synthetic_image_size", "an integer >= 8 (pixels)")
         if self.dataset != "folder":  # a folder dataset's class count is known once it is read
             self.validate_against_dataset(DATASET_CLASSES.get(self.dataset, self.synthetic_classes))
+        if hasattr(self.options, "validate_with"):  # the method's checks that need shared keys
+            self.options.validate_with(self)
 
     def validate_against_dataset(self, num_classes: int) -> None:
         """Checks that need the dataset's class count."""
@@ -217,28 +225,97 @@ def map_c3box_keys(args: Dict[str, Any]) -> "tuple[Dict[str, Any], List[str]]":
     return out, notes
 
 
-_KINDS = {f.name: f.type for f in fields(Config)}
+_HINTS: Dict[type, Dict[str, Any]] = {}
 
-def options_from_dict(options_cls, values: Dict[str, Any]) -> Dict[str, Any]:
-    """A method's options: its dataclass's defaults (the official values) updated with
-    ``values`` (each coerced to its field's type), validated by the class's ``validate()``."""
-    kinds = {f.name: f.type for f in fields(options_cls)}
-    opts = options_cls(**{k: _coerce(k, v, kinds) for k, v in values.items()})
+
+def field_hints(cls: type) -> Dict[str, Any]:
+    """The resolved type hint of each field of dataclass ``cls`` (read once per class)."""
+    if cls not in _HINTS:
+        hints = get_type_hints(cls)
+        _HINTS[cls] = {f.name: hints[f.name] for f in fields(cls)}
+    return _HINTS[cls]
+
+
+def build_options(options_cls: type, values: Dict[str, Any]) -> Any:
+    """A method's options: an instance of its dataclass ``options_cls`` (defaults = the
+    official values) with ``values``, each coerced to its field's type hint, checked by
+    the class's ``validate()``. The one place an options object is built from a config."""
+    allowed = {f.name: f.metadata.get("allowed") for f in fields(options_cls)}
+    hints = field_hints(options_cls)
+    opts = options_cls(**{k: coerce(k, v, hints[k], allowed[k]) for k, v in values.items()})
     if hasattr(opts, "validate"):
         opts.validate()
-    return dataclasses.asdict(opts)
+    return opts
 
 
-def _coerce(key: str, value: Any, kinds: Optional[Dict[str, Any]] = None) -> Any:
-    """Turn a value from JSON/YAML/--set into the field's type, or fail naming the key."""
-    kind = str((kinds or _KINDS)[key])
+class _Mismatch(Exception):
+    """The value cannot be read as the hint (turned into a ConfigError naming the key)."""
 
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"config key '{key}' = {value!r}: expected {expected}")
 
-    def as_int(v: Any) -> int:
+def coerce(key: str, value: Any, hint: Any, allowed: Optional[str] = None) -> Any:
+    """``value`` (from JSON, YAML or ``--set``) as the type ``hint`` (int, float, bool, str,
+    Any, Optional / Union, Literal, List, Tuple, Dict), or a one-line ConfigError naming the
+    key, the value and what is allowed (``allowed``: the field's own words, else the hint's)."""
+    try:
+        return _as(hint, value)
+    except _Mismatch:
+        raise ConfigError(f"config key '{key}' = {value!r}: expected {allowed or describe(hint)}") from None
+
+
+def _as(hint: Any, v: Any) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return v
+    if hint is type(None):
+        if v is None:
+            return None
+        raise _Mismatch
+    if origin is Union:
+        if v is None and type(None) in args:
+            return None
+        members = sorted((m for m in args if m is not type(None)), key=lambda m: not _is(m, v))  # as-is first
+        for member in members:
+            try:
+                return _as(member, v)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin is Literal:
+        for choice in args:
+            if v == choice and type(v) is type(choice):
+                return choice
+        text = ("true" if v else "false") if isinstance(v, bool) else v.lower() if isinstance(v, str) else None
+        if text in [c for c in args if isinstance(c, str)]:
+            return text  # YAML's true/false, or another case, for a word
+        raise _Mismatch
+    if origin in (list, tuple):
+        elem = args[0] if args else Any
+        if origin is tuple and args and args[-1] is not Ellipsis:  # a fixed-length tuple
+            if not isinstance(v, (list, tuple)) or len(v) != len(args):
+                raise _Mismatch
+            return tuple(_as(a, x) for a, x in zip(args, v))
+        if isinstance(v, str) and elem in (str, int, float):
+            v = [x.strip() for x in v.split(",") if x.strip()]  # --set lora_targets=q,v
+        elif isinstance(v, dict) and get_origin(elem) is dict:
+            v = [v]  # one mapping where a list of them is expected
+        if not isinstance(v, (list, tuple)):
+            raise _Mismatch
+        items = [_as(elem, x) for x in v]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise _Mismatch
+        kt, vt = args if args else (Any, Any)
+        return {_as(kt, k): _as(vt, x) for k, x in v.items()}
+    if hint is bool:
         if isinstance(v, bool):
-            raise bad("an integer")
+            return v
+        if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return v.lower() in ("true", "yes", "1")
+        raise _Mismatch
+    if hint is int:
+        if isinstance(v, bool):
+            raise _Mismatch
         if isinstance(v, int):
             return v
         if isinstance(v, float) and v.is_integer():
@@ -248,65 +325,53 @@ def _coerce(key: str, value: Any, kinds: Optional[Dict[str, Any]] = None) -> Any
                 return int(v)
             except ValueError:
                 pass
-        raise bad("an integer")
-
-    def as_float(v: Any) -> float:
+        raise _Mismatch
+    if hint is float:
         if isinstance(v, bool):
-            raise bad("a number")
+            raise _Mismatch
         try:
             return float(v)
         except (TypeError, ValueError):
-            raise bad("a number") from None
-
-    def as_bool(v: Any) -> bool:
-        if isinstance(v, bool):
+            raise _Mismatch from None
+    if hint is str:
+        if isinstance(v, str):
             return v
-        if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return v.lower() in ("true", "yes", "1")
-        raise bad("true or false")
-
-    if key == "seed":
-        return [as_int(s) for s in value] if isinstance(value, list) else as_int(value)
-    if key == "cache_images":
-        return str(value).lower() if isinstance(value, (bool, str)) else value
-    if key == "epochs":
-        return "auto" if value == "auto" else as_int(value)
-    if key == "class_order":
-        if isinstance(value, list):
-            return [as_int(c) for c in value]
-        if isinstance(value, str):
-            return value
-        raise bad("'shuffle', 'default', a list of class ids or a file path")
-    if kind == "Optional[int]":
-        return None if value is None else as_int(value)
-    if kind in ("Optional[str]", "typing.Optional[str]"):
-        return None if value is None else str(value)
-    if kind in ("List[int]", "typing.List[int]"):
-        if not isinstance(value, list):
-            raise bad("a list of integers")
-        return [as_int(v) for v in value]
-    if kind in ("List[Dict[str, Any]]", "typing.List[typing.Dict[str, typing.Any]]"):
-        if isinstance(value, dict):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise bad("a list of held-out dataset specs, e.g. [{dataset: cifar100, corruption: gaussian_noise}]")
-        return [dict(v) for v in value]
-    if kind in ("List[str]", "typing.List[str]"):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise bad("a list of strings")
-        return [str(v) for v in value]
-    if kind == "int":
-        return as_int(value)
-    if kind == "float":
-        return as_float(value)
-    if kind == "bool":
-        return as_bool(value)
-    if kind == "str":
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    raise AssertionError(f"no coercion for field {key} of type {kind}")  # programming error
+        raise _Mismatch
+    raise TypeError(f"no coercion for the type {hint!r}")  # a programming error: a field of an unsupported type
 
 
+def _is(hint: Any, v: Any) -> bool:
+    """Whether ``v`` already is of the type ``hint`` (no conversion needed)."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        return any(v == c and type(v) is type(c) for c in get_args(hint))
+    if origin in (list, tuple):
+        return isinstance(v, (list, tuple))
+    if origin is dict:
+        return isinstance(v, dict)
+    if hint in (int, float):
+        return isinstance(v, (int, float) if hint is float else int) and not isinstance(v, bool)
+    return hint is Any or (isinstance(hint, type) and isinstance(v, hint))
+
+
+_PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+
+
+def describe(hint: Any) -> str:
+    """What a type hint allows, in words (for error messages and the options tables)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Union:
+        return _one_of([describe(m) for m in args])
+    if origin is Literal:
+        return _one_of([repr(c) for c in args])
+    if origin in (list, tuple):
+        elem = args[0] if args else Any
+        return "a list of " + (_PLURAL.get(elem) or ("mappings" if get_origin(elem) is dict else "values"))
+    if origin is dict:
+        return "a mapping"
+    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            Any: "any value"}.get(hint, str(hint))
+
+
+def _one_of(words: List[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
