@@ -12,7 +12,7 @@ from main import main
 from models.zs_clip import ZSCLIP
 from tests.conftest import ROOT, tiny_args
 from toolbox.configs import build_configs, make_config
-from toolbox.registry import LEARNERS, method_release, option_owner, options_class, registered
+from toolbox.registry import LEARNERS, learner_class, method_release, option_owner, options_class, registered, uses_text
 from utils.config import ConfigError
 
 
@@ -59,14 +59,28 @@ def test_a_registration_lasts_only_inside_its_block(zs_copy):
             pass
 
 
-def test_what_the_learners_declare():
-    assert {m: method_release(m) for m in sorted(LEARNERS)} == {"mgclip": "mgclip", "proof": "mgclip",
-                                                                 "rapf": "rapf", "zs_clip": "mgclip",
-                                                                 "simplecil": "mgclip", "aper_adapter": "mgclip",
-                                                                 "moe_adapters": "mgclip", "l2p": "mgclip",
-                                                                 "dualprompt": "mgclip", "coda_prompt": "mgclip"}
+@pytest.mark.parametrize("model", sorted(LEARNERS))
+def test_what_the_learners_declare(model):
+    """The registry answers what each learner class declares (a new learner needs no entry here):
+    its release is a known one (or None), its options class a dataclass whose every field it owns."""
+    from dataclasses import fields, is_dataclass
+
+    from toolbox.released import TABLES
+
+    cls = learner_class(model)
+    assert method_release(model) == cls.release and cls.release in (None, *TABLES)  # None: 'released' names one
+    assert options_class(model) is getattr(cls, "options_class", None)
+    if cls.options_class is not None:
+        assert is_dataclass(cls.options_class)
+        assert all(model in option_owner(f.name) for f in fields(cls.options_class))
+    assert isinstance(cls.trains, str) and isinstance(uses_text(model), bool)
+
+
+def test_the_registry_reads_the_declarations_of_two_learners():
     assert options_class("zs_clip") is None and options_class("mgclip").__name__ == "MGCLIPOptions"
-    assert option_owner("lora_rank") == ["mgclip"] and option_owner("beta") == ["rapf"]
+    assert "mgclip" in option_owner("lora_rank") and "rapf" in option_owner("beta")
+    assert method_release("rapf") == "rapf" and method_release("zs_clip") == "mgclip"
+    assert uses_text("mgclip") and not uses_text("simplecil")
 
 
 class NoRelease(ZSCLIP):
@@ -85,6 +99,14 @@ def test_released_files_for_a_method_without_a_release_are_refused_by_name(tmp_p
             build_configs(None, ["model_name=[norelease,zs_clip]", "dataset=cifar100", "class_order=released"])
 
 
+def parameters(learner):
+    """Every parameter of the learner's modules, by attribute and name (detached copies)."""
+    import torch
+
+    return {f"{attr}.{name}": p.detach().clone() for attr, module in vars(learner).items()
+            if isinstance(module, torch.nn.Module) for name, p in module.named_parameters()}
+
+
 @pytest.mark.parametrize("model", sorted(LEARNERS))
 def test_every_registered_learner_keeps_the_contract(tmp_path, model):
     """models/base.py's hooks on two tasks: what it trains in words, task metrics by name,
@@ -92,11 +114,11 @@ def test_every_registered_learner_keeps_the_contract(tmp_path, model):
     import torch
 
     from toolbox.data_manager import DataManager
-    from toolbox.registry import get_model
+    from toolbox.registry import get_model, option_names
 
-    tiny_blocks = {"dualprompt": {"prompt_layers": [1], "g_prompt_layers": [0]},  # tiny CLIP has 2 image blocks
-                   "coda_prompt": {"prompt_layers": [0, 1], "pool_size": 6}}.get(model, {})
-    cfg = make_config(tiny_args(tmp_path, model_name=model, epochs=1, **tiny_blocks))
+    with open(os.path.join(ROOT, "exps", "compare_demo.json")) as f:  # its options for the tiny CLIP (2 image
+        tiny = {k: v for k, v in json.load(f).get(model, {}).items() if k in option_names(model)}  # blocks), if any
+    cfg = make_config(tiny_args(tmp_path, model_name=model, epochs=1, **tiny))
     args = {**cfg.to_dict(), "seed": 1993}
 
     def build():
@@ -105,12 +127,15 @@ def test_every_registered_learner_keeps_the_contract(tmp_path, model):
 
     dm = DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg)
     learner = build()
+    untrained = parameters(build())
     for _ in range(2):
         learner.incremental_train(dm)
         cnn, _ = learner.eval_task()
         learner.after_task()
         assert all(isinstance(k, str) and 0 <= v <= 100 for k, v in learner.task_metrics().items())
-    assert isinstance(learner.trains, str) and (learner.trains == "") == (model in ("zs_clip", "simplecil"))
+    trained = parameters(learner)  # "" = nothing trained: no parameter of the learner's modules changed or was added
+    changed = [k for k, p in trained.items() if k not in untrained or not torch.equal(p, untrained[k])]
+    assert isinstance(learner.trains, str) and (learner.trains == "") == (not changed), changed[:3]
     x = torch.rand(3, 3, learner._network.input_resolution, learner._network.input_resolution)
     names = learner._names[:4]
     fresh = build()
@@ -126,6 +151,6 @@ def test_every_registered_learner_keeps_the_contract(tmp_path, model):
         torch.testing.assert_close(seeded(fresh.image_view, x, trained), image)
         torch.testing.assert_close(seeded(fresh.text_view, names, trained), text)
     visual = learner.visual_classifier()
-    assert (visual is None) == (model not in ("mgclip", "simplecil"))
-    if visual is not None:
+    if visual is not None:  # a row per seen class, in CLIP's feature space
+        assert visual.shape == (learner._total_classes, learner._network.embed_dim)
         torch.testing.assert_close(fresh.visual_classifier(), visual)
