@@ -229,6 +229,34 @@ def test_a_side_by_side_run_ends_with_the_methods_in_one_table(tmp_path, caplog)
     assert message.endswith(f"python -m toolbox.report {tmp_path / 'logs'}")
 
 
+@pytest.mark.parametrize("backbone", ["tiny-random", "openclip:tiny-random"])
+def test_the_side_by_side_demo_runs_offline_and_reports_every_method(tmp_path, backbone):
+    """exps/compare_demo.json, shortened (one epoch per method, one seed), on both backbone kinds:
+    every method it lists is in the report, all on one class order, each run records its backbone."""
+    import glob
+
+    from toolbox.report import make_report
+
+    if backbone.startswith("openclip:"):
+        pytest.importorskip("open_clip", reason="pip install -e .[openclip] (CI installs it)")
+    with open(os.path.join(ROOT, "exps", "compare_demo.json")) as f:
+        demo = json.load(f)
+    shorter = [f"{m}.epochs=1" for m in demo["model_name"] if isinstance(demo.get(m, {}).get("epochs"), int)]
+    logdir = tmp_path / "logs"
+    sets = [f"logdir={logdir}", "seed=1993", f"backbone={backbone}", "synthetic_classes=12", "init_cls=4",
+            "increment=4", *shorter]
+    assert main(["--config", "compare_demo", *[a for s in sets for a in ("--set", s)], "-q"]) == 0
+    rows = make_report([str(logdir)], str(tmp_path / "report"))["rows"]
+    assert sorted(r["method"] for r in rows) == sorted(demo["model_name"])
+    orders = set()
+    for run in glob.glob(str(logdir / "*" / "synthetic" / "4" / "4" / "compare_1993")):
+        with open(os.path.join(run, "results.json")) as f:
+            orders.add(tuple(json.load(f)["class_order"]))
+        with open(os.path.join(run, "config.json")) as f:
+            assert json.load(f)["backbone"] == backbone
+    assert len(orders) == 1  # the same class order for every method
+
+
 def test_a_run_of_a_published_protocol_ends_beside_its_published_figures(tmp_path, caplog, monkeypatch):
     import logging
 

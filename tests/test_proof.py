@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from main import main
 from models.proof import PROOF, FusionBlock, ProofHead
 from tests.conftest import refused, tiny_args
 from toolbox.configs import make_config
@@ -253,24 +252,6 @@ def test_proof_learns_and_resumes_exactly(tmp_path, monkeypatch):
     assert reference["trainable_parameters"][1] - reference["trainable_parameters"][0] == 16 * 16 + 16
     assert reference["memory_per_class"] == [6, 3, 2]  # 12 // seen classes
     assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
-
-
-def test_proof_and_mgclip_on_the_tiny_openclip_model_side_by_side(tmp_path):
-    pytest.importorskip("open_clip", reason="pip install -e .[openclip] (CI installs it)")
-    from toolbox.report import make_report
-
-    logdir = tmp_path / "logs"
-    assert main(["--config", "compare_demo", "--set", f"logdir={logdir}", "--set", "seed=1993",
-                 "--set", "backbone=openclip:tiny-random", "--set", "synthetic_classes=8", "--set", "init_cls=4",
-                 "--set", "increment=4", "--set", "rapf.epochs=2", "--set", "proof.epochs=2",
-                 "--set", "aper_adapter.epochs=1", "--set", "moe_adapters.epochs=1", "--set", "l2p.epochs=1",
-                 "--set", "dualprompt.epochs=1", "--set", "coda_prompt.epochs=1", "-q"]) == 0
-    rows = make_report([str(logdir)], str(tmp_path / "report"))["rows"]
-    assert sorted(r["method"] for r in rows) == [
-        "aper_adapter", "coda_prompt", "dualprompt", "l2p", "mgclip", "moe_adapters", "proof", "rapf", "simplecil",
-        "zs_clip"]
-    with open(os.path.join(logdir, "proof", "synthetic", "4", "4", "compare_1993", "config.json")) as f:
-        assert json.load(f)["backbone"] == "openclip:tiny-random"
 
 
 # ----------------------------------------------------------------------------- official configs

@@ -410,26 +410,6 @@ def test_side_by_side_sections_and_set(tmp_path):
         build_configs(str(path))
 
 
-def test_the_side_by_side_demo_runs_offline_and_reports_every_method(tmp_path):
-    from toolbox.report import make_report
-
-    logdir = tmp_path / "logs"
-    assert main(["--config", "compare_demo", "--set", f"logdir={logdir}", "--set", "seed=1993",
-                 "--set", "synthetic_classes=12", "--set", "init_cls=4", "--set", "increment=4",
-                 "--set", "rapf.epochs=3", "--set", "proof.epochs=2",
-                 "--set", "aper_adapter.epochs=1", "--set", "moe_adapters.epochs=1", "--set", "l2p.epochs=1",
-                 "--set", "dualprompt.epochs=1", "--set", "coda_prompt.epochs=1", "-q"]) == 0
-    rows = make_report([str(logdir)], str(tmp_path / "report"))["rows"]
-    assert sorted(r["method"] for r in rows) == [
-        "aper_adapter", "coda_prompt", "dualprompt", "l2p", "mgclip", "moe_adapters", "proof", "rapf", "simplecil",
-        "zs_clip"]
-    orders = set()
-    for run in glob.glob(str(logdir / "*" / "synthetic" / "4" / "4" / "compare_1993")):
-        with open(os.path.join(run, "results.json")) as f:
-            orders.add(tuple(json.load(f)["class_order"]))
-    assert len(orders) == 1  # the same class order for every method
-
-
 def test_rapf_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
     from toolbox.trainer import run_dir_for
