@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import torch
@@ -51,13 +51,14 @@ class APEROptions:
     ``exps/aper_adapter/*.json``). Shared keys it reads: ``lr`` (init_lr, 0.01 there),
     ``batch_size`` (48 there), ``epochs`` ("auto" = the official 20, first task only),
     ``eval_batch_size``, ``precision``."""
-    adapter_bottleneck: int = 64  # ffn_num
-    adapter_scale: float = 0.1  # ffn_adapter_scalar
-    adapter_dropout: float = 0.1
-    optimizer: str = "sgd"  # "sgd" (momentum 0.9) | "adam" (AdamW)
-    weight_decay: float = 0.0005
-    min_lr: float = 0.0  # the cosine schedule's end
-    train_augment: str = "official"  # A7: random resized crop (scale 0.05-1) + flip; "none": CLIP's centre crop
+    adapter_bottleneck: int = field(default=64, metadata={"help": "the adapters' hidden width (ffn_num)"})
+    adapter_scale: float = field(default=0.1, metadata={"help": "multiplies the adapters' output (ffn_adapter_scalar)"})
+    adapter_dropout: float = field(default=0.1, metadata={"help": "dropout inside the adapters"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (momentum 0.9) or adam (AdamW)"})
+    weight_decay: float = field(default=0.0005, metadata={"help": "the optimiser's weight decay"})
+    min_lr: float = field(default=0.0, metadata={"help": "the cosine schedule's end"})
+    train_augment: str = field(default="official", metadata={
+        "help": "official: random resized crop (scale 0.05-1) + flip (A7); none: CLIP's centre crop"})
 
     def validate(self) -> None:
         for key, ok, allowed in [

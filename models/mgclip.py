@@ -60,28 +60,43 @@ class MGCLIPOptions:
     reads: ``lr`` (LoRA's Adam), ``batch_size``, ``eval_batch_size``, ``epochs`` ("auto" =
     the epoch probe; or a fixed E), ``precision``, ``prompt_template``."""
     # LoRA (SPEC 4-5, 8)
-    lora_rank: int = 8
-    lora_alpha: float = 1.0
-    lora_targets: List[str] = field(default_factory=lambda: ["k", "v"])
-    lora_encoders: List[str] = field(default_factory=lambda: ["visual", "text"])
-    min_lr_ratio: float = 0.01  # cosine schedules end at this fraction of their learning rate
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank (SPEC 4)"})
+    lora_alpha: float = field(default=1.0, metadata={
+        "help": "LoRA alpha; the update is scaled by alpha / rank (SPEC 4)"})
+    lora_targets: List[str] = field(default_factory=lambda: ["k", "v"], metadata={
+        "help": "the attention projections that get LoRA, from q, k, v, out (SPEC 4: k and v)"})
+    lora_encoders: List[str] = field(default_factory=lambda: ["visual", "text"], metadata={
+        "help": "the encoders that get LoRA: visual, text or both (SPEC 4: both)"})
+    min_lr_ratio: float = field(default=0.01, metadata={
+        "help": "cosine schedules end at this fraction of their learning rate (SPEC 8, 15)"})
     # gap preservation (SPEC 9-12)
-    gap_preservation: bool = True
-    probe_max_epochs: int = 10
-    gap_alpha: float = 0.10
-    track_gap: bool = True  # also measure each later task's gap before training (one eval pass)
+    gap_preservation: bool = field(default=True, metadata={
+        "help": "choose the epoch budget E by the epoch probe (SPEC 9-12); false needs an integer epochs"})
+    probe_max_epochs: int = field(default=10, metadata={
+        "help": "the most epochs the epoch probe trains on the first task (SPEC 11)"})
+    gap_alpha: float = field(default=0.10, metadata={
+        "help": "the probe's tolerance: relative change of the gap statistic, 0.10 = 10 % (SPEC 11)"})
+    track_gap: bool = field(default=True, metadata={
+        "help": "also measure each later task's gap statistic before training (one evaluation pass)"})
     # gap compensation (SPEC 13-16)
-    compensation: bool = True
-    visual_lr: float = 5e-4
-    visual_batch_size: int = 64
-    visual_epochs: int = 3
-    visual_scale: float = 1.0  # multiplies the cosine logits; 1.0 = no temperature (SPEC 14)
-    fusion_beta: float = 4.0
+    compensation: bool = field(default=True, metadata={
+        "help": "gap compensation: fuse a visual cosine classifier with the text classifier (SPEC 13-16)"})
+    visual_lr: float = field(default=5e-4, metadata={"help": "the visual classifier's Adam learning rate (SPEC 15)"})
+    visual_batch_size: int = field(default=64, metadata={"help": "the visual classifier's batch size (SPEC 15)"})
+    visual_epochs: int = field(default=3, metadata={"help": "epochs of the visual classifier per task (SPEC 15)"})
+    visual_scale: float = field(default=1.0, metadata={
+        "help": "multiplies the cosine logits; 1.0 = no temperature (SPEC 14)"})
+    fusion_beta: float = field(default=4.0, metadata={
+        "help": "weight of the visual probabilities in the fused prediction (SPEC 16)"})
     # options the supplementary evaluates (off by default)
-    memory_size: int = 0  # replay: random exemplars kept in total over the seen classes (paper: 2000)
-    replay_weight: float = 0.1  # weight of the exemplars' cross-entropy over all seen classes
-    lora_ema: float = 0.0  # after each later task: LoRA <- a * LoRA(task start) + (1 - a) * LoRA (e.g. 0.2)
-    epochs_per_task: bool = False  # repeat the epoch probe on every task (needs epochs "auto")
+    memory_size: int = field(default=0, metadata={
+        "help": "replay: random exemplars kept in total over the seen classes; 0 = none (paper: 2000)"})
+    replay_weight: float = field(default=0.1, metadata={
+        "help": "replay: weight of the exemplars' cross-entropy over all seen classes"})
+    lora_ema: float = field(default=0.0, metadata={
+        "help": "after each later task LoRA <- a * LoRA(task start) + (1 - a) * LoRA; 0 = off (e.g. 0.2)"})
+    epochs_per_task: bool = field(default=False, metadata={
+        "help": "repeat the epoch probe on every task (needs epochs 'auto')"})
 
     def validate(self) -> None:
         for key, ok, allowed in [

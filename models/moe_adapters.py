@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict
 
 import torch
@@ -47,18 +47,24 @@ class MoEOptions:
     (``cil/clip/model.py``, ``cil/continual_clip/models.py``, the CIFAR-100 configs).
     Shared keys it reads: ``lr`` (1e-3), ``batch_size`` (128), ``prompt_template`` ("a bad
     photo of a {}." in its configs), ``epochs`` ("auto" = the official 1 per task)."""
-    experts: int = 2
-    top_k: int = 2
-    adapter_bottleneck: int = 64  # ffn_num
-    adapter_scale: float = 0.1
-    adapter_dropout: float = 0.1
-    weight_decay: float = 0.0
-    warmup_steps: int = 30
-    label_smoothing: float = 0.0  # "ls"
-    noise_at_test: bool = True  # the official blocks draw gate noise at test time too (see utils/moe.py)
-    train_augment: str = "official"  # M6: RandomResizedCrop(scale 0.9-1, bicubic); "none": CLIP's centre crop
-    extra_step: bool = True  # M3: the official extra step after the epoch (changes weights below warmup_steps)
-    test_crop: str = "random"  # M6: the official tests on the same random crops; "center": CLIP's centre crop
+    experts: int = field(default=2, metadata={
+        "help": "adapters per residual block of both encoders, mixed by a noisy top-k router (M1)"})
+    top_k: int = field(default=2, metadata={"help": "experts the router mixes per sample, at most experts"})
+    adapter_bottleneck: int = field(default=64, metadata={"help": "the adapters' hidden width (ffn_num)"})
+    adapter_scale: float = field(default=0.1, metadata={"help": "multiplies the adapters' output"})
+    adapter_dropout: float = field(default=0.1, metadata={"help": "dropout inside the adapters"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW's weight decay"})
+    warmup_steps: int = field(default=30, metadata={
+        "help": "linear warm-up steps before the per-step cosine schedule (M3)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing (the official 'ls')"})
+    noise_at_test: bool = field(default=True, metadata={
+        "help": "the official blocks draw gate noise at test time too (see utils/moe.py)"})
+    train_augment: str = field(default="official", metadata={
+        "help": "official: RandomResizedCrop (scale 0.9-1, bicubic) for training (M6); none: CLIP's centre crop"})
+    extra_step: bool = field(default=True, metadata={
+        "help": "the official extra step after the epoch (M3; changes weights below warmup_steps)"})
+    test_crop: str = field(default="random", metadata={
+        "help": "random: the official tests on the same seeded random crops (M6); center: CLIP's centre crop"})
 
     def validate(self) -> None:
         for key, ok, allowed in [

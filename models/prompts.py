@@ -55,12 +55,16 @@ def number_of_tasks(cfg) -> Optional[int]:
 class PromptOptions:
     """Options the three share. Shared keys they read: ``lr`` (1e-3), ``batch_size`` (128),
     ``epochs`` ("auto" = 20, or 50 on ImageNet-R), ``eval_batch_size``, ``precision``."""
-    pool_size: int = 30
-    prompt_length: int = 20
-    prompt_layers: List[int] = field(default_factory=lambda: [0])
-    weight_decay: float = 0.0
-    train_augment: str = "official"  # L9: random resized crop + flip per step (official); "none": CLIP's centre crop
-    query_cache: bool = False  # L8: the frozen query once per image (exact only with train_augment "none")
+    pool_size: int = field(default=30, metadata={"help": "prompts in the pool"})
+    prompt_length: int = field(default=20, metadata={
+        "help": "tokens per prompt, even: half keys, half values (prefix tuning)"})
+    prompt_layers: List[int] = field(default_factory=lambda: [0], metadata={
+        "help": "image blocks whose attention gets the prompts"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam's weight decay"})
+    train_augment: str = field(default="official", metadata={
+        "help": "official: random resized crop + flip per step (L9); none: CLIP's centre crop"})
+    query_cache: bool = field(default=False, metadata={
+        "help": "the frozen query once per image (L8); needs train_augment none (exact only then)"})
     # why the pool needs a prompt per task ("": it does not): DualPrompt's E-prompts, CODA's components
     pool_per_task: ClassVar[str] = ""
 
@@ -91,7 +95,8 @@ class PromptOptions:
 class L2POptions(PromptOptions):
     """L2P++ (``--prompt_param 30 20 -1``: pool 30, length 20, shallow = block 0 only;
     ``prompt_layers: [0, 1, 2, 3, 4]`` is the official "deep" variant)."""
-    prompt_top_k: int = 5
+    prompt_top_k: int = field(default=5, metadata={
+        "help": "prompts chosen per image by key-query matching, at most pool_size"})
 
     def validate(self) -> None:
         super().validate()
@@ -103,10 +108,13 @@ class L2POptions(PromptOptions):
 class DualPromptOptions(PromptOptions):
     """DualPrompt (``--prompt_param 10 20 6``): E-pool 10 of length 20 in blocks 2-4, a
     G-prompt of length 6 in blocks 0-1."""
-    pool_size: int = 10
-    prompt_layers: List[int] = field(default_factory=lambda: [2, 3, 4])
-    g_prompt_length: int = 6
-    g_prompt_layers: List[int] = field(default_factory=lambda: [0, 1])
+    pool_size: int = field(default=10, metadata={
+        "help": "E-prompts in the pool, one trained per task (at least the number of tasks)"})
+    prompt_layers: List[int] = field(default_factory=lambda: [2, 3, 4], metadata={
+        "help": "image blocks whose attention gets the E-prompt"})
+    g_prompt_length: int = field(default=6, metadata={"help": "tokens of the G-prompt, shared by all tasks (even)"})
+    g_prompt_layers: List[int] = field(default_factory=lambda: [0, 1], metadata={
+        "help": "image blocks whose attention gets the G-prompt"})
     pool_per_task: ClassVar[str] = "DualPrompt trains one E-prompt per task"
 
     def validate(self) -> None:
@@ -122,10 +130,13 @@ class CODAOptions(PromptOptions):
     """CODA-Prompt (``--prompt_param 100 8 0.0``): 100 components of length 8 in blocks
     0-4, orthogonality penalty weight 0 (the current official code, which draws each task's
     components orthogonal to the earlier ones instead)."""
-    pool_size: int = 100
-    prompt_length: int = 8
-    prompt_layers: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    ortho_mu: float = 0.0
+    pool_size: int = field(default=100, metadata={
+        "help": "prompt components; each task gets pool_size // tasks of them"})
+    prompt_length: int = field(default=8, metadata={"help": "tokens per component, even: half keys, half values"})
+    prompt_layers: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={
+        "help": "image blocks whose attention gets the prompts"})
+    ortho_mu: float = field(default=0.0, metadata={
+        "help": "weight of the orthogonality penalty (0: the official code, orthogonal components instead)"})
     pool_per_task: ClassVar[str] = "each task gets pool_size // tasks components"
 
     def validate(self) -> None:

@@ -40,17 +40,24 @@ class PROOFOptions:
     keys it reads: ``lr`` (init_lr, 1e-3 there), ``batch_size`` (64 there; also the
     evaluation batch, as officially), ``epochs`` ("auto" = the official 5 for CIFAR-100, 10
     elsewhere)."""
-    templates: List[str] = field(default_factory=lambda: ["a good photo of a {}."])  # the first trains
-    context_prompts: int = 3
-    weight_decay: float = 0.05
-    optimizer: str = "sgd"  # "sgd" (momentum 0.9) | "adam" (AdamW)
-    proof_memory_size: int = 2000  # exemplars over all seen classes (PyCIL's memory_size)
-    fixed_memory: bool = False
-    memory_per_class: int = 20
-    squash_resize: bool = True  # the official transform: resize to R x R (squashing), not CLIP's crop
-    freeze_old_text_proj: bool = False  # option: the paper's premise (the code trains every text projection)
-    normalize_eval_image: bool = False  # option: the normalised image token at test, as in training
-    per_sample_eval: bool = False  # option: text/prototype outputs per sample, not averaged over the batch
+    templates: List[str] = field(default_factory=lambda: ["a good photo of a {}."], metadata={
+        "help": "prompt templates, each with one '{}'; the first trains, all are averaged at test; or 'released'"})
+    context_prompts: int = field(default=3, metadata={"help": "context prompts added per task (P1)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "the optimiser's weight decay"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (momentum 0.9) or adam (AdamW)"})
+    proof_memory_size: int = field(default=2000, metadata={
+        "help": "exemplars kept over all seen classes (PyCIL's memory_size)"})
+    fixed_memory: bool = field(default=False, metadata={
+        "help": "keep memory_per_class exemplars per class instead of proof_memory_size in total"})
+    memory_per_class: int = field(default=20, metadata={"help": "exemplars per class when fixed_memory is true"})
+    squash_resize: bool = field(default=True, metadata={
+        "help": "the official transform: resize to R x R (squashing), not CLIP's crop"})
+    freeze_old_text_proj: bool = field(default=False, metadata={
+        "help": "freeze earlier tasks' text projections: the paper's premise (the code trains them all)"})
+    normalize_eval_image: bool = field(default=False, metadata={
+        "help": "at test, the normalised image token, as in training (the code: unnormalised)"})
+    per_sample_eval: bool = field(default=False, metadata={
+        "help": "text/prototype outputs per sample, not averaged over the batch (P9)"})
 
     def validate(self) -> None:
         for key, ok, allowed in [

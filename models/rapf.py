@@ -50,21 +50,30 @@ class RAPFOptions:
     protocols' values are in ``exps/rapf_*.json``). Shared keys used by RAPF: ``lr``
     (1e-3), ``batch_size`` (train batch), ``eval_batch_size``, ``epochs`` ("auto" = the
     official 15), ``precision`` ("auto" = the official fp16 encoder and logits on CUDA)."""
-    beta: float = 2.0  # replay: floor(10 beta) draws per old class per batch; floor(20 beta) per hard pair
-    old_per_batch: int = 0  # old classes replayed per batch; 0 = the official value for the dataset
-    hard_pair_threshold: float = 0.55  # delta: old/new prompt pairs closer than this (L2, normalised) are hard
-    mix_bias: float = 0.6  # b of the parameter fusion
-    shrink: bool = False  # RAPF's additive covariance shrinkage (official: ImageNet-R, CUB-200)
-    hinge_margin: float = 0.1
-    milestones: List[int] = field(default_factory=lambda: [4, 10])  # MultiStepLR, stepped per epoch
-    lr_gamma: float = 0.1
-    covariance_ridge: float = 1e-4
+    beta: float = field(default=2.0, metadata={
+        "help": "replay: floor(10 beta) draws per old class per batch, floor(20 beta) per hard pair"})
+    old_per_batch: int = field(default=0, metadata={
+        "help": "old classes replayed per batch; 0 = the official value for the dataset"})
+    hard_pair_threshold: float = field(default=0.55, metadata={
+        "help": "delta: old/new prompt pairs closer than this (L2, normalised) are hard pairs"})
+    mix_bias: float = field(default=0.6, metadata={"help": "b of the parameter fusion of the adapters"})
+    shrink: bool = field(default=False, metadata={
+        "help": "RAPF's additive covariance shrinkage (official: ImageNet-R, CUB-200)"})
+    hinge_margin: float = field(default=0.1, metadata={
+        "help": "margin of the hinge loss on the hard pairs' edge features"})
+    milestones: List[int] = field(default_factory=lambda: [4, 10], metadata={
+        "help": "epochs where MultiStepLR multiplies the learning rate by lr_gamma (stepped per epoch)"})
+    lr_gamma: float = field(default=0.1, metadata={"help": "the learning rate's factor at each milestone"})
+    covariance_ridge: float = field(default=1e-4, metadata={
+        "help": "ridge added to each class covariance's diagonal (the sampled Gaussians)"})
     # on the official fp16 path (CUDA, precision auto), which values are held in fp16:
     # "official" = every point the official code has in fp16 (its clip.load model is half on
     # CUDA): the text encoder's output, the class means and covariances, the adapter output,
     # the logits and the hinge; "encoder_and_logits" = only the image features, adapter output
     # and logits (text, statistics and hinge in fp32). No effect off that path (CPU: all fp32).
-    fp16_points: str = "official"
+    fp16_points: str = field(default="official", metadata={
+        "help": "what is held in fp16 on CUDA with precision auto: official (the official code's points) or "
+                "encoder_and_logits"})
 
     def validate(self) -> None:
         require(self.fp16_points in ("official", "encoder_and_logits"), "fp16_points", self.fp16_points,
