@@ -71,16 +71,16 @@ class MGCLIPOptions:
         "help": "cosine schedules end at this fraction of their learning rate (SPEC 8, 15)"})
     # gap preservation (SPEC 9-12)
     gap_preservation: bool = field(default=True, metadata={
-        "help": "choose the epoch budget E by the epoch probe (SPEC 9-12); false needs an integer epochs"})
+        "help": "the epoch probe picks E (SPEC 9-12); false = ablation 'no preservation' (needs an integer epochs)"})
     probe_max_epochs: int = field(default=10, metadata={
-        "help": "the most epochs the epoch probe trains on the first task (SPEC 11)"})
+        "help": "the longest probe on the first task; also its schedule's length (SPEC 11)"})
     gap_alpha: float = field(default=0.10, metadata={
         "help": "the probe's tolerance: relative change of the gap statistic, 0.10 = 10 % (SPEC 11)"})
     track_gap: bool = field(default=True, metadata={
         "help": "also measure each later task's gap statistic before training (one evaluation pass)"})
     # gap compensation (SPEC 13-16)
     compensation: bool = field(default=True, metadata={
-        "help": "gap compensation: fuse a visual cosine classifier with the text classifier (SPEC 13-16)"})
+        "help": "fuse a visual cosine classifier with the text one (SPEC 13-16); false = ablation 'no compensation'"})
     visual_lr: float = field(default=5e-4, metadata={"help": "the visual classifier's Adam learning rate (SPEC 15)"})
     visual_batch_size: int = field(default=64, metadata={"help": "the visual classifier's batch size (SPEC 15)"})
     visual_epochs: int = field(default=3, metadata={"help": "epochs of the visual classifier per task (SPEC 15)"})

@@ -32,7 +32,7 @@ def test_a_field_without_help_is_found():
 def test_the_methods_page_names_every_option_in_its_table(model):
     with open(os.path.join(DOCS, page_of(model)), encoding="utf-8") as f:
         text = f.read()
-    assert model in tables_in(text), f"docs/methods/{page_of(model)} has no options table of {model}"
+    assert model in tables_in(text), f"docs/{page_of(model)} has no options table of {model}"
     table = text.split(f"<!-- options: {model} -->", 1)[1].split("<!-- end options -->", 1)[0]
     for field in dataclasses.fields(options_class(model)):
         assert f"| `{field.name}` |" in table, f"{page_of(model)}: {model}'s table misses {field.name}"
@@ -43,16 +43,16 @@ def test_the_tables_are_up_to_date():
 
 
 def test_a_stale_or_missing_table_is_named_and_regenerated(tmp_path, capsys):
-    folder = tmp_path / "methods"
-    shutil.copytree(DOCS, folder)
-    page = folder / "rapf.md"
+    folder = tmp_path / "docs"
+    shutil.copytree(DOCS, folder, ignore=shutil.ignore_patterns("*.png"))
+    page = folder / "methods" / "rapf.md"
     page.write_text(page.read_text().replace("| `mix_bias` |", "| `mix_bias_old` |"))
-    coda = folder / "prompts.md"
+    coda = folder / "methods" / "prompts.md"
     coda.write_text(coda.read_text().replace("<!-- options: coda_prompt -->", "<!-- no table -->"))
     assert main(["--check", "--docs", str(folder)]) == 1
     out = capsys.readouterr().out
-    assert "stale: rapf.md" in out and "stale: prompts.md (no table of coda_prompt" in out
+    assert "stale: methods/rapf.md" in out and "stale: methods/prompts.md (no table of coda_prompt" in out
     assert main(["--docs", str(folder)]) == 0  # rewrites rapf.md; prompts.md needs its marker back by hand
     assert "| `mix_bias` |" in page.read_text() and "mix_bias_old" not in page.read_text()
-    assert stale_pages(str(folder)) == ["prompts.md (no table of coda_prompt: add <!-- options: coda_prompt --> "
-                                        "<!-- end options -->)"]
+    assert stale_pages(str(folder)) == [
+        "methods/prompts.md (no table of coda_prompt: add <!-- options: coda_prompt --> <!-- end options -->)"]

@@ -1,11 +1,11 @@
-"""The options tables of ``docs/methods/*.md``, generated from the methods' options
-dataclasses: one row per field (its name, default, type and the one-line ``help`` of its
-metadata, ``field(default=..., metadata={"help": "..."})``).
+"""The options tables of the docs, generated from the methods' options dataclasses: one
+row per field (its name, default, type and the one-line ``help`` of its metadata,
+``field(default=..., metadata={"help": "..."})``).
 
-A method's page is ``docs/methods/<module>.md`` (its learner's module in ``models/``); its
-table sits between ``<!-- options: <model_name> -->`` and ``<!-- end options -->``.
-``python -m toolbox.docs_options`` rewrites every table; ``--check`` only says which pages
-are stale (exit 1), as the tests do.
+A table sits between ``<!-- options: <model_name> -->`` and ``<!-- end options -->``, in any
+page under ``docs/``; a method's own page, ``docs/methods/<module>.md`` (its learner's
+module in ``models/``), must hold its table. ``python -m toolbox.docs_options`` rewrites
+every table; ``--check`` only says which pages are stale (exit 1), as the tests do.
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from typing import List, Optional, Sequence
 from toolbox.registry import LEARNERS, options_class
 from utils.config import describe, field_hints
 
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "methods")
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 BLOCK = re.compile(r"(<!-- options: (\w+) -->\n)(.*?)(<!-- end options -->)", re.S)
 
 
 def page_of(model: str) -> str:
-    """The page that documents ``model``: ``docs/methods/<its learner's module>.md``."""
-    return LEARNERS[model].split(":")[0].split(".")[-1] + ".md"
+    """The page that documents ``model``, under ``docs/``: ``methods/<its learner's module>.md``."""
+    return "methods/" + LEARNERS[model].split(":")[0].split(".")[-1] + ".md"
 
 
 def fields_without_help(cls: type) -> List[str]:
@@ -58,11 +58,17 @@ def tables_in(text: str) -> List[str]:
 
 
 def stale_pages(folder: str = DOCS, write: bool = False) -> List[str]:
-    """Pages whose tables differ from the options classes (rewritten if ``write``), and pages
-    of a method with options that hold no table of it."""
+    """Pages under ``folder`` whose tables differ from the options classes (rewritten if
+    ``write``), and pages of a method with options that hold no table of it."""
     stale = []
-    pages = sorted({page_of(m) for m in LEARNERS if options_class(m) is not None})
-    for page in pages:
+    pages = {page_of(m) for m in LEARNERS if options_class(m) is not None}
+    for here, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith(".md"):
+                with open(os.path.join(here, name), encoding="utf-8") as f:
+                    if "<!-- options: " in f.read():
+                        pages.add(os.path.relpath(os.path.join(here, name), folder).replace(os.sep, "/"))
+    for page in sorted(pages):
         path = os.path.join(folder, page)
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -81,7 +87,7 @@ def stale_pages(folder: str = DOCS, write: bool = False) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only list the stale pages (exit 1 if any)")
-    parser.add_argument("--docs", default=DOCS, help="the methods' pages (default: docs/methods)")
+    parser.add_argument("--docs", default=DOCS, help="the docs folder (default: docs/)")
     args = parser.parse_args(argv)
     stale = stale_pages(args.docs, write=not args.check)
     for page in stale:
