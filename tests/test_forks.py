@@ -130,3 +130,15 @@ def test_accuracy_groups_are_one_per_task_and_sort_as_strings():
     assert keys == ["000-099", "100-199"] and sorted(keys) == keys  # PyCIL's trainer sorts them as strings
     assert d["grouped"]["000-099"] == 100.0 and d["grouped"]["100-199"] == 50.0
     assert d["grouped"]["old"] == 100.0 and d["grouped"]["new"] == 50.0 and d["top1"] == 75.0
+
+
+def test_a_fork_data_manager_without_names_is_told_its_own_file():
+    """PyCIL's DataManager (utils/data_manager.py in the fork) has no names: on a dataset the
+    plugin has no table for, the error names that file, not this toolbox's."""
+    from utils.clip_ops import class_names
+
+    fork_dm = type("DataManager", (), {"__module__": "utils.data_manager", "_class_order": [3, 1, 2]})()
+    with pytest.raises(RuntimeError, match=r"DataManager in utils/data_manager\.py\) has no get_class_names") as e:
+        class_names(fork_dm, [0, 1], "imagenet-r")
+    assert "toolbox/" not in str(e.value)
+    assert class_names(fork_dm, [0, 1], "cifar100") == [CIFAR100_CLASSES[3], CIFAR100_CLASSES[1]]

@@ -175,8 +175,10 @@ def class_names(data_manager, indices: Sequence[int], dataset_name: str = "") ->
     order = getattr(data_manager, "_class_order", None)
     if order is not None and "cifar" in (dataset_name or getattr(data_manager, "dataset_name", "")):
         return [CIFAR100_CLASSES[order[i]] for i in indices]
-    raise RuntimeError("the data manager has no get_class_names() and no known name table fits dataset "
-                       f"'{dataset_name}': add get_class_names(indices) to it (see toolbox/data_manager.py)")
+    source = type(data_manager).__module__.replace(".", "/") + ".py"  # the fork's own file (PyCIL: utils/...)
+    raise RuntimeError(f"the data manager ({type(data_manager).__name__} in {source}) has no get_class_names() "
+                       f"and no known name table fits dataset '{dataset_name}': add to it get_class_names(indices), "
+                       "the class names of the incremental labels indices (in the fork's class order)")
 
 
 class Batches:
