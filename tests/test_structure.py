@@ -152,7 +152,7 @@ def doc_items(method):
     items, tests = set(), []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not line.startswith("| ") or len(cells) < 3 or not re.fullmatch(r"[RPSAMLDC]?\d+", cells[0]):
+        if not line.startswith("| ") or len(cells) < 3 or not re.fullmatch(r"[A-Z]?\d+", cells[0]):
             continue
         items.add((re.sub(r"\d", "", cells[0]) if method == "prompts" else "", int(re.sub(r"\D", "", cells[0]))))
         current = header_file.group(1) if header_file else None
