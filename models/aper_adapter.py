@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -54,10 +54,10 @@ class APEROptions:
     adapter_bottleneck: int = field(default=64, metadata={"help": "the adapters' hidden width (ffn_num)"})
     adapter_scale: float = field(default=0.1, metadata={"help": "multiplies the adapters' output (ffn_adapter_scalar)"})
     adapter_dropout: float = field(default=0.1, metadata={"help": "dropout inside the adapters"})
-    optimizer: str = field(default="sgd", metadata={"help": "sgd (momentum 0.9) or adam (AdamW)"})
+    optimizer: Literal["sgd", "adam"] = field(default="sgd", metadata={"help": "sgd (momentum 0.9) or adam (AdamW)"})
     weight_decay: float = field(default=0.0005, metadata={"help": "the optimiser's weight decay"})
     min_lr: float = field(default=0.0, metadata={"help": "the cosine schedule's end"})
-    train_augment: str = field(default="official", metadata={
+    train_augment: Literal["official", "none"] = field(default="official", metadata={
         "help": "official: random resized crop (scale 0.05-1) + flip (A7); none: CLIP's centre crop"})
 
     def validate(self) -> None:

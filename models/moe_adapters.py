@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,11 +59,11 @@ class MoEOptions:
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing (the official 'ls')"})
     noise_at_test: bool = field(default=True, metadata={
         "help": "the official blocks draw gate noise at test time too (see utils/moe.py)"})
-    train_augment: str = field(default="official", metadata={
+    train_augment: Literal["official", "none"] = field(default="official", metadata={
         "help": "official: RandomResizedCrop (scale 0.9-1, bicubic) for training (M6); none: CLIP's centre crop"})
     extra_step: bool = field(default=True, metadata={
         "help": "the official extra step after the epoch (M3; changes weights below warmup_steps)"})
-    test_crop: str = field(default="random", metadata={
+    test_crop: Literal["random", "center"] = field(default="random", metadata={
         "help": "random: the official tests on the same seeded random crops (M6); center: CLIP's centre crop"})
 
     def validate(self) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -61,7 +61,7 @@ class PromptOptions:
     prompt_layers: List[int] = field(default_factory=lambda: [0], metadata={
         "help": "image blocks whose attention gets the prompts"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam's weight decay"})
-    train_augment: str = field(default="official", metadata={
+    train_augment: Literal["official", "none"] = field(default="official", metadata={
         "help": "official: random resized crop + flip per step (L9); none: CLIP's centre crop"})
     query_cache: bool = field(default=False, metadata={
         "help": "the frozen query once per image (L8); needs train_augment none (exact only then)"})

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -44,7 +44,7 @@ class PROOFOptions:
         "help": "prompt templates, each with one '{}'; the first trains, all are averaged at test; or 'released'"})
     context_prompts: int = field(default=3, metadata={"help": "context prompts added per task (P1)"})
     weight_decay: float = field(default=0.05, metadata={"help": "the optimiser's weight decay"})
-    optimizer: str = field(default="sgd", metadata={"help": "sgd (momentum 0.9) or adam (AdamW)"})
+    optimizer: Literal["sgd", "adam"] = field(default="sgd", metadata={"help": "sgd (momentum 0.9) or adam (AdamW)"})
     proof_memory_size: int = field(default=2000, metadata={
         "help": "exemplars kept over all seen classes (PyCIL's memory_size)"})
     fixed_memory: bool = field(default=False, metadata={

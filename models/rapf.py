@@ -19,7 +19,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Literal, Tuple
 
 import torch
 import torch.nn as nn
@@ -71,7 +71,7 @@ class RAPFOptions:
     # CUDA): the text encoder's output, the class means and covariances, the adapter output,
     # the logits and the hinge; "encoder_and_logits" = only the image features, adapter output
     # and logits (text, statistics and hinge in fp32). No effect off that path (CPU: all fp32).
-    fp16_points: str = field(default="official", metadata={
+    fp16_points: Literal["official", "encoder_and_logits"] = field(default="official", metadata={
         "help": "what is held in fp16 on CUDA with precision auto: official (the official code's points) or "
                 "encoder_and_logits"})
 
