@@ -25,13 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.simplecil import SimpleCIL
-from utils.adapter import (
-    adapter_parameters,
-    adapter_state_dict,
-    adapters_disabled,
-    apply_adapters,
-    load_adapter_state_dict,
-)
+from utils.adapter import AdapterCheckpoint, adapter_parameters, adapters_disabled, apply_adapters
 from utils.augment import seeded
 from utils.clip_backbone import autocast
 from utils.clip_ops import build_backbone, make_loader, progress, task_data
@@ -85,7 +79,7 @@ class CosineHead(nn.Module):
         return self.sigma * cosine_scores(x, self.weight)
 
 
-class APER(SimpleCIL):
+class APER(AdapterCheckpoint, SimpleCIL):
     """SimpleCIL on merged features, after adapting a copy of the encoder on the first task."""
     options_class = APEROptions
     release = "mgclip"  # 'released' class orders and names: MG-CLIP's files (APER's own: seeded shuffles)
@@ -154,11 +148,3 @@ class APER(SimpleCIL):
 
     def visual_classifier(self) -> Optional[torch.Tensor]:
         return None  # its prototypes live in the merged 2D space, not CLIP's
-
-    # ------------------------------------------------------------------ resuming
-    def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "adapters": adapter_state_dict(self._network)}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        load_adapter_state_dict(self._network, {k: v.to(self._device) for k, v in state["adapters"].items()})

@@ -128,7 +128,7 @@ class MGCLIPOptions:
                 "an integer when gap_preservation is false (the probe is the gap preservation)")
 
 
-def fuse(text_logits: torch.Tensor, visual_logits: Optional[torch.Tensor], beta: float) -> torch.Tensor:
+def fuse_predictions(text_logits: torch.Tensor, visual_logits: Optional[torch.Tensor], beta: float) -> torch.Tensor:
     """SPEC 16: (softmax(softmax(text_logits)) + beta * softmax(visual_logits)) / (1 + beta).
 
     The double softmax on the text side is the released code's and the published numbers
@@ -137,6 +137,18 @@ def fuse(text_logits: torch.Tensor, visual_logits: Optional[torch.Tensor], beta:
     if visual_logits is None:
         return p_text
     return (p_text + beta * F.softmax(visual_logits.float(), dim=1)) / (1.0 + beta)
+
+
+@dataclass
+class TaskData:
+    """One task's data as MG-CLIP uses it (``MGCLIP._prepare_task``)."""
+    train_dataset: Any           # the task's training images alone (the replay memory draws from them)
+    train_loader: Any            # shuffled, for LoRA: the task's images plus the exemplars when replaying
+    ordered_train_loader: Any    # the task's images in order (the gap statistic, the features)
+    test_loader: Any             # the test images of every seen class
+    task_tokens: torch.Tensor    # the current task's prompts (SPEC 7; the gap statistic, SPEC 9)
+    loss_tokens: torch.Tensor    # the prompts the loss scores: the task's, or every seen class's when replaying
+    replaying: bool              # ``memory_size`` > 0 and there are exemplars
 
 
 class MGCLIP(CLIPLearner, BaseLearner):
@@ -157,47 +169,81 @@ class MGCLIP(CLIPLearner, BaseLearner):
         self._gap_ref: Optional[Dict[str, float]] = None  # neg0 of the last probe (for a task resumed after it)
         self._probed_task: Optional[int] = None  # the task whose probe chose self.epochs
         self._last_metrics: Dict[str, float] = {}
+        self._task: Optional[TaskData] = None  # the current task's loaders and prompts
         mode = "fixed" if self.epochs is not None else "probe_per_task" if self.opts.epochs_per_task else "probe"
         self.record = {"epochs": {"mode": mode, "chosen": self.epochs}, "gap": []}
 
     # ------------------------------------------------------------------ task loop
     def incremental_train(self, data_manager) -> None:
+        """One task of Algorithm 1: probe E (SPEC 10-12), train LoRA (SPEC 4-8), encode the
+        task's images, record the gap (SPEC 9), grow the visual classifier (SPEC 13-15)."""
         new = begin_task(self, data_manager)
-        train_set = self._prepare_task(data_manager, new)
-
-        gap: Dict[str, Any] = {"task": self._cur_task}
-        # the statistic averages non-target logits: a task of one class has none
-        measurable = len(new) >= 2
-        probe_now = self.cfg.epochs == "auto" and (self._cur_task == 0 or self.opts.epochs_per_task)
-        if probe_now and not measurable:
-            logger.warning("task %d has one class: no gap statistic, so no probe; it trains the previous E = %d",
-                           self._cur_task, self.epochs)
-        elif probe_now and self._probed_task == self._cur_task:  # resumed right after this task's probe
-            gap["before"] = dict(self._gap_ref)
-        elif probe_now:
-            gap["before"] = self._probe_epochs()
-        elif self.opts.track_gap and measurable:
-            gap["before"] = self._task_gap()
-        start_lora = lora_state_dict(self._network) if self.opts.lora_ema > 0 and self._cur_task > 0 else None
-        self._train_lora(self.epochs)
-        if start_lora is not None:
-            self._blend_lora(start_lora, self.opts.lora_ema)
+        self._task = self._prepare_task(data_manager, new)
+        before = self._probe_or_measure_gap()
+        self._train_task()
         with self._timed("features"):
             feats, labels = encode_dataset(self._network, self.ordered_train_loader, self._device,
                                            self.cfg.precision, "features")
-        if measurable:
-            gap["after"] = self._task_gap(feats, labels)
-            logger.info("task %d gap (mean non-target logit): before %s, after %.4f", self._cur_task,
-                        f"{gap['before']['neg']:.4f}" if "before" in gap else "-", gap["after"]["neg"])
-        self.record["gap"].append(gap)
+        self._record_gap(before, feats, labels)
         if self.opts.compensation:
             with self._timed("classifier"):
                 self._train_visual(feats, labels)
         if self.opts.memory_size > 0:
-            self._update_memory(train_set[0])
+            self._update_memory(self._task.train_dataset)
 
-    def _prepare_task(self, data_manager, new: range):
-        """Loaders and prompt tokens for the task; returns the task's training data."""
+    # PyCIL's loaders, and the ordered one the gap and the features read: the current task's
+    @property
+    def train_loader(self):
+        return None if self._task is None else self._task.train_loader
+
+    @property
+    def ordered_train_loader(self):
+        return None if self._task is None else self._task.ordered_train_loader
+
+    @property
+    def test_loader(self):
+        return None if self._task is None else self._task.test_loader
+
+    def _measurable(self) -> bool:
+        """The statistic averages non-target logits: a task of one class has none."""
+        return self._total_classes - self._known_classes >= 2
+
+    def _probe_or_measure_gap(self) -> Optional[Dict[str, float]]:
+        """The gap statistic before training: the probe's reference where this task probes
+        (it also chooses E), else a plain measurement with ``track_gap``; None: not measured."""
+        probe_now = self.cfg.epochs == "auto" and (self._cur_task == 0 or self.opts.epochs_per_task)
+        if probe_now and not self._measurable():
+            logger.warning("task %d has one class: no gap statistic, so no probe; it trains the previous E = %d",
+                           self._cur_task, self.epochs)
+        elif probe_now and self._probed_task == self._cur_task:  # resumed right after this task's probe
+            return dict(self._gap_ref)
+        elif probe_now:
+            return self._probe_epochs()
+        elif self.opts.track_gap and self._measurable():
+            return self._task_gap()
+        return None
+
+    def _train_task(self) -> None:
+        """LoRA for E epochs (SPEC 8); with ``lora_ema`` (later tasks) blended with the task's start."""
+        start_lora = lora_state_dict(self._network) if self.opts.lora_ema > 0 and self._cur_task > 0 else None
+        self._train_lora(self.epochs)
+        if start_lora is not None:
+            self._blend_lora(start_lora, self.opts.lora_ema)
+
+    def _record_gap(self, before: Optional[Dict[str, float]], feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """The task's ``record["gap"]`` entry: the statistic before training (if measured) and
+        after it, on the features just encoded."""
+        gap: Dict[str, Any] = {"task": self._cur_task}
+        if before is not None:
+            gap["before"] = before
+        if self._measurable():
+            gap["after"] = self._task_gap(feats, labels)
+            logger.info("task %d gap (mean non-target logit): before %s, after %.4f", self._cur_task,
+                        f"{gap['before']['neg']:.4f}" if "before" in gap else "-", gap["after"]["neg"])
+        self.record["gap"].append(gap)
+
+    def _prepare_task(self, data_manager, new: range) -> TaskData:
+        """The task's loaders and prompt tokens."""
         res, cfg, dev = self._network.input_resolution, self.cfg, self._device
         train_set = task_data(data_manager, new, "train", res, cfg, dev)
         test_set = task_data(data_manager, range(self._total_classes), "test", res, cfg, dev)
@@ -206,16 +252,18 @@ class MGCLIP(CLIPLearner, BaseLearner):
         # and the visual classifier use the task's images alone, as released
         lora_set = train_set if memory is None else task_data(data_manager, new, "train", res, cfg, dev,
                                                               appendent=memory)
-        self.train_loader = make_loader(lora_set, cfg.batch_size, True, cfg.num_workers, dev)
-        self.ordered_train_loader = make_loader(train_set, cfg.batch_size, False, cfg.num_workers, dev)
-        self.test_loader = make_loader(test_set, cfg.eval_batch_size, False, cfg.num_workers, dev)
         # Only the current task's prompts enter the loss (SPEC 7): encoding just those is exact.
         # With exemplars, every seen class's prompt (their cross-entropy is over all seen classes).
-        self._task_tokens = self._network.tokenize(prompts(cfg.prompt_template, self._names[new.start:])).to(dev)
-        self._replaying = memory is not None
-        self._loss_tokens = self._task_tokens if memory is None else self._network.tokenize(
-            prompts(cfg.prompt_template, self._names)).to(dev)
-        return train_set
+        task_tokens = self._network.tokenize(prompts(cfg.prompt_template, self._names[new.start:])).to(dev)
+        return TaskData(
+            train_dataset=train_set[0],
+            train_loader=make_loader(lora_set, cfg.batch_size, True, cfg.num_workers, dev),
+            ordered_train_loader=make_loader(train_set, cfg.batch_size, False, cfg.num_workers, dev),
+            test_loader=make_loader(test_set, cfg.eval_batch_size, False, cfg.num_workers, dev),
+            task_tokens=task_tokens,
+            loss_tokens=task_tokens if memory is None else self._network.tokenize(
+                prompts(cfg.prompt_template, self._names)).to(dev),
+            replaying=memory is not None)
 
     # ------------------------------------------------------------------ LoRA training
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -227,16 +275,18 @@ class MGCLIP(CLIPLearner, BaseLearner):
         with autocast(self._device, self.cfg.precision):
             img = net.encode_image(x)
         img = F.normalize(img.float(), dim=1)
-        txt = text_features(net, self._loss_tokens, self._device, self.cfg.precision)
+        txt = text_features(net, self._task.loss_tokens, self._device, self.cfg.precision)
         logits = net.logit_scale * img @ txt.t()
-        if self._replaying:
+        if self._task.replaying:
             return replay_loss(logits, y, self._known_classes, self.opts.replay_weight)
         return F.cross_entropy(logits, y - self._known_classes)
 
-    def _train_lora(self, epochs: int, probe: Optional[EpochProbe] = None, log: Optional[list] = None) -> None:
+    def _train_lora(self, epochs: int, probe: Optional[EpochProbe] = None) -> List[Dict[str, float]]:
         """Adam on the LoRA weights, cosine schedule per epoch to min_lr_ratio * lr over
-        ``epochs`` (SPEC 8). With ``probe``: measure the gap after each epoch (appended to
-        ``log``) and stop when the probe has its budget (SPEC 11)."""
+        ``epochs`` (SPEC 8). With ``probe``: measure the gap after each epoch and stop when
+        the probe has its budget (SPEC 11). Returns the probe's log, one entry per epoch
+        (empty without ``probe``)."""
+        log: List[Dict[str, float]] = []
         net = self._network
         params = lora_parameters(net)
         opt = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=0.0)
@@ -258,7 +308,8 @@ class MGCLIP(CLIPLearner, BaseLearner):
                             100 * probe.changes[-1])
                 log.append({"epoch": epoch + 1, **stat, "change": probe.changes[-1]})
                 if stop:
-                    return
+                    break
+        return log
 
     def _probe_epochs(self) -> Dict[str, float]:
         """SPEC 10-12: reference gap with LoRA off, probe epochs until the gap moves more than
@@ -276,13 +327,13 @@ class MGCLIP(CLIPLearner, BaseLearner):
             ref = self._task_gap()
         logger.info("task %d gap reference neg0 (LoRA off): %.4f (mean target logit %.4f)", self._cur_task,
                     ref["neg"], ref["pos"])
-        entry = {"task": self._cur_task, "neg0": ref["neg"], "pos0": ref["pos"], "probe": []}
         if self._cur_task == 0:
             self.record["epochs"].update({"neg0": ref["neg"], "pos0": ref["pos"], "alpha": self.opts.gap_alpha})
         start_state = lora_state_dict(net)
         probe = EpochProbe(ref["neg"], self.opts.gap_alpha, self.opts.probe_max_epochs)
-        self._train_lora(self.opts.probe_max_epochs, probe=probe, log=entry["probe"])
-        self.epochs = entry["chosen"] = probe.budget
+        log = self._train_lora(self.opts.probe_max_epochs, probe=probe)
+        self.epochs = probe.budget
+        entry = {"task": self._cur_task, "neg0": ref["neg"], "pos0": ref["pos"], "probe": log, "chosen": self.epochs}
         if self._cur_task == 0:
             self.record["epochs"].update({"probe": entry["probe"], "chosen": self.epochs})
         if self.opts.epochs_per_task:
@@ -319,7 +370,7 @@ class MGCLIP(CLIPLearner, BaseLearner):
             if feats is None:
                 feats, labels = encode_dataset(net, self.ordered_train_loader, self._device, self.cfg.precision, "gap")
             with torch.no_grad():
-                txt = text_features(net.eval(), self._task_tokens, self._device, self.cfg.precision)
+                txt = text_features(net.eval(), self._task.task_tokens, self._device, self.cfg.precision)
             order = gap_order(len(labels), self._seed, self._cur_task)
             neg, pos = gap_statistic(feats, labels - self._known_classes, txt, float(net.logit_scale),
                                      self.cfg.batch_size, order)
@@ -350,7 +401,8 @@ class MGCLIP(CLIPLearner, BaseLearner):
 
     def _classifier_features(self, feats: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Features for one classifier epoch: CLIP is frozen here, so those computed once
-        for the prototypes are exact for every epoch (SPEC 15)."""
+        for the prototypes are exact for every epoch (SPEC 15). An identity seam: only
+        ``benchmarks/reference.py`` overrides it (the released cost: re-encoded every epoch)."""
         return feats, labels
 
     # ------------------------------------------------------------------ inference
@@ -368,7 +420,7 @@ class MGCLIP(CLIPLearner, BaseLearner):
     def eval_task(self):
         with self._timed("eval"):
             text_logits, visual_logits, labels = self.predict_logits(self.test_loader)
-            probs = fuse(text_logits, visual_logits, self.opts.fusion_beta)
+            probs = fuse_predictions(text_logits, visual_logits, self.opts.fusion_beta)
             y_true = labels.cpu().numpy()
             y_pred = torch.topk(probs, k=min(self.topk, probs.shape[1]), dim=1).indices.cpu().numpy()
             cnn_accy = accuracy_dict(y_pred, y_true, self._task_ranges, self._known_classes, self.topk)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from models.base import BaseLearner
-from utils.adapter import adapter_parameters, adapter_state_dict, adapters_disabled, load_adapter_state_dict
+from utils.adapter import AdapterCheckpoint, adapter_parameters, adapters_disabled
 from utils.augment import seeded
 from utils.clip_backbone import autocast
 from utils.clip_ops import (
@@ -89,7 +89,7 @@ def warmup_cosine(base_lr: float, warmup: int, steps: int, step: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup))) * base_lr
 
 
-class MoEAdapters(CLIPLearner, BaseLearner):
+class MoEAdapters(AdapterCheckpoint, CLIPLearner, BaseLearner):
     options_class = MoEOptions
     release = "mgclip"  # 'released' class orders and names: MG-CLIP's files (for one order beside MG-CLIP)
     trains = "mixture-of-experts adapters and their routers in both CLIP encoders"
@@ -185,11 +185,3 @@ class MoEAdapters(CLIPLearner, BaseLearner):
     # ------------------------------------------------------------------ analysis views (models/base.py)
     def _pretrained(self):
         return adapters_disabled(self._network)  # zero-shot CLIP: the experts off
-
-    # ------------------------------------------------------------------ resuming
-    def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "adapters": adapter_state_dict(self._network)}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        load_adapter_state_dict(self._network, {k: v.to(self._device) for k, v in state["adapters"].items()})

@@ -1,6 +1,7 @@
 """Fork-shaped trees for the plugin tests: the contracts of PyCIL, PROOF's repository and
-C3Box as ``shared/FORKS.md`` describes them (written from that description, not from the
-forks' code). Each tree has the fork's ``main.py`` -> ``trainer.py`` -> ``DataManager`` /
+C3Box as the project's fork notes describe them (``../shared/FORKS.md``, beside the repository,
+not in it; docs/forks.md is the users' summary), written from that description, not from the
+forks' code. Each tree has the fork's ``main.py`` -> ``trainer.py`` -> ``DataManager`` /
 ``factory`` / ``BaseLearner`` shape, with a small synthetic CIFAR-like dataset standing in
 for the real one (as FORKS.md says a test harness must: the forks' data roots are fixed paths).
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from main import main
-from models.mgclip import MGCLIP, fuse
+from models.mgclip import MGCLIP, fuse_predictions
 from tests.conftest import tiny_args, write_cfg
 from toolbox.data_manager import DataManager
 from utils.cosine_linear import CosineLinear
@@ -30,15 +30,15 @@ def test_fusion_equals_spec_formula():
     t = rng.normal(0, 20, size=(6, 5))
     v = rng.uniform(-1, 1, size=(6, 5))
     expected = (1 * np_softmax(np_softmax(t)) + 4 * np_softmax(v)) / 5
-    got = fuse(torch.tensor(t), torch.tensor(v), beta=4.0).numpy()
+    got = fuse_predictions(torch.tensor(t), torch.tensor(v), beta=4.0).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_beta_zero_gives_the_text_prediction():
     rng = np.random.default_rng(1)
     t, v = torch.tensor(rng.normal(0, 20, (50, 7))), torch.tensor(rng.uniform(-1, 1, (50, 7)))
-    assert torch.equal(fuse(t, v, 0.0).argmax(1), t.argmax(1))
-    assert not torch.equal(fuse(t, v, 1e3).argmax(1), t.argmax(1))  # the visual side can win
+    assert torch.equal(fuse_predictions(t, v, 0.0).argmax(1), t.argmax(1))
+    assert not torch.equal(fuse_predictions(t, v, 1e3).argmax(1), t.argmax(1))  # the visual side can win
 
 
 def test_cosine_prototypes_are_class_means_and_logits_bounded():
@@ -109,12 +109,12 @@ def test_probe_chooses_e_then_restarts_from_zero_shot(tmp_path, monkeypatch, scr
     real_train = learner._train_lora
     a_init = [layer.lora_A.detach().clone() for layer in lora_layers(learner._network)]
 
-    def spy_train(epochs, probe=None, log=None):
+    def spy_train(epochs, probe=None):
         layers = lora_layers(learner._network)
         calls.append({"epochs": epochs, "probe": probe is not None,
                       "b_zero": all(torch.count_nonzero(m.lora_B) == 0 for m in layers),
                       "a_initial": all(torch.equal(m.lora_A, a) for m, a in zip(layers, a_init))})
-        return real_train(epochs, probe, log)
+        return real_train(epochs, probe)
 
     monkeypatch.setattr(learner, "_train_lora", spy_train)
     t_max = []

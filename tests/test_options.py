@@ -120,9 +120,9 @@ def test_per_task_probe_uses_zero_shot_reference_and_restarts_from_the_task_star
     starts = []
     real_train = learner._train_lora
 
-    def spy(epochs, probe=None, log=None):
+    def spy(epochs, probe=None):
         starts.append((probe is not None, lora_state_dict(learner._network)))
-        return real_train(epochs, probe, log)
+        return real_train(epochs, probe)
 
     monkeypatch.setattr(learner, "_train_lora", spy)
     learner.incremental_train(dm)

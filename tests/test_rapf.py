@@ -1,4 +1,4 @@
-"""RAPF (SPEC-RAPF R1-R10), each item against an independent computation: hand-made
+"""RAPF (docs/methods/rapf.md items R1-R10), each item against an independent computation: hand-made
 features and text, numpy statistics, the fusion's fixed points, the sampler's moments, the
 learning-rate trace; its configs against the official YAMLs; side by side with MG-CLIP."""
 import glob

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 # results.json has both): over all seen test images (PyCIL, MG-CLIP, RAPF's continuum logger,
 # PROOF, MoE-Adapters), or the mean over seen tasks of each task's accuracy (CODA-Prompt's
 # trainer). Every figure below is of the first kind: the papers and logs they come from
-# evaluate so (SPEC.md, SPEC-RAPF.md, SPEC-PROOF.md); MG-CLIP's Table 2 reports its
+# evaluate so (MG-CLIP's, RAPF's and PROOF's released evaluation code); MG-CLIP's Table 2 reports its
 # comparators in MG-CLIP's own evaluation.
 ACCURACY = {"seen": "accuracy over all seen test images", "task_mean": "mean over seen tasks of each task's accuracy"}
 RESULT_KEYS = {"seen": ("avg", "last"), "task_mean": ("avg_task_mean", "last_task_mean")}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import torch
 import torch.nn as nn
@@ -116,3 +116,16 @@ def adapter_state_dict(backbone: ClipBackbone) -> Dict[str, torch.Tensor]:
 def load_adapter_state_dict(backbone: ClipBackbone, state: Dict[str, torch.Tensor]) -> None:
     for i, w in enumerate(_wrapped(backbone)):
         w.adapter.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == str(i)})
+
+
+class AdapterCheckpoint:
+    """Mixed in ahead of a learner whose trained part is its backbone's adapters (APER-Adapter,
+    MoE-Adapters): its ``state_dict`` adds them under ``"adapters"``, ``load_state_dict`` puts
+    them back on the learner's device."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {**super().state_dict(), "adapters": adapter_state_dict(self._network)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        load_adapter_state_dict(self._network, {k: v.to(self._device) for k, v in state["adapters"].items()})
