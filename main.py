@@ -72,9 +72,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> None:
+    # Imported here, not at the top, for the same reason as in main(): --help without loading torch.
     from toolbox.checkpoint import CheckpointError
     from toolbox.configs import build_config, build_configs
-    from toolbox.trainer import check_only, precheck, run, run_config_path, run_one, side_by_side_summary
+    from toolbox.report import run_summary, seeds_summary, side_by_side_summary
+    from toolbox.trainer import check_only, precheck, run, run_config_path, run_one
     from utils.config import ConfigError
 
     if isinstance(args.resume, str):
@@ -88,7 +90,7 @@ def _main(args: argparse.Namespace) -> None:
             print(check_only(cfg, resume="required", run_dir=run_dir)[0])
             print("all checks passed: nothing was written; run without --check to continue")
             return
-        run_one(cfg, cfg.seeds()[0], resume="required", run_dir=run_dir)
+        run_one(cfg, cfg.seeds()[0], resume="required", run_dir=run_dir, summary=run_summary)
         return
     configs = build_configs(args.config, args.overrides)  # several with model_name: [a, b, ...]
     if args.print_config:
@@ -107,7 +109,12 @@ def _main(args: argparse.Namespace) -> None:
     if len(configs) > 1:  # every method's folders and checkpoints, before the first method starts
         for cfg in configs:
             precheck(cfg, resume=resume, overwrite=overwrite)
-    run_dirs = [d for cfg in configs for d in run(cfg, resume=resume, overwrite=overwrite)]
+    run_dirs = []
+    for cfg in configs:
+        dirs = run(cfg, resume=resume, overwrite=overwrite, summary=run_summary)
+        if len(dirs) > 1:  # <prefix>_summary.json beside the runs, and the table over the seeds
+            seeds_summary(dirs, cfg.seeds(), cfg.prefix)
+        run_dirs += dirs
     if len(configs) > 1:
         logging.getLogger("main").info(
             "the methods side by side:\n%s\nplots and CSV: python -m toolbox.report %s",

@@ -44,6 +44,7 @@ from models.mgclip import MGCLIP  # noqa: E402
 from toolbox.configs import make_config  # noqa: E402
 from toolbox.io import write_json  # noqa: E402
 from toolbox.registry import registered  # noqa: E402
+from toolbox.report import run_summary  # noqa: E402
 from toolbox.trainer import run_dir_for, run_one  # noqa: E402
 
 PHASES = ["data", "probe", "train", "gap", "features", "classifier", "eval"]
@@ -164,7 +165,7 @@ def run_path(args_dict: Dict[str, Any], logdir: str, max_tasks: Optional[int] = 
     cfg = make_config({**args_dict, "logdir": logdir})
     _FixedBudget.started = start = time.perf_counter()
     try:
-        run_one(cfg, cfg.seeds()[0])
+        run_one(cfg, cfg.seeds()[0], summary=run_summary)
     except StopBenchmark:
         pass
     wall = time.perf_counter() - start

@@ -47,7 +47,8 @@ from models.rapf import RAPF  # noqa: E402
 from toolbox import registry  # noqa: E402
 from toolbox.configs import make_config  # noqa: E402
 from toolbox.io import write_json  # noqa: E402
-from toolbox.trainer import run_one  # noqa: E402
+from toolbox.report import run_summary  # noqa: E402
+from toolbox.trainer import run_dir_for, run_one  # noqa: E402
 
 
 class _Limited:
@@ -149,13 +150,11 @@ def run_path(cfg_dict: Dict[str, Any], logdir: str, max_tasks: Optional[int]) ->
     _Limited.max_tasks, _Limited.task_end_s, _Limited.started = max_tasks, [], time.perf_counter()
     cfg = make_config({**cfg_dict, "logdir": logdir})
     try:
-        run_dir = run_one(cfg, cfg.seeds()[0])
+        run_dir = run_one(cfg, cfg.seeds()[0], summary=run_summary)
     except StopIteration:
         run_dir = None
     wall = time.perf_counter() - _Limited.started
     if run_dir is None:
-        from toolbox.trainer import run_dir_for
-
         run_dir = run_dir_for(cfg, cfg.seeds()[0])
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from toolbox.configs import make_config  # noqa: E402
 from toolbox.io import write_json  # noqa: E402
+from toolbox.report import run_summary  # noqa: E402
 from toolbox.trainer import run_one  # noqa: E402
 from utils.clip_backbone import autocast, load_clip, resolve_device, set_matmul_precision  # noqa: E402
 
@@ -70,7 +71,7 @@ def run_config(args, precision: str, logdir: str) -> Dict[str, Any]:
 def whole_run(args, precision: str, logdir: str) -> Dict[str, Any]:
     cfg = make_config(run_config(args, precision, logdir))
     start = time.perf_counter()
-    run_dir = run_one(cfg, cfg.seeds()[0])
+    run_dir = run_one(cfg, cfg.seeds()[0], summary=run_summary)
     wall = time.perf_counter() - start
     with open(os.path.join(run_dir, "results.json")) as f:
         r = json.load(f)

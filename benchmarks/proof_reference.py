@@ -11,13 +11,12 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from models.proof import PROOF
+from utils.clip_backbone import clip_transform
 
 
 class ReferencePROOF(PROOF):
     def _images(self, source: str, classes):
         """The images as PIL-preprocessed tensors, with the transform the run's features use."""
-        from utils.clip_backbone import clip_transform
-
         transform = self.cache.transform or clip_transform(self._network.input_resolution)
         return self.data_manager.get_dataset(classes, source=source, mode="test", transform=transform)
 

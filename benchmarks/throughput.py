@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from toolbox.io import write_json  # noqa: E402
 from utils.clip_backbone import autocast, clip_transform, load_clip, resolve_device, set_matmul_precision  # noqa: E402
+from utils.clip_ops import compile_image_encoder  # noqa: E402
 from utils.lora import apply_lora, lora_parameters  # noqa: E402
 from utils.preprocess import DevicePreprocess  # noqa: E402
 
@@ -96,8 +97,6 @@ def measure(args) -> List[Dict]:
     net = load_clip(args.backbone)
     apply_lora(net)
     if args.compile:
-        from utils.clip_ops import compile_image_encoder
-
         compile_image_encoder(net)  # applies to both paths; the warm-up steps absorb compilation
     net = net.to(device)
     R = net.input_resolution

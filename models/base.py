@@ -115,5 +115,8 @@ class BaseLearner:
         raise NotImplementedError(f"{type(self).__name__} has no text_view(names, trained): the analysis needs "
                                   f"it to compare the trained features with zero-shot CLIP's (see models/base.py)")
 
+    # The two defaults above refuse: toolbox/retention.py reads this mark to refuse a learner without its own.
+    image_view.refuses = text_view.refuses = True
+
     def visual_classifier(self) -> Optional[torch.Tensor]:
         return None

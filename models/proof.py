@@ -23,8 +23,10 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision import transforms as T
 
 from models.base import BaseLearner
+from utils.clip_backbone import CLIP_MEAN, CLIP_STD
 from utils.clip_ops import CLIPLearner, begin_task, build_backbone, scores_result, shuffled_batches
 from utils.config import ConfigError, require
 from utils.errors import checked_step
@@ -69,23 +71,6 @@ class PROOFOptions:
                 ("proof_memory_size", self.proof_memory_size >= 0, "an integer >= 0"),
                 ("memory_per_class", self.memory_per_class >= 0, "an integer >= 0")]:
             require(ok, key, getattr(self, key), allowed)
-
-
-PROOF_DATASET_KEYS = {"cifar100": "cifar224", "imagenet_r": "imagenetr", "cub200": "cub"}
-
-
-def released_templates(dataset: str, cache: str) -> List[str]:
-    """PROOF's prompt templates for ``dataset`` from its released ``utils/templates.json``
-    (fetched at the pinned commit, SHA-256 checked): the first trains, all are averaged at test."""
-    import json
-
-    from toolbox.released import fetch_released
-
-    if dataset not in PROOF_DATASET_KEYS:
-        raise ConfigError(f"config key 'templates' = 'released': PROOF's templates.json has no entry for dataset "
-                          f"'{dataset}' (it has {', '.join(PROOF_DATASET_KEYS)}); give a list of templates")
-    with open(fetch_released("proof/utils/templates.json", cache), encoding="utf-8") as f:
-        return list(json.load(f)[PROOF_DATASET_KEYS[dataset]])
 
 
 class FusionBlock(nn.Module):
@@ -163,8 +148,9 @@ class PROOF(CLIPLearner, BaseLearner):
     def __init__(self, args: Dict[str, Any]):
         super().__init__(args)
         self._setup(args)
-        if self.opts.templates == ["released"]:
-            self.opts.templates = released_templates(str(args.get("dataset", "")), self.cfg.released_cache)
+        if self.opts.templates == ["released"]:  # read before the learner is built: toolbox/released.py
+            raise ConfigError("config key 'templates' = 'released' reached the learner unread: build it through "
+                              "toolbox.registry.get_model (which reads PROOF's templates.json), or give the templates")
         self.epochs = (5 if args.get("dataset") == "cifar100" else 10) if self.cfg.epochs == "auto" else \
             int(self.cfg.epochs)
         self._network = build_backbone(self.cfg, self._device).eval()
@@ -178,10 +164,6 @@ class PROOF(CLIPLearner, BaseLearner):
                                        "epochs": {"mode": "fixed", "chosen": self.epochs}}
 
     def _squash_transform(self):
-        from torchvision import transforms as T
-
-        from utils.clip_backbone import CLIP_MEAN, CLIP_STD
-
         r = self._network.input_resolution
         return T.Compose([T.Resize((r, r), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(r),
                           T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])

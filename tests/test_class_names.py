@@ -17,7 +17,7 @@ from tests.conftest import ROOT, shared_released, tiny_args
 from toolbox.configs import build_configs
 from toolbox.data import DatasetError, is_class_id
 from toolbox.data_manager import DataManager
-from toolbox.registry import uses_text
+from toolbox.registry import method_data, uses_text
 from utils.class_names import CIFAR100_CLASSES
 
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "exps", "*.json")))  # exps/tables/ excluded
@@ -88,7 +88,7 @@ def data_manager(cfg, fake_data, monkeypatch):
     monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("must not download"))
     # the split list names real images; the classes are its sorted wnids, as the folders'
     cfg = dataclasses.replace(cfg, data_path=str(base), released_cache=cache, imagenet_r_split=None)
-    return DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg)
+    return DataManager(cfg.dataset, True, 1993, cfg.init_cls, cfg.increment, cfg, **method_data(cfg.model_name))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[os.path.basename(p) for p in SHIPPED])
@@ -139,11 +139,12 @@ def test_id_folders_are_refused_for_text_methods_only(tmp_path, folders, refused
     args = {"data_path": str(tmp_path), "class_order": "default", "model_name": "zs_clip"}
     if refused:
         with pytest.raises(DatasetError, match="config key 'class_names'"):
-            DataManager("folder", False, 0, 1, 1, args)
+            DataManager("folder", False, 0, 1, 1, args, **method_data("zs_clip"))
     else:
-        assert DataManager("folder", False, 0, 1, 1, args).get_total_classnum() == 2
+        assert DataManager("folder", False, 0, 1, 1, args, **method_data("zs_clip")).get_total_classnum() == 2
     # no text, no names needed: the folder names are kept as they are
-    assert DataManager("folder", False, 0, 1, 1, {**args, "model_name": "simplecil"}).get_total_classnum() == 2
+    assert DataManager("folder", False, 0, 1, 1, {**args, "model_name": "simplecil"},
+                       **method_data("simplecil")).get_total_classnum() == 2
 
 
 def folder_args(tmp_path, data):

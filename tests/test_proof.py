@@ -314,9 +314,12 @@ def test_imagenet_r_keeps_the_published_logs_fixed_memory_not_img_json(tmp_path)
 
 
 def test_released_templates_are_prooFs_own(released_cache):
-    from models.proof import released_templates
+    from toolbox.released import released_templates, with_released_options
 
     assert released_templates("cub200", released_cache) == ["a photo of a {}, a type of bird."]
+    args = {"model_name": "proof", "dataset": "cub200", "templates": ["released"], "released_cache": released_cache}
+    assert with_released_options(args)["templates"] == ["a photo of a {}, a type of bird."]  # read before the learner
+    assert args["templates"] == ["released"]  # the run's config keeps the value as written
     cifar = released_templates("cifar100", released_cache)
     assert len(cifar) == 18 and all("{}" in t for t in cifar)
     assert released_templates("imagenet_r", released_cache)[0] == "itap of a {}."

@@ -117,8 +117,11 @@ def test_released_class_order_and_names_with_a_local_copy(tmp_path, released_cac
     monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("must not download"))
     wnids = released_wnids("mgclip/dataset_reqs/imagenet_R_classes.txt")
     fake_imagenet_r(tmp_path, wnids)
-    dm = DataManager("imagenet_r", True, 0, 20, 20, {"data_path": str(tmp_path), "class_order": "released",
-                                                     "class_names": "released", "released_cache": released_cache})
+    args = {"data_path": str(tmp_path), "class_order": "released", "class_names": "released",
+            "released_cache": released_cache}
+    with pytest.raises(ReleasedFileError, match="pass release="):  # 'released': the method's, which the caller says
+        DataManager("imagenet_r", True, 0, 20, 20, args)
+    dm = DataManager("imagenet_r", True, 0, 20, 20, args, release="mgclip")
     with open(shared_released("mgclip/class_orders/imagenet_R.yaml")) as f:
         order = yaml.safe_load(f)["class_order"]
     assert dm.class_order == order and dm.nb_tasks == 10
@@ -134,7 +137,8 @@ def test_a_released_name_file_that_does_not_match_the_folders_is_refused(tmp_pat
     fake_imagenet_r(tmp_path, wnids[:199] + ["n99999999"])
     with pytest.raises(DatasetError, match="line 200 is for .* class folder 200 is n99999999"):
         DataManager("imagenet_r", True, 0, 20, 20, {"data_path": str(tmp_path), "class_order": "default",
-                                                    "class_names": "released", "released_cache": released_cache})
+                                                    "class_names": "released", "released_cache": released_cache},
+                    release="mgclip")
 
 
 def test_released_imagenet100_class_file_is_accepted_as_it_is(tmp_path, released_cache):
@@ -147,7 +151,7 @@ def test_released_imagenet100_class_file_is_accepted_as_it_is(tmp_path, released
             Image.fromarray(pixels).save(tmp_path / "imagenet" / split / w / "a.JPEG")
     dm = DataManager("imagenet100", True, 0, 10, 10, {
         "data_path": str(tmp_path), "class_order": "released", "imagenet100_classes": "released",
-        "class_names": "released", "released_cache": released_cache})
+        "class_names": "released", "released_cache": released_cache}, release="mgclip")
     with open(shared_released("mgclip/dataset_reqs/imagenet100_classes.txt")) as f:
         names = [line.split("\t")[2] for line in f.read().splitlines()]
     with open(shared_released("mgclip/class_orders/imagenet100.yaml")) as f:

@@ -92,6 +92,84 @@ def test_no_import_circles():
     assert cycles(graph) == []
 
 
+# The layers (docs/development.md, "Imports go one way"). main.py and benchmarks/ may import anything.
+DATA_LAYER = {f"toolbox/{n}.py" for n in ("data", "data_manager", "io", "checkpoint", "run_lock", "released",
+                                           "published", "interrupts")}
+ABOVE_DATA = {f"toolbox/{n}.py" for n in ("registry", "configs", "trainer", "report", "table", "analysis",
+                                           "retention", "restore")}
+
+
+def layer_violation(src, target):
+    """Why ``src`` may not import ``target`` (repository paths), or None if it may."""
+    if src.startswith("models/") and not target.startswith(("models/", "utils/")):
+        return "models/ imports only models/ and utils/"
+    if src.startswith("utils/") and target.startswith(("toolbox/", "models/")):
+        return "utils/ never imports toolbox/ or models/"
+    if src.startswith("toolbox/") and target.startswith("models/"):
+        return "toolbox/ reaches learners only through toolbox/registry.py's table (importlib)"
+    if src in DATA_LAYER and target in ABOVE_DATA:
+        return "the data and file layer of toolbox/ imports nothing above it"
+    if (src, target) == ("toolbox/trainer.py", "toolbox/report.py"):
+        return "the trainer gets its end-of-run summary passed in; it does not import the report"
+    return None
+
+
+def test_the_layer_rules_refuse_each_kind_of_wrong_import():
+    for src, target in [("models/proof.py", "toolbox/released.py"), ("utils/clip_ops.py", "toolbox/io.py"),
+                        ("utils/lora.py", "models/base.py"), ("toolbox/retention.py", "models/base.py"),
+                        ("toolbox/data.py", "toolbox/registry.py"), ("toolbox/data_manager.py", "toolbox/configs.py"),
+                        ("toolbox/trainer.py", "toolbox/report.py")]:
+        assert layer_violation(src, target), (src, target)
+    for src, target in [("main.py", "models/mgclip.py"), ("models/proof.py", "utils/clip_ops.py"),
+                        ("toolbox/registry.py", "utils/config.py"), ("toolbox/trainer.py", "toolbox/registry.py"),
+                        ("toolbox/report.py", "toolbox/published.py"), ("toolbox/data_manager.py", "toolbox/data.py")]:
+        assert layer_violation(src, target) is None, (src, target)
+
+
+def test_imports_follow_the_layers():
+    """Every import, lazy ones inside functions included, goes one way (docs/development.md)."""
+    wrong = sorted(f"{f} imports {t}: {why}" for f in code_files() for t in imports_of(f)
+                   for why in [layer_violation(f, t)] if why)
+    assert wrong == []
+
+
+# Project imports inside functions that stay there, each for a reason (file, module); any other is
+# moved to the top of its module, so that the layer rules above and the import graph are read at a glance.
+LAZY_ALLOWED = {
+    # main.py: --help and usage errors answer without loading torch (imports after the arguments are read)
+    ("main.py", "toolbox.interrupts"), ("main.py", "toolbox.exit_codes"), ("main.py", "toolbox.checkpoint"),
+    ("main.py", "toolbox.configs"), ("main.py", "toolbox.report"), ("main.py", "toolbox.trainer"),
+    ("main.py", "utils.config"),
+}
+
+
+def lazy_project_imports(path):
+    """``(path, module)`` of each project import inside a function of ``path``."""
+    tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())
+    found = set()
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{a.name}" if module_path(f"{node.module}.{a.name}") else node.module
+                         for a in node.names]
+            else:
+                continue
+            found |= {(path, name) for name in names if module_path(name)}
+    return found
+
+
+def test_no_lazy_project_imports_but_the_allowed_ones():
+    files = code_files() + [f"benchmarks/{n}" for n in sorted(os.listdir(os.path.join(ROOT, "benchmarks")))
+                            if n.endswith(".py")]
+    found = set().union(*(lazy_project_imports(f) for f in files))
+    assert sorted(found - LAZY_ALLOWED) == [], "move these to the top of their module (or allow one, saying why)"
+    assert sorted(LAZY_ALLOWED - found) == [], "stale entries in LAZY_ALLOWED"
+
+
 def plugin_files():
     """The files docs/forks.md tells a fork to copy (its step 1)."""
     text = open(os.path.join(ROOT, "docs", "forks.md"), encoding="utf-8").read()

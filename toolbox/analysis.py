@@ -28,9 +28,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from toolbox.data import DatasetError
 from toolbox.io import atomic_write, write_json, write_text
 from toolbox.restore import RunDirError, load_learner
+from toolbox.retention import check_specs, evaluate
 from toolbox.subspace import energy_rank, gap_measures, span_basis, subspace_report
+from utils.clip_backbone import clip_transform
+from utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +42,6 @@ logger = logging.getLogger(__name__)
 def sample_images(dm, classes: int, per_class: int, seed: int, resolution: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Up to ``per_class`` test images of each of the first ``classes`` classes, drawn with
     ``seed``, CLIP-preprocessed: (N, 3, R, R), labels (N,)."""
-    from utils.clip_backbone import clip_transform
-
     ds = dm.get_dataset(range(classes), source="test", mode="test", transform=clip_transform(resolution))
     labels = np.asarray(ds.labels)
     rng = np.random.RandomState(seed)
@@ -55,8 +57,6 @@ def analyse(run_dir: str, per_class: int = 20, seed: int = 0, energy: float = 0.
     also the zero-shot retention on each."""
     learner, dm, cfg = load_learner(run_dir)
     if held_out:
-        from toolbox.retention import check_specs
-
         check_specs(held_out, cfg.released_cache)
     trains = learner.trains  # what "trained" means below; a learner that does not say fails here
     classes = learner._known_classes
@@ -87,8 +87,6 @@ def analyse(run_dir: str, per_class: int = 20, seed: int = 0, energy: float = 0.
     if not trains:
         out["skipped"].append(f"{cfg.model_name} trains nothing: 'trained' repeats 'zero_shot'")
     if held_out:
-        from toolbox.retention import evaluate
-
         out["zero_shot_retention"] = [evaluate(learner, spec) for spec in held_out]
     out["_features"] = feats
     out["_labels"] = y
@@ -199,9 +197,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     import yaml
-
-    from toolbox.data import DatasetError
-    from utils.config import ConfigError
 
     try:
         specs = [yaml.safe_load(text) for text in args.held_out]

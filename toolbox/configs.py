@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
+import exps
 from toolbox.registry import (
     LEARNERS,
     check_model_name,
@@ -153,8 +154,6 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
 def shipped_configs_dir() -> str:
     """The folder of the configs shipped with the toolbox (``exps/``, installed as a package)."""
-    import exps
-
     return os.path.dirname(os.path.abspath(exps.__file__))
 
 
@@ -257,8 +256,6 @@ def build_configs(path: Optional[str], overrides: Iterable[str] = ()) -> List[Co
     same data, split, class order, backbone and seeds): each method gets the shared keys,
     the top-level options that are its own, and its section (``"rapf": {...}``: keys for
     that method only, overriding the shared ones). ``--set rapf.beta=1`` reaches a section."""
-    from toolbox.registry import LEARNERS, check_model_name  # late: factory imports this module
-
     data = load_config_file(path) if path else {}
     for key, value in parse_overrides(overrides).items():
         if "." in key and key.split(".", 1)[0] in LEARNERS:

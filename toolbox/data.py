@@ -344,19 +344,12 @@ def load_imagenet100(data_path: str, class_list: Optional[str], class_names: Opt
                               class_names, HOW_TO_GET["imagenet100"], class_dirs=wnids, needs_names=needs_names)
 
 
-def _needs_names(model_name: str) -> str:
-    """``model_name`` if its learner builds prompts from class names (``uses_text``), else ""."""
-    from toolbox.registry import LEARNERS, uses_text
-
-    name = str(model_name).lower()
-    return name if name not in LEARNERS or uses_text(name) else ""
-
-
-def build_raw_data(cfg) -> RawData:
+def build_raw_data(cfg, needs_names: bool = True) -> RawData:
     """Dispatch on ``cfg.dataset`` (a ``Config``). Class names from folders that are ids are
-    refused for a method that uses text (``folder_class_names``)."""
+    refused when ``needs_names``: the method builds prompts from class names (its learner's
+    ``uses_text``, which the caller reads from the registry; ``folder_class_names``)."""
     name = cfg.dataset
-    text = _needs_names(cfg.model_name)
+    text = str(cfg.model_name).lower() if needs_names else ""
     if name == "synthetic":
         return make_synthetic(cfg.synthetic_classes, cfg.synthetic_train_per_class,
                               cfg.synthetic_test_per_class, cfg.synthetic_image_size)

@@ -18,8 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from toolbox.data import DatasetError, RawData, build_raw_data
-from toolbox.registry import method_release
-from toolbox.released import fetch_released, release_of, released_file
+from toolbox.released import ReleasedFileError, fetch_released, release_of, released_file
 from utils.clip_backbone import clip_resize_crop, clip_transform
 from utils.config import Config
 
@@ -80,20 +79,24 @@ def check_class_order(order: Sequence[int], num_classes: int, source: str) -> Li
     return order
 
 
-def _release(cfg: Config, value: Any) -> Optional[str]:
-    """The release a config value names ("released" = the run's method's own), or None."""
+def _release(cfg: Config, value: Any, release: Optional[str]) -> Optional[str]:
+    """The release a config value names ("released" = ``release``, the run's method's own), or None."""
     if not isinstance(value, str):
         return None
-    return release_of(value, method_release(cfg.model_name), cfg.model_name)
+    if value == "released" and release is None:
+        raise ReleasedFileError(f"'released' stands for {cfg.model_name}'s own release, which the data manager was "
+                                f"not told: pass release= (toolbox.registry.method_data), or name one "
+                                f"(released:mgclip)")
+    return release_of(value, release, cfg.model_name)
 
 
-def resolve_released(cfg: Config) -> Config:
+def resolve_released(cfg: Config, release: Optional[str] = None) -> Config:
     """``cfg`` with ``class_names`` / ``imagenet100_classes`` / ``imagenet_r_split`` = "released" replaced by the
-    local, verified copy of the official file (downloaded on first use)."""
-    changes = {key: fetch_released(released_file(key, cfg.dataset, _release(cfg, getattr(cfg, key))),
+    local, verified copy of the official file (downloaded on first use); ``release``: the method's own."""
+    changes = {key: fetch_released(released_file(key, cfg.dataset, _release(cfg, getattr(cfg, key), release)),
                                    cfg.released_cache)
                for key in ("class_names", "imagenet100_classes", "imagenet_r_split")
-               if _release(cfg, getattr(cfg, key))}
+               if _release(cfg, getattr(cfg, key), release)}
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
@@ -262,10 +265,15 @@ class DataManager:
     """PyCIL-compatible: ``DataManager(dataset_name, shuffle, seed, init_cls, increment, args)``.
 
     ``args`` (a dict or ``Config``) supplies data_path, class_order, class_names and the
-    synthetic-data sizes; without it the defaults of ``Config`` apply."""
+    synthetic-data sizes; without it the defaults of ``Config`` apply. What the method
+    needs of its data comes from its learner, which the caller reads from the registry
+    (``toolbox.registry.method_data``): ``release``, what a config value "released"
+    stands for (None: a value must name one, "released:mgclip"), and ``needs_names``:
+    whether it builds prompts from class names (then class folders that are ids are refused as names)."""
 
     def __init__(self, dataset_name: str, shuffle: bool, seed: int, init_cls: int, increment: int,
-                 args: Optional[Union[Dict[str, Any], Config]] = None):
+                 args: Optional[Union[Dict[str, Any], Config]] = None, release: Optional[str] = None,
+                 needs_names: bool = True):
         if isinstance(args, Config):
             cfg = args
         else:
@@ -273,8 +281,8 @@ class DataManager:
                                     "increment": increment}, ignore_unknown=True)
         self.dataset_name = dataset_name
         self.image_size = 224
-        cfg = resolve_released(cfg)
-        raw: RawData = build_raw_data(cfg)
+        cfg = resolve_released(cfg, release)
+        raw: RawData = build_raw_data(cfg, needs_names)
         check_every_class_has_images(raw, dataset_name)
         n = raw.num_classes
         if cfg.shots_per_class is not None:
@@ -286,8 +294,8 @@ class DataManager:
         elif spec in ("shuffle", "default"):
             # "shuffle": PyCIL's seeded permutation (when the caller's ``shuffle`` is true)
             order = shuffled_order(n, seed) if spec == "shuffle" and shuffle else list(range(n))
-        elif _release(cfg, spec):  # an official class-order file (fetched, SHA-256 checked)
-            path = fetch_released(released_file("class_order", cfg.dataset, _release(cfg, spec)),
+        elif _release(cfg, spec, release):  # an official class-order file (fetched, SHA-256 checked)
+            path = fetch_released(released_file("class_order", cfg.dataset, _release(cfg, spec, release)),
                                   cfg.released_cache)
             order = check_class_order(read_class_order(path), n, path)
         else:

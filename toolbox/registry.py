@@ -16,6 +16,7 @@ import re
 from dataclasses import fields
 from typing import Any, Dict, Iterator, List, Optional, Set
 
+from toolbox.released import with_released_options
 from utils.config import ConfigError
 
 LEARNERS: Dict[str, str] = {
@@ -73,6 +74,12 @@ def uses_text(model_name: str) -> bool:
     return bool(getattr(learner_class(model_name), "uses_text", True))
 
 
+def method_data(model_name: str) -> Dict[str, Any]:
+    """What the method needs of its data, as ``DataManager``'s keywords: ``release`` (what
+    "released" stands for) and ``needs_names`` (whether class names must be words)."""
+    return {"release": method_release(model_name), "needs_names": uses_text(model_name)}
+
+
 def with_method(model: str, message: str, own) -> str:
     """An error about one of ``model``'s own options, naming the method first (in a side-by-side
     config several methods may have an option of that name)."""
@@ -81,10 +88,11 @@ def with_method(model: str, message: str, own) -> str:
 
 
 def get_model(model_name: str, args: Dict[str, Any]):
-    """The learner registered as ``model_name``, built with ``args`` (a dict). An option the
+    """The learner registered as ``model_name``, built with ``args`` (a dict; option values that
+    stand for an official file, such as PROOF's ``templates: released``, read first). An option the
     learner refuses only once built (e.g. against its backbone) names the method."""
     try:
-        return learner_class(model_name)(args)
+        return learner_class(model_name)(with_released_options(args))  # official files read here, not by learners
     except ConfigError as e:
         raise ConfigError(with_method(str(model_name).lower(), str(e), option_names(model_name))) from None
 

@@ -11,9 +11,11 @@ config value ``released`` (the run's method's release) or ``released:<release>``
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from utils.config import Config, ConfigError
 from utils.download import fetch_verified
 
 # release -> (GitHub repository, pinned commit)
@@ -123,6 +125,30 @@ def fetch_released(name: str, cache_dir: str) -> str:
     return fetch_verified(url_of(name), cache_path(name, cache_dir), SHA256[name], ReleasedFileError,
                           f"or set config key 'released_cache' to a folder that holds it as {inside}.",
                           redownload_mismatch=False) + sep + key
+
+
+# PROOF's templates.json key per dataset (option ``templates: released``).
+PROOF_TEMPLATE_KEYS = {"cifar100": "cifar224", "imagenet_r": "imagenetr", "cub200": "cub"}
+
+
+def released_templates(dataset: str, cache: str) -> List[str]:
+    """PROOF's prompt templates for ``dataset`` from its released ``utils/templates.json``
+    (fetched at the pinned commit, SHA-256 checked): the first trains, all are averaged at test."""
+    if dataset not in PROOF_TEMPLATE_KEYS:
+        raise ConfigError(f"config key 'templates' = 'released': PROOF's templates.json has no entry for dataset "
+                          f"'{dataset}' (it has {', '.join(PROOF_TEMPLATE_KEYS)}); give a list of templates")
+    with open(fetch_released("proof/utils/templates.json", cache), encoding="utf-8") as f:
+        return list(json.load(f)[PROOF_TEMPLATE_KEYS[dataset]])
+
+
+def with_released_options(args: Dict[str, Any]) -> Dict[str, Any]:
+    """The learner's ``args`` with each option value that stands for an official file replaced by
+    the file's contents, before the learner is built (``toolbox.registry.get_model``): PROOF's
+    ``templates: released``. The run's config keeps the value as written."""
+    if args.get("model_name") == "proof" and args.get("templates") in ("released", ["released"]):
+        return {**args, "templates": released_templates(str(args.get("dataset", "")),
+                                                        args.get("released_cache", Config.released_cache))}
+    return args
 
 
 def released_file(key: str, dataset: str, release: str = "mgclip") -> str:

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from toolbox.io import atomic_write, write_text
+from toolbox.io import atomic_write, write_json, write_text
 from toolbox.published import ACCURACY, ours, published_for
 from toolbox.run_lock import LOCK_NAME
 from utils.config import PLACEMENT_KEYS
@@ -378,6 +378,32 @@ def summary_text(groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]]) 
     against the published figures (what a run logs when it ends)."""
     return (summary_markdown([summary_row(k, g) for k, g in groups.items()]) +
             published_markdown(published_rows(groups))).rstrip()
+
+
+def run_summary(results: Dict[str, Any]) -> str:
+    """What a finished run logs as its "summary:" line (the trainer's ``summary``): its row and,
+    where it runs a published protocol, its row against the published figures."""
+    return summary_text({group_key(results): [results]})
+
+
+def seeds_summary(run_dirs: List[str], seeds: List[int], prefix: str) -> str:
+    """The seeds of one config: ``<prefix>_summary.json`` beside the run directories (mean and std
+    of Avg and Last, the figures of the report's row), logged with the table; returns its path."""
+    finals = [load_run(d) for d in run_dirs]
+    row = summary_row(group_key(finals[0]), finals)
+    summary: Dict[str, Any] = {"runs": run_dirs, "seeds": seeds}
+    for key in ("avg", "last"):
+        summary[key] = {"mean": row[f"{key}_mean"], "std": row[f"{key}_std"], "values": [r[key] for r in finals]}
+    path = os.path.join(os.path.dirname(run_dirs[0]), f"{prefix}_summary.json")
+    write_json(path, summary)
+    logger.info("summary over %d seeds -> %s:\n%s", len(run_dirs), path, summary_text({group_key(finals[0]): finals}))
+    return path
+
+
+def side_by_side_summary(run_dirs: List[str]) -> str:
+    """The methods of a side-by-side config in one table, and their rows against published
+    figures where they run a published protocol."""
+    return summary_text(group_runs([load_run(d) for d in run_dirs]))
 
 
 def retention_rows(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Any, Tuple
 from toolbox.checkpoint import CheckpointError, load_checkpoint
 from toolbox.configs import build_config
 from toolbox.data_manager import DataManager
-from toolbox.registry import get_model
+from toolbox.registry import get_model, method_data
 from utils.config import Config, ConfigError
 
 
@@ -31,7 +31,7 @@ def load_learner(run_dir: str) -> Tuple[Any, DataManager, Config]:
         raise RunDirError(f"{run_dir}: no task has completed yet; analyse it after its first task")
     seed = int(state["config"]["seed"])
     resolved = {**cfg.to_dict(), "seed": seed}
-    dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg)
+    dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg, **method_data(cfg.model_name))
     learner = get_model(cfg.model_name, resolved)
     learner.load_state_dict(state["learner"])
     return learner, dm, cfg

@@ -32,15 +32,19 @@ import torch
 from PIL import Image
 
 from toolbox.configs import check_held_out_spec
+from toolbox.data import DatasetError, build_raw_data
+from toolbox.data_manager import open_rgb
+from toolbox.io import write_json
+from toolbox.released import ReleasedFileError, fetch_released
 from toolbox.restore import RunDirError, load_learner
+from utils.clip_backbone import clip_resize_crop, ensure_pkg_resources
 from utils.config import Config, ConfigError
+from utils.preprocess import DevicePreprocess
 
 logger = logging.getLogger(__name__)
 
 
 def corruptions_module():
-    from utils.clip_backbone import ensure_pkg_resources
-
     ensure_pkg_resources()  # imagecorruptions imports pkg_resources, gone from setuptools >= 81
     try:
         with warnings.catch_warnings():
@@ -120,8 +124,6 @@ def held_out_config(spec: Dict[str, Any], released_cache: str) -> Config:
                                  "synthetic_image_size") if spec.get(k) is not None}
     names = keys.get("class_names", "")
     if names.startswith("released:") and "/" in names:
-        from toolbox.released import fetch_released
-
         keys["class_names"] = fetch_released(names.split(":", 1)[1], released_cache)
     return Config.from_dict({"dataset": spec["dataset"], "class_order": "default", **keys, "init_cls": 1,
                              "increment": 1})
@@ -131,10 +133,6 @@ def held_out_images(spec: Dict[str, Any], resolution: int,
                     released_cache: str = Config.released_cache) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """The held-out test images resized and cropped like CLIP (uint8 (N, R, R, 3)), labels,
     class names."""
-    from toolbox.data import build_raw_data
-    from toolbox.data_manager import open_rgb
-    from utils.clip_backbone import clip_resize_crop
-
     raw = build_raw_data(held_out_config(spec, released_cache))
     idx = np.arange(len(raw.test_targets))
     if spec.get("max_images") and spec["max_images"] < len(idx):
@@ -150,8 +148,6 @@ def zero_shot_accuracy(learner, images: np.ndarray, labels: np.ndarray, names: L
                        batch: int = 256) -> float:
     """Top-1 (%) of zero-shot classification of ``images`` (uint8, CLIP-sized) among ``names``
     with the learner's views (``models/base.py``): as trained, or as zero-shot CLIP."""
-    from utils.preprocess import DevicePreprocess
-
     normalise = DevicePreprocess(images.shape[1], learner._device)  # CLIP-sized: normalisation only
     text = learner.text_view(names, trained)
     correct = 0
@@ -179,11 +175,11 @@ def evaluate(learner, spec: Dict[str, Any]) -> Dict[str, Any]:
 
 def check_views(learner) -> None:
     """Retention compares the learner's views (``models/base.py``) as trained and as
-    zero-shot CLIP: a learner without them is refused before a run starts."""
-    from models.base import BaseLearner
-
+    zero-shot CLIP: a learner without them is refused before a run starts. Read from the
+    learner's class (duck typing): a hook it lacks, or the default that refuses (marked
+    ``refuses`` in ``models/base.py``), is missing."""
     missing = [hook for hook in ("image_view", "text_view")
-               if getattr(type(learner), hook, None) is getattr(BaseLearner, hook)]
+               if getattr(getattr(type(learner), hook, None), "refuses", True)]
     if missing:
         raise ConfigError(f"config key 'zero_shot_eval': {type(learner).__name__} has no {' or '.join(missing)} "
                           f"(models/base.py), so its zero-shot retention cannot be measured; remove the key")
@@ -191,8 +187,6 @@ def check_views(learner) -> None:
 
 def check_specs(specs: List[Dict[str, Any]], released_cache: str = Config.released_cache) -> None:
     """Before a run: each spec is valid, its corruption runs here, and its data loads."""
-    from toolbox.data import build_raw_data
-
     for spec in specs:
         check_held_out_spec(spec)
         if spec.get("corruption"):
@@ -213,10 +207,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", help="output file (default: RUN/retention.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from toolbox.data import DatasetError
-    from toolbox.io import write_json
-    from toolbox.released import ReleasedFileError
-
     spec = {k: v for k, v in vars(args).items() if k not in ("run", "out") and v is not None}
     try:
         learner, _, _ = load_learner(args.run)

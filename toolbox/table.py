@@ -39,13 +39,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from toolbox import interrupts
 from toolbox.checkpoint import CheckpointError, config_differences, load_checkpoint
-from toolbox.configs import load_config_file, make_config, shipped_configs_dir
+from toolbox.configs import load_config_file, make_config, parse_overrides, shipped_configs_dir
 from toolbox.exit_codes import exit_code
 from toolbox.io import write_text
 from toolbox.published import ACCURACY, ours, published_for
 from toolbox.registry import LEARNERS, check_model_name
-from toolbox.report import _mean, _std, latex_escape, latex_pm
-from toolbox.trainer import ATTEMPT, CHECKPOINT, REPLACING, run_dir_for
+from toolbox.report import _mean, _std, latex_escape, latex_pm, run_summary
+from toolbox.trainer import ATTEMPT, CHECKPOINT, REPLACING, run_dir_for, run_one
 from utils.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -115,8 +115,6 @@ def _protocols(table: Dict[str, Any]) -> Dict[str, Tuple[Dict[str, str], Dict[st
 def plan(table: Dict[str, Any], overrides: Sequence[str] = ()) -> List[PlannedRun]:
     """Every run of the table with what it would do; nothing is written. Every config is
     built (and so checked) first; a run folder that holds another config is refused."""
-    from toolbox.configs import parse_overrides
-
     methods = [check_model_name(m) for m in table["methods"]]
     shared, command_line = table.get("set") or {}, parse_overrides(overrides)
     runs = []
@@ -187,9 +185,7 @@ def status_of(run_dir: str, resolved: Dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- running
 def run_planned(config: Dict[str, Any]) -> str:
     """One run (start or continue from its checkpoint); what an executor's job calls."""
-    from toolbox.trainer import run_one
-
-    return run_one(make_config(config), int(config["seed"]), resume=True)
+    return run_one(make_config(config), int(config["seed"]), resume=True, summary=run_summary)
 
 
 class _Job:
@@ -414,8 +410,6 @@ def overrides_slug(overrides: Sequence[str]) -> str:
     set twice counts as the last). A value that does not read back from its name exactly
     (``/``, ``_``, spaces, lists, quoted numbers) or a long name gets a short hash of all
     the overrides, so distinct overrides never share a name. ``""`` without overrides."""
-    from toolbox.configs import parse_overrides
-
     parsed = parse_overrides(overrides)
     parts, exact = [], True
     for key in sorted(parsed):
@@ -432,8 +426,6 @@ def overrides_slug(overrides: Sequence[str]) -> str:
 
 
 def _reads_back(key: str, text: str, value: Any) -> bool:
-    from toolbox.configs import parse_overrides
-
     try:
         again = parse_overrides([f"{key}={text}"])[key]
     except ConfigError:
@@ -454,8 +446,6 @@ def table_identity(config_path: str, table: Dict[str, Any], overrides: Sequence[
                    runs: List[PlannedRun]) -> Dict[str, Any]:
     """What ``table.json`` records: the table's name, its config file, the ``--set``
     overrides (as given and as read) and the run folders."""
-    from toolbox.configs import parse_overrides
-
     return {"name": table["name"], "config": os.path.abspath(config_path), "set": list(overrides),
             "overrides": parse_overrides(overrides), "runs": [r.run_dir for r in runs]}
 

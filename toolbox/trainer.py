@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ from toolbox.checkpoint import (
 )
 from toolbox.data_manager import DataManager
 from toolbox.io import WriteError, fsync_folder, remove_stale_temps, write_error, write_json, write_text
-from toolbox.registry import get_model
-from toolbox.report import group_key, group_runs, load_run, summary_row, summary_text
+from toolbox.registry import get_model, method_data
+from toolbox.retention import check_specs, check_views, evaluate
 from toolbox.run_lock import RunLock
 from utils.config import Config
 from utils.errors import NonFiniteError, user_message
@@ -121,8 +121,10 @@ class _Prepared:
 
 
 def run_one(cfg: Config, seed: int, resume: Union[bool, str] = False, run_dir: Optional[str] = None,
-            overwrite: bool = False) -> str:
-    """Run every task for one seed; returns the run directory.
+            overwrite: bool = False, summary: Optional[Callable[[Dict[str, Any]], str]] = None) -> str:
+    """Run every task for one seed; returns the run directory. ``summary``: the text a
+    finished run logs as its "summary:" line, from its results (``toolbox.report.run_summary``;
+    None: no such line). The trainer does not import the report: its caller passes it.
 
     ``resume``: False = start (refused if the folder holds an earlier run's results or
     checkpoint, unless ``overwrite``); True = continue from the checkpoint if there is
@@ -152,7 +154,7 @@ def run_one(cfg: Config, seed: int, resume: Union[bool, str] = False, run_dir: O
         root.setLevel(min(root.getEffectiveLevel(), logging.INFO))  # run.log has every INFO line, whatever -q says
         where: Dict[str, Any] = {}
         try:
-            _run(p, where)
+            _run(p, where, summary)
         except KeyboardInterrupt:
             message = _interrupted_message(p, where)
             handler.write_line(f"error: {message}")
@@ -181,11 +183,9 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str], 
     ckpt = pending_path(run_dir, CHECKPOINT) if work_dir == run_dir else os.path.join(work_dir, CHECKPOINT)
     state = _load_resume_state(ckpt, resume, resolved)
     seed_everything(seed)
-    dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg)
+    dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg, **method_data(cfg.model_name))
     learner = get_model(cfg.model_name, resolved)  # builds the backbone on the device
     if cfg.zero_shot_eval:
-        from toolbox.retention import check_specs, check_views
-
         check_views(learner)
         check_specs(cfg.zero_shot_eval, cfg.released_cache)  # held-out data loads, corruptions run here
     if state is not None:
@@ -421,7 +421,7 @@ class _Progress:
         return {name: [m.get(name) for m in self.task_metrics] for name in self.metric_names()}
 
 
-def _run(p: _Prepared, where: Dict[str, Any]) -> None:
+def _run(p: _Prepared, where: Dict[str, Any], summary: Optional[Callable[[Dict[str, Any]], str]] = None) -> None:
     """The run itself, in its locked folder (``p.work_dir``: the run folder, or the
     replacement's ``.attempt``): from here on its files are ours to write. Ends with
     Ctrl-C held (``interrupts.hold``) once every result is written."""
@@ -495,13 +495,12 @@ def _run(p: _Prepared, where: Dict[str, Any]) -> None:
         raise CheckpointError(f"{results_path} is missing or unreadable although {ckpt_path} has every task; "
                               f"restore it, or start the run over with --overwrite")
     if cfg.zero_shot_eval and "zero_shot_retention" not in results:
-        from toolbox.retention import evaluate
-
         results["zero_shot_retention"] = [evaluate(learner, spec) for spec in cfg.zero_shot_eval]
         write_json(results_path, results)
     where["finished"] = True
     interrupts.hold()  # every result is written: a Ctrl-C from here on no longer stops anything
-    logger.info("summary:\n%s", summary_text({group_key(results): [results]}))
+    if summary is not None:
+        logger.info("summary:\n%s", summary(results))
     logger.info("done in %.1f s -> %s", time.perf_counter() - start_run, p.run_dir)
 
 
@@ -583,28 +582,12 @@ def check_only(cfg: Config, resume: Union[bool, str] = False, run_dir: Optional[
     return lines
 
 
-def side_by_side_summary(run_dirs: List[str]) -> str:
-    """The methods of a side-by-side config in one table (rows as ``toolbox.report`` makes
-    them), and their rows against published figures where they run a published protocol."""
-    return summary_text(group_runs([load_run(d) for d in run_dirs]))
-
-
-def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> List[str]:
+def run(cfg: Config, resume: bool = False, overwrite: bool = False,
+        summary: Optional[Callable[[Dict[str, Any]], str]] = None) -> List[str]:
     """All seeds of ``cfg`` (each continued from its checkpoint with ``resume``; each
-    replacing an earlier run once finished with ``overwrite``); with several seeds also
-    writes ``<prefix>_summary.json`` (mean and std of Avg and Last) beside the run
-    directories. Each seed's folder must be writable, hold no earlier run unasked and,
-    with ``resume``, each checkpoint must fit the config before the first seed starts."""
+    replacing an earlier run once finished with ``overwrite``; ``summary`` as for
+    ``run_one``). Each seed's folder must be writable, hold no earlier run unasked and,
+    with ``resume``, each checkpoint must fit the config before the first seed starts. The
+    summary over several seeds is the report's (``toolbox.report.seeds_summary``)."""
     precheck(cfg, resume, overwrite)
-    run_dirs = [run_one(cfg, seed, resume=resume, overwrite=overwrite) for seed in cfg.seeds()]
-    if len(run_dirs) > 1:
-        finals = [load_run(d) for d in run_dirs]
-        row = summary_row(group_key(finals[0]), finals)  # the same figures the report prints
-        summary = {"runs": run_dirs, "seeds": cfg.seeds()}
-        for key in ("avg", "last"):
-            summary[key] = {"mean": row[f"{key}_mean"], "std": row[f"{key}_std"], "values": [r[key] for r in finals]}
-        path = os.path.join(os.path.dirname(run_dirs[0]), f"{cfg.prefix}_summary.json")
-        write_json(path, summary)
-        logger.info("summary over %d seeds -> %s:\n%s", len(run_dirs), path,
-                    summary_text({group_key(finals[0]): finals}))
-    return run_dirs
+    return [run_one(cfg, seed, resume=resume, overwrite=overwrite, summary=summary) for seed in cfg.seeds()]

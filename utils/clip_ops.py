@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from utils.class_names import CIFAR100_CLASSES
 from utils.clip_backbone import ClipBackbone, autocast, clip_transform, load_clip, resolve_device, set_matmul_precision
 from utils.config import DATASETS, Config, map_c3box_keys
+from utils.lora import apply_lora
+from utils.metrics import accuracy_dict
 from utils.preprocess import DevicePreprocess
 
 logger = logging.getLogger(__name__)
@@ -147,8 +149,6 @@ def begin_task(learner, data_manager) -> range:
 def scores_result(learner, scores: torch.Tensor, labels: torch.Tensor) -> tuple:
     """``eval_task``'s return value from class scores (N, seen) and labels (N,): top-k
     predictions -> PyCIL's accuracy dict (per task) -> the fork's or this toolbox's tuple."""
-    from utils.metrics import accuracy_dict
-
     y_pred = torch.topk(scores, k=min(learner.topk, scores.shape[1]), dim=1).indices.cpu().numpy()
     return eval_result(learner, accuracy_dict(y_pred, labels.cpu().numpy(), learner._task_ranges,
                                               learner._known_classes, learner.topk))
@@ -262,8 +262,6 @@ def build_backbone(cfg: Config, device: torch.device, lora=None) -> ClipBackbone
     with ``lora_rank``, ``lora_alpha``, ``lora_targets``, ``lora_encoders``)."""
     backbone = load_clip(cfg.backbone, cfg.clip_cache)
     if lora is not None:
-        from utils.lora import apply_lora
-
         apply_lora(backbone, lora.lora_rank, lora.lora_alpha, lora.lora_targets, lora.lora_encoders)
     else:
         backbone.requires_grad_(False)
