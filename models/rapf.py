@@ -38,8 +38,8 @@ from utils.clip_ops import (
 from utils.config import require
 from utils.errors import checked_step
 from utils.feature_cache import FeatureCache
-from utils.fusion import svd_fusion
 from utils.gaussian import ClassGaussians
+from utils.parameter_fusion import svd_fusion
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""PROOF (SPEC-PROOF P1-P10), each item against an independent computation: the official
+"""PROOF (docs/methods/proof.md items P1-P10), each item against an independent computation: the official
 logs' parameter counts, the fusion block by hand, herding on a toy set, prototypes,
 losses and the inference rule recomputed, batch dependence and its per-sample option."""
 import json

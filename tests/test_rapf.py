@@ -19,8 +19,8 @@ from tests.conftest import ROOT, SHARED_RELEASED, tiny_args
 from toolbox.configs import build_configs, make_config
 from toolbox.data_manager import DataManager
 from utils.config import ConfigError
-from utils.fusion import svd_fusion
 from utils.gaussian import ClassGaussians, shrunk_covariance
+from utils.parameter_fusion import svd_fusion
 
 
 def rapf_args(tmp_path, **over):

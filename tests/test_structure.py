@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 
 PACKAGES = ("models", "utils", "toolbox", "exps", "benchmarks")
 # Pieces of methods other than the plugin's (RAPF, PROOF): in utils/, not copied into forks.
-METHOD_PIECES = {"utils/feature_cache.py", "utils/fusion.py", "utils/gaussian.py", "utils/herding.py",
+METHOD_PIECES = {"utils/feature_cache.py", "utils/parameter_fusion.py", "utils/gaussian.py", "utils/herding.py",
                  "utils/adapter.py", "utils/prototypes.py", "utils/moe.py", "utils/prompt_pool.py",
                  "utils/augment.py"}
 
