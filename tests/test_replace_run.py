@@ -19,7 +19,7 @@ from main import main
 from tests.conftest import ROOT, write_cfg
 from tests.test_data import write_jpeg_split
 from tests.test_resume import read, snapshot, without_timings
-from toolbox import trainer
+from toolbox import report, trainer
 from toolbox.run_lock import OWNER_NAME
 from toolbox.trainer import ATTEMPT, REPLACING
 from utils.clip_backbone import ClipBackbone
@@ -283,13 +283,13 @@ def test_a_process_killed_while_moving_the_replacement_in_is_completed_by_the_ne
 # ----------------------------------------------------------------------------- Ctrl-C after the end
 def sigint_while_the_summary_is_logged(monkeypatch):
     """Sends SIGINT to this process right after a run's last result is written."""
-    real = trainer.summary_text
+    real = report.run_summary
 
-    def summary(groups):
+    def summary(results):
         os.kill(os.getpid(), signal.SIGINT)
-        return real(groups)
+        return real(results)
 
-    monkeypatch.setattr(trainer, "summary_text", summary)
+    monkeypatch.setattr(report, "run_summary", summary)  # main hands it to the trainer, which calls it last
 
 
 def test_ctrl_c_after_the_run_finished_exits_0(tmp_path, capsys, monkeypatch):

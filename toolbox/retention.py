@@ -179,7 +179,7 @@ def check_views(learner) -> None:
     learner's class (duck typing): a hook it lacks, or the default that refuses (marked
     ``refuses`` in ``models/base.py``), is missing."""
     missing = [hook for hook in ("image_view", "text_view")
-               if getattr(getattr(type(learner), hook, None), "refuses", True)]
+               if getattr(type(learner), hook, None) is None or getattr(getattr(type(learner), hook), "refuses", False)]
     if missing:
         raise ConfigError(f"config key 'zero_shot_eval': {type(learner).__name__} has no {' or '.join(missing)} "
                           f"(models/base.py), so its zero-shot retention cannot be measured; remove the key")
