@@ -45,7 +45,7 @@ from toolbox.io import write_text
 from toolbox.published import ACCURACY, ours, published_for
 from toolbox.registry import LEARNERS, check_model_name
 from toolbox.report import _mean, _std, latex_escape, latex_pm, run_summary
-from toolbox.trainer import ATTEMPT, CHECKPOINT, REPLACING, run_dir_for, run_one
+from toolbox.trainer import ATTEMPT, CHECKPOINT, REPLACING, read_results, run_dir_for, run_one
 from utils.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -155,14 +155,8 @@ def status_of(run_dir: str, resolved: Dict[str, Any]) -> str:
         return f"{status} (the replacement in {ATTEMPT}/)"
     if os.path.isdir(os.path.join(run_dir, REPLACING)):
         return "continue (moves in the finished replacement in .replacing/)"
-    results, ckpt = os.path.join(run_dir, "results.json"), os.path.join(run_dir, CHECKPOINT)
-    saved = None
-    if os.path.isfile(results):
-        try:
-            with open(results, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            saved = None
+    ckpt = os.path.join(run_dir, CHECKPOINT)
+    saved = read_results(os.path.join(run_dir, "results.json"))
     if saved and saved.get("finished"):
         diffs = config_differences(saved.get("config", {}), resolved)
         if not diffs:

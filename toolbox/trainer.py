@@ -180,7 +180,7 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str], 
     resolved = {**cfg.to_dict(), "seed": seed}
     check_writable(run_dir)
     work_dir = choose_work_dir(run_dir, resume, overwrite)
-    ckpt = pending_path(run_dir, CHECKPOINT) if work_dir == run_dir else os.path.join(work_dir, CHECKPOINT)
+    ckpt = _checkpoint_before_lock(run_dir, work_dir)
     state = _load_resume_state(ckpt, resume, resolved)
     seed_everything(seed)
     dm = DataManager(cfg.dataset, True, seed, cfg.init_cls, cfg.increment, cfg, **method_data(cfg.model_name))
@@ -201,7 +201,14 @@ def pending_path(run_dir: str, name: str) -> str:
     return staged if os.path.exists(staged) else os.path.join(run_dir, name)
 
 
-def _read_results(path: str) -> Optional[Dict[str, Any]]:
+def _checkpoint_before_lock(run_dir: str, work_dir: str) -> str:
+    """The checkpoint a run working in ``work_dir`` would continue, as the checks see it
+    before the lock (a move-in that a killed process began counts as done)."""
+    return pending_path(run_dir, CHECKPOINT) if work_dir == run_dir else os.path.join(work_dir, CHECKPOINT)
+
+
+def read_results(path: str) -> Optional[Dict[str, Any]]:
+    """A results.json as a dict, or None when it is missing, unreadable or not an object."""
     try:
         with open(path, "r", encoding="utf-8") as f:
             results = json.load(f)
@@ -215,7 +222,7 @@ def describe_run(folder: str) -> Optional[str]:
     run (3/3 tasks, Last 45.20 %)"); None when nothing would be lost (no task completed
     and no checkpoint: a run that stopped in its first task, or nothing)."""
     results_path = pending_path(folder, "results.json")
-    results = _read_results(results_path)
+    results = read_results(results_path)
     if results is not None:
         done = results.get("completed_tasks", len(results.get("accuracy") or []))
         total = results.get("nb_tasks", "?")
@@ -289,7 +296,7 @@ def _already_complete(p: _Prepared) -> bool:
     if asked): nothing is written, not even run.log."""
     if p.state is None or p.replacing or p.state["completed_tasks"] < p.dm.nb_tasks:
         return False
-    results = _read_results(os.path.join(p.run_dir, "results.json")) or {}
+    results = read_results(os.path.join(p.run_dir, "results.json")) or {}
     return not p.cfg.zero_shot_eval or "zero_shot_retention" in results
 
 
@@ -452,7 +459,7 @@ def _run(p: _Prepared, where: Dict[str, Any], summary: Optional[Callable[[Dict[s
     learner.on_checkpoint = save_checkpoint_now  # e.g. MG-CLIP calls it once the epoch probe has chosen E
 
     first = len(progress.accuracies)
-    results = _read_results(results_path) if first == dm.nb_tasks else None
+    results = read_results(results_path) if first == dm.nb_tasks else None
     loop_start = time.perf_counter()
     for task in range(first, dm.nb_tasks):
         where["task"] = task + 1
@@ -553,8 +560,7 @@ def precheck(cfg: Config, resume: bool = False, overwrite: bool = False) -> None
     for seed in cfg.seeds():
         run_dir = run_dir_for(cfg, seed)
         check_writable(run_dir)
-        work_dir = choose_work_dir(run_dir, resume, overwrite)
-        ckpt = pending_path(run_dir, CHECKPOINT) if work_dir == run_dir else os.path.join(work_dir, CHECKPOINT)
+        ckpt = _checkpoint_before_lock(run_dir, choose_work_dir(run_dir, resume, overwrite))
         _load_resume_state(ckpt, resume, {**resolved, "seed": seed})
 
 
