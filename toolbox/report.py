@@ -25,7 +25,7 @@ import numpy as np
 
 from toolbox.io import atomic_write, write_json, write_text
 from toolbox.published import ACCURACY, ours, published_for
-from toolbox.run_lock import LOCK_NAME
+from toolbox.run_lock import ATTEMPT, LOCK_NAME, REPLACING  # hidden: the walk never enters them
 from utils.config import PLACEMENT_KEYS
 
 logger = logging.getLogger(__name__)
@@ -45,9 +45,6 @@ class ReportError(RuntimeError):
 # Files a run writes into its folder before its first task ends (results.json comes after
 # each task): a folder holding one of them but no results.json is a run with no task done.
 RUN_MARKERS = ("config.json", "run.log", "checkpoint.pt", LOCK_NAME)
-# Hidden subfolders of a run folder that hold a replacement run not yet swapped in; the
-# walk never enters a hidden folder, so neither is ever read as a run.
-ATTEMPT, REPLACING = ".attempt", ".replacing"
 
 
 def scan_runs(paths: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]], List[Tuple[str, str]]]:

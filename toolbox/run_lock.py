@@ -20,6 +20,10 @@ from toolbox.io import remove_quietly, write_error, write_json
 
 LOCK_NAME = ".run.lock"
 OWNER_NAME = ".run.owner.json"
+# A run folder's other hidden names (toolbox/trainer.py writes them, toolbox/report.py never reads
+# them as runs): a replacement run (--overwrite) until it finishes, and a finished one being moved in.
+ATTEMPT = ".attempt"
+REPLACING = ".replacing"
 
 
 class RunLockedError(RuntimeError):

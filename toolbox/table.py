@@ -45,7 +45,8 @@ from toolbox.io import write_text
 from toolbox.published import ACCURACY, ours, published_for
 from toolbox.registry import LEARNERS, check_model_name
 from toolbox.report import _mean, _std, latex_escape, latex_pm, run_summary
-from toolbox.trainer import ATTEMPT, CHECKPOINT, REPLACING, read_results, run_dir_for, run_one
+from toolbox.run_lock import ATTEMPT, REPLACING
+from toolbox.trainer import CHECKPOINT, read_results, run_dir_for, run_one
 from utils.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)

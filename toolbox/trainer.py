@@ -41,7 +41,7 @@ from toolbox.data_manager import DataManager
 from toolbox.io import WriteError, fsync_folder, remove_stale_temps, write_error, write_json, write_text
 from toolbox.registry import get_model, method_data
 from toolbox.retention import check_specs, check_views, evaluate
-from toolbox.run_lock import RunLock
+from toolbox.run_lock import ATTEMPT, REPLACING, RunLock
 from utils.config import Config
 from utils.errors import NonFiniteError, user_message
 from utils.metrics import summarize, task_mean_accuracies
@@ -89,8 +89,6 @@ def _metrics_csv(rows: List[Dict[str, Any]], metric_names: List[str]) -> str:
 
 CHECKPOINT = "checkpoint.pt"
 OUTPUTS = ("results.json", "metrics.csv", CHECKPOINT)  # a run's outputs (besides config.json and run.log)
-ATTEMPT = ".attempt"  # a replacement run (--overwrite) until it finishes: a run folder of its own
-REPLACING = ".replacing"  # a finished replacement whose files are being moved into the run folder
 
 
 class RunInterrupted(RuntimeError):
