@@ -27,6 +27,7 @@ LEARNERS: Dict[str, str] = {
     "simplecil": "models.simplecil:SimpleCIL",
     "aper_adapter": "models.aper_adapter:APER",
     "moe_adapters": "models.moe_adapters:MoEAdapters",
+    "magmax": "models.magmax:MagMax",
     "l2p": "models.prompts:L2P",
     "dualprompt": "models.prompts:DualPrompt",
     "coda_prompt": "models.prompts:CODAPrompt",
