@@ -274,3 +274,26 @@ def test_demo_and_check_through_main(tmp_path):
     start = time.perf_counter()
     assert main(["--config", str(path), "-q"]) == 0
     assert time.perf_counter() - start < 60
+
+
+def test_zero_shot_retention_runs_on_it_and_its_zero_shot_side_is_clip(tmp_path):
+    """toolbox/retention.py on a MagMax run: its zero-shot side (theta_0, one template as
+    zero-shot CLIP's prompt) equals a zero-shot CLIP run's, image for image; the model side
+    is the merged encoder's."""
+    from main import main
+    from toolbox.configs import make_config
+    from toolbox.trainer import run_dir_for
+
+    held_out = [{"dataset": "synthetic", "synthetic_classes": 5, "synthetic_test_per_class": 4, "name": "clean"}]
+    out = {}
+    for model, extra in (("magmax", {"templates": ["a good photo of a {}."]}), ("zs_clip", {})):
+        args = {**tiny_args(tmp_path, model_name=model, zero_shot_eval=held_out), **extra}
+        if model == "magmax":
+            args.update(lr=1e-3, warmup_steps=2)
+        (tmp_path / f"{model}.json").write_text(json.dumps(args))
+        assert main(["--config", str(tmp_path / f"{model}.json"), "-q"]) == 0
+        with open(f"{run_dir_for(make_config(args), 1993)}/results.json") as f:
+            out[model] = json.load(f)["zero_shot_retention"][0]
+    assert out["magmax"]["zero_shot_clip"] == out["zs_clip"]["zero_shot_clip"] == out["zs_clip"]["model"]
+    assert out["magmax"]["images"] == 20
+    assert out["magmax"]["delta"] == pytest.approx(out["magmax"]["model"] - out["magmax"]["zero_shot_clip"])
