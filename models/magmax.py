@@ -83,7 +83,7 @@ class MagMaxOptions:
         "help": "prompt templates averaged into each class's classifier row (M2), each with one '{}'; 'dataset': "
                 "CLIP's 18 for cifar100, its 80 ImageNet ones for imagenet_r, else prompt_template"})
     train_augment: Literal["official", "none"] = field(default="official", metadata={
-        "help": "official: open_clip's training transform, RandomResizedCrop (scale 0.9-1, bicubic); none: centre crop"})
+        "help": "official: open_clip's training crop, RandomResizedCrop (scale 0.9-1, bicubic); none: centre crop"})
 
     def validate(self) -> None:
         for key, ok, allowed in [
@@ -177,7 +177,7 @@ class MagMax(CLIPLearner, BaseLearner):
     # ------------------------------------------------------------------ training
     def incremental_train(self, data_manager) -> None:
         new = begin_task(self, data_manager)
-        net, cfg, R = self._network, self.cfg, self._network.input_resolution
+        cfg, R = self.cfg, self._network.input_resolution
         with self._timed("text"):
             self.class_text = torch.cat([self.class_text, self.class_rows(self._names[new.start:])])
         augment = seeded("moe", R) if self.opts.train_augment == "official" else None  # open_clip's train transform
