@@ -230,14 +230,19 @@ class MagMax(CLIPLearner, BaseLearner):
         the network then holds theta_0 + scale * merge (the model evaluated), theta_t is kept
         for the next task."""
         self.finetuned = float_state(self._network.model.visual)
-        running = self.merged_tau or {}
-        self.merged_tau = {k: merge_step(running.get(k), self.finetuned[k] - self.pretrained[k])
-                           for k in self.pretrained}
-        self._load_visual(self.merged_weights())
+        if self.merged_tau is None:
+            self.merged_tau = {}
+        for k in self.pretrained:  # key by key: never a second encoder-sized copy of the running vector
+            self.merged_tau[k] = merge_step(self.merged_tau.get(k), self.finetuned[k] - self.pretrained[k])
+        self._load_merged()
 
-    def merged_weights(self) -> Dict[str, torch.Tensor]:
-        """M5 (official ``TaskVector.apply_to``): pre-trained + scale * merged task vector."""
-        return {k: self.pretrained[k] + self.opts.merge_scale * self.merged_tau[k] for k in self.pretrained}
+    @torch.no_grad()
+    def _load_merged(self) -> None:
+        """M5 (official ``TaskVector.apply_to``): pre-trained + scale * merged task vector into
+        the image encoder, key by key."""
+        visual_state = self._network.model.visual.state_dict()
+        for k, theta0 in self.pretrained.items():
+            visual_state[k].copy_(theta0 + self.opts.merge_scale * self.merged_tau[k])
 
     @torch.no_grad()
     def _load_visual(self, state: Dict[str, torch.Tensor]) -> None:
@@ -290,4 +295,4 @@ class MagMax(CLIPLearner, BaseLearner):
             return
         self.finetuned = {k: v.to(self._device) for k, v in state["finetuned"].items()}
         self.merged_tau = {k: v.to(self._device) for k, v in state["merged_tau"].items()}
-        self._load_visual(self.merged_weights())
+        self._load_merged()
