@@ -297,3 +297,21 @@ def test_zero_shot_retention_runs_on_it_and_its_zero_shot_side_is_clip(tmp_path)
     assert out["magmax"]["zero_shot_clip"] == out["zs_clip"]["zero_shot_clip"] == out["zs_clip"]["model"]
     assert out["magmax"]["images"] == 20
     assert out["magmax"]["delta"] == pytest.approx(out["magmax"]["model"] - out["magmax"]["zero_shot_clip"])
+
+
+def test_memory_benchmark_smoke(tmp_path):
+    """benchmarks/magmax_memory.py on tiny CLIP: the running merge equals the official re-merge
+    after every task; the memory it reports is 4 encoders (+ one key's temporaries) against the
+    official t + 3, counted from the shapes here."""
+    from benchmarks import magmax_memory
+
+    out = tmp_path / "m.json"
+    assert magmax_memory.main(["--smoke", "--tasks", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    visual = load_clip("tiny-random").model.visual
+    encoder = 4 * sum(p.numel() for p in visual.parameters())  # fp32, no buffers
+    largest = 4 * max(p.numel() for p in visual.parameters())
+    assert result["encoder_bytes"] == encoder
+    assert [r["equal"] for r in result["rows"]] == [True] * 3
+    assert [r["ours_bytes"] for r in result["rows"]] == [4 * encoder + 3 * largest] * 3
+    assert [r["official_bytes"] for r in result["rows"]] == [(t + 3) * encoder for t in (1, 2, 3)]
