@@ -209,7 +209,7 @@ def test_nothing_in_the_learner_contract_is_dead():
 METHOD_DOCS = {"mgclip": r"SPEC (\d+)(?:-(\d+))?", "rapf": r"\bR(\d+)(?:-R(\d+))?\b",
                "proof": r"\bP(\d+)(?:-P(\d+))?\b", "simplecil": r"\bS(\d+)(?:-S(\d+))?\b",
                "aper_adapter": r"\bA(\d+)(?:-A(\d+))?\b", "moe_adapters": r"\bM(\d+)(?:-M(\d+))?\b",
-               "magmax": r"\bM(\d+)(?:-M(\d+))?\b",
+               "magmax": r"\bM(\d+)(?:-M(\d+))?\b", "slca": r"\bS(\d+)(?:-S(\d+))?\b",
                "prompts": r"\b([LDC])(\d+)(?:-[LDC](\d+))?\b",  # one file, three methods: a letter each
                "zs_clip": None}  # None: no item table (one behaviour, pinned by the tests the doc names)
 

@@ -26,6 +26,7 @@ LEARNERS: Dict[str, str] = {
     "zs_clip": "models.zs_clip:ZSCLIP",
     "simplecil": "models.simplecil:SimpleCIL",
     "aper_adapter": "models.aper_adapter:APER",
+    "slca": "models.slca:SLCA",
     "moe_adapters": "models.moe_adapters:MoEAdapters",
     "magmax": "models.magmax:MagMax",
     "l2p": "models.prompts:L2P",

@@ -35,12 +35,20 @@ class ClassGaussians:
         self.generator = torch.Generator().manual_seed(seed)
         self.cache_cholesky = True  # False: factorise at every draw (the official code's cost)
 
-    def add(self, c: int, feats: torch.Tensor, half: bool = False) -> None:
+    def add(self, c: int, feats: torch.Tensor, half: bool = False, double: bool = False) -> None:
         """Statistics of class ``c`` from its features (N, d), N >= 2. ``half``: as
         ``torch.mean`` and ``torch.cov`` give them on fp16 features (RAPF's official numerics):
         the mean, the centred features, their Gram matrix and the covariance each rounded to
-        fp16; the ridge added in fp32."""
+        fp16; the ridge added in fp32. ``double`` (SLCA's ``_compute_class_mean``): the fp32
+        mean, the covariance and its ridge in fp64, then stored in fp32."""
         x = feats.float()
+        if double:
+            self.means[c] = x.mean(0)
+            d = x.shape[1]
+            cov = torch.cov(x.double().t()) + self.ridge * torch.eye(d, dtype=torch.float64, device=x.device)
+            self.covs[c] = cov.float()
+            self._chol.pop(c, None)
+            return
         if half:
             mean = x.mean(0).half().float()
             centred = (x - mean).half().float()
@@ -58,9 +66,10 @@ class ClassGaussians:
             self._chol[c] = torch.linalg.cholesky(cov)
         return self._chol[c]
 
-    def sample(self, c: int, m: int) -> torch.Tensor:
-        """``m`` draws from N(mean_c, cov_c) (shrunk if enabled), on the statistics' device."""
-        mean = self.means[c]
+    def sample(self, c: int, m: int, scale: float = 1.0) -> torch.Tensor:
+        """``m`` draws from N(scale * mean_c, cov_c) (shrunk if enabled), on the statistics'
+        device (``scale``: SLCA's shrinking of older tasks' means; 1 leaves the mean as it is)."""
+        mean = self.means[c] if scale == 1.0 else (self.means[c].double() * scale).float()
         eps = torch.randn(m, mean.shape[0], generator=self.generator).to(mean.device)
         return mean + eps @ self.cholesky(c).t()
 
