@@ -72,7 +72,8 @@ class SLCAOptions:
 
 def new_head(d: int, classes: int) -> nn.Linear:
     """S3 (convs/linears.py ``SimpleContinualLinear.update``): a task's linear head, weights
-    truncated normal (std 0.02, cut at +-2), bias zero."""
+    truncated normal (std 0.02, cut at +-2 absolute as
+    timm's ``trunc_normal_``: in effect untruncated), bias zero."""
     head = nn.Linear(d, classes)
     nn.init.trunc_normal_(head.weight, std=0.02)
     nn.init.zeros_(head.bias)
