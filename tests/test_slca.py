@@ -217,3 +217,22 @@ def test_the_zero_shot_view_is_clip_and_the_trained_view_is_not(tmp_path):
         plain = torch.nn.functional.normalize(clip.encode_image(x), dim=1)
     torch.testing.assert_close(learner.image_view(x, False), plain)
     assert not torch.allclose(learner.image_view(x, True), plain)
+
+
+# ----------------------------------------------------------------------------- S1: the training images
+def test_s1_training_images_are_the_official_crop_flip_and_brightness_jitter():
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from models.slca import slca_augment
+    from utils.clip_backbone import CLIP_MEAN, CLIP_STD
+
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    official = T.Compose([T.RandomResizedCrop(24, interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip(),
+                          T.ColorJitter(brightness=63 / 255), T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+    augment = slca_augment(24, 63 / 255).fixed(11)
+    for i in range(4):
+        torch.manual_seed(11 + i)
+        torch.testing.assert_close(augment(image, i), official(image))
+    without = slca_augment(24, 0.0).fixed(5)  # ImageNet-R: no jitter
+    assert not any(isinstance(t, T.ColorJitter) for t in without.pipeline.transforms)
