@@ -29,6 +29,8 @@ LEARNERS: Dict[str, str] = {
     "slca": "models.slca:SLCA",
     "moe_adapters": "models.moe_adapters:MoEAdapters",
     "magmax": "models.magmax:MagMax",
+    "clap4clip": "models.clap4clip:CLAP4CLIP",
+    "clap4clip_star": "models.clap4clip:CLAP4CLIPStar",
     "l2p": "models.prompts:L2P",
     "dualprompt": "models.prompts:DualPrompt",
     "coda_prompt": "models.prompts:CODAPrompt",
