@@ -152,10 +152,23 @@ def synthetic_class_names(n: int) -> List[str]:
     return [names[i] if i < len(names) else f"{names[i % len(names)]} {i // len(names)}" for i in range(n)]
 
 
+def imbalanced_counts(num_classes: int, largest: int, ratio: float) -> List[int]:
+    """Training images per class id for ``synthetic_imbalance`` = ``ratio``: class 0 has
+    ``largest``, the last class ``largest / ratio`` (at least 2), the ones between spread
+    geometrically; ratio 1 (or one class): ``largest`` each."""
+    if ratio == 1 or num_classes == 1:
+        return [largest] * num_classes
+    floor = min(2, largest)
+    smallest = max(floor, largest / ratio)
+    return [max(floor, int(round(largest * (smallest / largest) ** (c / (num_classes - 1)))))
+            for c in range(num_classes)]
+
+
 def make_synthetic(num_classes: int, train_per_class: int, test_per_class: int, size: int,
-                   seed: int = 0) -> RawData:
+                   seed: int = 0, imbalance: float = 1.0) -> RawData:
     """Images whose class is visible: each class has its own colour and stripe pattern
-    (orientation and frequency); every image adds its own phase shift and pixel noise."""
+    (orientation and frequency); every image adds its own phase shift and pixel noise.
+    ``imbalance`` > 1: unequal training counts (``imbalanced_counts``); test counts stay equal."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     colours = rng.uniform(0.15, 0.85, size=(num_classes, 3)).astype(np.float32)
@@ -170,9 +183,10 @@ def make_synthetic(num_classes: int, train_per_class: int, test_per_class: int, 
         img = img + rng.normal(0, 0.05, size=img.shape)
         return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
-    train = np.concatenate([draw(c, train_per_class) for c in range(num_classes)])
+    counts = imbalanced_counts(num_classes, train_per_class, imbalance)
+    train = np.concatenate([draw(c, counts[c]) for c in range(num_classes)])
     test = np.concatenate([draw(c, test_per_class) for c in range(num_classes)])
-    return RawData(train, np.repeat(np.arange(num_classes), train_per_class),
+    return RawData(train, np.repeat(np.arange(num_classes), counts),
                    test, np.repeat(np.arange(num_classes), test_per_class),
                    synthetic_class_names(num_classes))
 
@@ -352,7 +366,8 @@ def build_raw_data(cfg, needs_names: bool = True) -> RawData:
     text = str(cfg.model_name).lower() if needs_names else ""
     if name == "synthetic":
         return make_synthetic(cfg.synthetic_classes, cfg.synthetic_train_per_class,
-                              cfg.synthetic_test_per_class, cfg.synthetic_image_size)
+                              cfg.synthetic_test_per_class, cfg.synthetic_image_size,
+                              imbalance=cfg.synthetic_imbalance)
     if name == "cifar100":
         return load_cifar100(cfg.data_path, cfg.class_names)
     if name == "imagenet_r" and getattr(cfg, "imagenet_r_split", None):

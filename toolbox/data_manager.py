@@ -125,7 +125,13 @@ def few_shot(raw: RawData, shots: int, seed: int) -> RawData:
 
 
 def _decode(path: str) -> Image.Image:
+    """Any mode PIL reads as 3-channel RGB: grey (L, 1), palette (P), RGBA/LA (alpha dropped) and CMYK
+    by PIL's conversion; 16-bit grey (I;16*, I) scaled from 0..65535 to 0..255 (PIL's own conversion
+    clips it at 255, which turns most such images white)."""
     with Image.open(path) as im:
+        if im.mode.startswith("I"):
+            grey = np.asarray(im, dtype=np.float64) / 257.0
+            return Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8), "L").convert("RGB")
         return im.convert("RGB")
 
 

@@ -80,6 +80,8 @@ class Config(Generic[Options]):
     synthetic_train_per_class: int = 20
     synthetic_test_per_class: int = 10
     synthetic_image_size: int = 32
+    # largest / smallest class's training count, counts spread geometrically (1: equal classes)
+    synthetic_imbalance: float = 1.0
 
     # --- backbone ---
     backbone: str = "ViT-B/16"  # OpenAI name | local checkpoint | "tiny-random" | "vit-b16-random"
@@ -177,6 +179,8 @@ class Config(Generic[Options]):
         for key in ("synthetic_classes", "synthetic_train_per_class", "synthetic_test_per_class"):
             need(self.__dict__[key] >= 1, key, "an integer >= 1")
         need(self.synthetic_image_size >= 8, "synthetic_image_size", "an integer >= 8 (pixels)")
+        need(math.isfinite(self.synthetic_imbalance) and self.synthetic_imbalance >= 1, "synthetic_imbalance",
+             "a number >= 1 (the largest class's training count over the smallest's; 1: equal classes)")
         if self.dataset != "folder":  # a folder dataset's class count is known once it is read
             self.validate_against_dataset(DATASET_CLASSES.get(self.dataset, self.synthetic_classes))
         if hasattr(self.options, "validate_with"):  # the method's checks that need shared keys
