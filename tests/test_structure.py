@@ -93,8 +93,8 @@ def test_no_import_circles():
 
 
 # The layers (docs/development.md, "Imports go one way"). main.py and benchmarks/ may import anything.
-DATA_LAYER = {f"toolbox/{n}.py" for n in ("data", "data_manager", "io", "checkpoint", "run_lock", "released",
-                                           "published", "interrupts")}
+DATA_LAYER = {f"toolbox/{n}.py" for n in ("data", "benchmark_data", "data_manager", "io", "checkpoint", "run_lock",
+                                           "released", "published", "interrupts")}
 ABOVE_DATA = {f"toolbox/{n}.py" for n in ("registry", "configs", "trainer", "report", "table", "analysis",
                                            "retention", "restore")}
 

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -358,6 +358,12 @@ def load_imagenet100(data_path: str, class_list: Optional[str], class_names: Opt
                               class_names, HOW_TO_GET["imagenet100"], class_dirs=wnids, needs_names=needs_names)
 
 
+# Loaders kept in other modules of the data layer, by config value 'dataset': each module adds its own
+# on import (toolbox/benchmark_data.py: PROOF's benchmarks; toolbox/data_manager.py imports it), since
+# it imports this module's helpers and an import back would be a circle.
+LOADERS: Dict[str, Callable[..., RawData]] = {}
+
+
 def build_raw_data(cfg, needs_names: bool = True) -> RawData:
     """Dispatch on ``cfg.dataset`` (a ``Config``). Class names from folders that are ids are
     refused when ``needs_names``: the method builds prompts from class names (its learner's
@@ -385,6 +391,8 @@ def build_raw_data(cfg, needs_names: bool = True) -> RawData:
                                   cfg.class_names, HOW_TO_GET["cub200"], needs_names=text)
     if name == "imagenet100":
         return load_imagenet100(cfg.data_path, cfg.imagenet100_classes, cfg.class_names, text)
+    if name in LOADERS:
+        return LOADERS[name](cfg, text)
     if name == "folder":  # any dataset as train/<class>/ and test/<class>/ folders (e.g. held-out Oxford Pets)
         return load_split_folders("folder", cfg.data_path, [], "test", cfg.class_names,
                                   "Give data_path a folder with train/<class>/ and test/<class>/ image folders.",

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from toolbox import benchmark_data  # noqa: F401  (adds PROOF's benchmarks to toolbox.data.LOADERS)
 from toolbox.data import DatasetError, RawData, build_raw_data
 from toolbox.released import ReleasedFileError, fetch_released, release_of, released_file
 from utils.clip_backbone import clip_resize_crop, clip_transform

@@ -69,12 +69,16 @@ RAPF_FILES: Dict[str, Dict[str, str]] = {
 }
 
 # PROOF's release: its class names, utils/labels.json, one list per dataset (its DataManager
-# indexes the list by class id: CIFAR-100's label ids, the sorted class folders of ImageNet-R
-# and CUB-200, the orders this toolbox's loaders give). "released:proof" in a config.
+# indexes the list by class id: CIFAR-100's label ids, the sorted class folders of ImageNet-R,
+# CUB-200 and PROOF's other benchmark sets, the orders this toolbox's loaders give; its keys
+# are PROOF's dataset names). "released:proof" in a config.
 PROOF_FILES: Dict[str, Dict[str, str]] = {
     "class_names": {"cifar100": "proof/utils/labels.json#cifar224",
                     "imagenet_r": "proof/utils/labels.json#imagenetr",
-                    "cub200": "proof/utils/labels.json#cub"},
+                    "cub200": "proof/utils/labels.json#cub",
+                    **{d: f"proof/utils/labels.json#{d}" for d in ("aircraft", "cars", "food101", "objectnet", "sun",
+                                                                    "ucf101", "caltech101", "flowers")},
+                    "imagenet_a": "proof/utils/labels.json#imageneta"},
 }
 
 TABLES = {"mgclip": MGCLIP_FILES, "rapf": RAPF_FILES, "proof": PROOF_FILES}
@@ -128,7 +132,10 @@ def fetch_released(name: str, cache_dir: str) -> str:
 
 
 # PROOF's templates.json key per dataset (option ``templates: released``).
-PROOF_TEMPLATE_KEYS = {"cifar100": "cifar224", "imagenet_r": "imagenetr", "cub200": "cub"}
+# ImageNet-A has none (PROOF's own code stops there with a KeyError): give the templates in the config.
+PROOF_TEMPLATE_KEYS = {"cifar100": "cifar224", "imagenet_r": "imagenetr", "cub200": "cub",
+                       **{d: d for d in ("aircraft", "cars", "food101", "objectnet", "sun", "ucf101", "caltech101",
+                                         "flowers")}}
 
 
 def released_templates(dataset: str, cache: str) -> List[str]:

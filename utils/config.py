@@ -29,8 +29,11 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 # Datasets this toolbox can build (toolbox/data.py); checked here so a typo fails before work.
-DATASETS = ("cifar100", "imagenet_r", "imagenet100", "cub200", "synthetic", "folder")
-DATASET_CLASSES = {"cifar100": 100, "imagenet_r": 200, "imagenet100": 100, "cub200": 200}
+DATASETS = ("cifar100", "imagenet_r", "imagenet100", "cub200", "synthetic", "folder", "aircraft", "cars", "food101",
+            "objectnet", "sun", "ucf101", "caltech101", "flowers", "imagenet_a")
+DATASET_CLASSES = {"cifar100": 100, "imagenet_r": 200, "imagenet100": 100, "cub200": 200, "aircraft": 100,
+                   "cars": 100, "food101": 100, "objectnet": 200, "sun": 300, "ucf101": 100, "caltech101": 100,
+                   "flowers": 100, "imagenet_a": 200}  # PROOF's class counts for its benchmarks
 CLASS_ORDER_KEYWORDS = ("shuffle", "default", "released")
 
 # Field metadata. PLACE: where a run reads and writes and how fast it runs, never what it
