@@ -40,12 +40,13 @@ class ClassGaussians:
         ``torch.mean`` and ``torch.cov`` give them on fp16 features (RAPF's official numerics):
         the mean, the centred features, their Gram matrix and the covariance each rounded to
         fp16; the ridge added in fp32. ``double`` (SLCA's ``_compute_class_mean``): the fp32
-        mean, the covariance and its ridge in fp64, then stored in fp32."""
+        mean, the covariance in fp64 plus the ridge, then stored in fp32."""
         x = feats.float()
         if double:
             self.means[c] = x.mean(0)
             d = x.shape[1]
-            cov = torch.cov(x.double().t()) + self.ridge * torch.eye(d, dtype=torch.float64, device=x.device)
+            # the ridge as the official ``torch.eye(d) * 1e-4``: an fp32 product, added to the fp64 covariance
+            cov = torch.cov(x.double().t()) + torch.eye(d, device=x.device) * self.ridge
             self.covs[c] = cov.float()
             self._chol.pop(c, None)
             return
