@@ -472,6 +472,15 @@ def check_out(out: str, identity: Dict[str, Any]) -> None:
         raise ConfigError(f"table folder {out} holds another table ({config}, {sets}): {todo}")
 
 
+def _published_text(run: PlannedRun) -> str:
+    """``  published Avg 86.77 / Last 79.11 (PROOF official log)`` for a run of a published protocol, else ""."""
+    pub = published_for(run.method, run.config)
+    if pub is None:
+        return ""
+    avg, last = ("-" if v is None else f"{v:.2f}" for v in (pub.avg, pub.last))
+    return f"  published Avg {avg} / Last {last} ({pub.source})"
+
+
 # ----------------------------------------------------------------------------- command line
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m toolbox.table", description=__doc__.split("\n\n")[0])
@@ -512,7 +521,7 @@ def _main(args: argparse.Namespace) -> int:
     identity = table_identity(table_config_path(args.config), table, args.overrides, runs)
     check_out(out, identity)  # before any run starts
     for r in runs:
-        print(f"{r.method:14s} {r.protocol:14s} seed {r.seed}: {r.status}  ({r.run_dir})")
+        print(f"{r.method:14s} {r.protocol:14s} seed {r.seed}: {r.status}  ({r.run_dir}){_published_text(r)}")
     print(f"table -> {out}")
     if args.dry_run:
         print(f"{len(runs)} run(s); nothing was written (run without --dry-run to run them)")
