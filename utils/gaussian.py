@@ -36,12 +36,19 @@ class ClassGaussians:
         self.cache_cholesky = True  # False: factorise at every draw (the official code's cost)
 
     def add(self, c: int, feats: torch.Tensor, half: bool = False, double: bool = False) -> None:
-        """Statistics of class ``c`` from its features (N, d), N >= 2. ``half``: as
+        """Statistics of class ``c`` from its features (N, d); N = 1 (a class of one image): its
+        features as the mean and the ridge alone as the covariance (the unbiased covariance
+        would divide by N - 1 = 0 and the Cholesky draw fail); N >= 2 as follows. ``half``: as
         ``torch.mean`` and ``torch.cov`` give them on fp16 features (RAPF's official numerics):
         the mean, the centred features, their Gram matrix and the covariance each rounded to
         fp16; the ridge added in fp32. ``double`` (SLCA's ``_compute_class_mean``): the fp32
         mean, the covariance in fp64 plus the ridge, then stored in fp32."""
         x = feats.float()
+        if x.shape[0] == 1:
+            self.means[c] = x[0].half().float() if half else x[0]
+            self.covs[c] = self.ridge * torch.eye(x.shape[1], device=x.device)
+            self._chol.pop(c, None)
+            return
         if double:
             self.means[c] = x.mean(0)
             d = x.shape[1]
