@@ -211,6 +211,7 @@ METHOD_DOCS = {"mgclip": r"SPEC (\d+)(?:-(\d+))?", "rapf": r"\bR(\d+)(?:-R(\d+))
                "aper_adapter": r"\bA(\d+)(?:-A(\d+))?\b", "moe_adapters": r"\bM(\d+)(?:-M(\d+))?\b",
                "magmax": r"\bM(\d+)(?:-M(\d+))?\b", "slca": r"\bS(\d+)(?:-S(\d+))?\b",
                "prompts": r"\b([LDC])(\d+)(?:-[LDC](\d+))?\b",  # one file, three methods: a letter each
+               "clap4clip": r"\bC(\d+)(?:-C(\d+))?\b",
                "zs_clip": None}  # None: no item table (one behaviour, pinned by the tests the doc names)
 
 
