@@ -236,3 +236,34 @@ def test_s1_training_images_are_the_official_crop_flip_and_brightness_jitter():
         torch.testing.assert_close(augment(image, i), official(image))
     without = slca_augment(24, 0.0).fixed(5)  # ImageNet-R: no jitter
     assert not any(isinstance(t, T.ColorJitter) for t in without.pipeline.transforms)
+
+
+def test_s5_the_first_alignment_batch_is_numpys_draws_from_the_class_gaussians_shuffled(tmp_path, monkeypatch):
+    """The learner's first alignment batch against draws rebuilt with numpy from its own
+    statistics: per class m normals from a twin of the store's generator, the scaled mean
+    plus numpy's Cholesky factor times them, classes in order, then one shuffle."""
+    learner, dm = make(tmp_path, ca_samples_per_class=6)
+    learner.incremental_train(dm)
+    learner.after_task()
+    twin, batches = torch.Generator(), []
+    real_align, real_logits = learner._align, learner._logits
+
+    def align(task_size):
+        twin.set_state(learner.stats.generator.get_state())
+        return real_align(task_size)
+
+    def logits(feats):
+        batches.append(feats.detach().clone())
+        return real_logits(feats)
+
+    monkeypatch.setattr(learner, "_align", align)
+    monkeypatch.setattr(learner, "_logits", logits)
+    learner.incremental_train(dm)
+    m, d = 6, learner._network.embed_dim
+    draws = []
+    for c in range(4):  # task 1 of two tasks of 2 classes: scales 0.9 + 0.1 (t + 1) / 2
+        eps = torch.randn(m, d, generator=twin).double().numpy()
+        mu, cov = learner.stats.means[c].double().numpy(), learner.stats.covs[c].double().numpy()
+        draws.append((0.9 + 0.1 * (c // 2 + 1) / 2) * mu + eps @ np.linalg.cholesky(cov).T)
+    order = torch.randperm(4 * m, generator=twin).numpy()
+    np.testing.assert_allclose(batches[0].numpy(), np.concatenate(draws)[order[:m]], rtol=1e-4, atol=1e-4)
