@@ -375,3 +375,30 @@ def test_released_proof_names_resolve_for_each_dataset(tmp_path, key):
     raw = load_benchmark(key, str(tmp_path), LABELS + "#" + PROOF_FILES["class_names"][key].split("#")[1])
     expected = json.load(open(LABELS))[PROOF_FILES["class_names"][key].split("#")[1]][:n]
     assert raw.class_names == [e.strip() for e in expected] and len(raw.class_names) == n
+
+
+def test_a_run_reads_a_benchmark_with_proofs_names_and_images_of_any_mode(tmp_path):
+    """Through the run's DataManager: `released:proof` fetched from the cache, PROOF's split
+    into tasks, and grey, CMYK, palette and RGBA files reaching the model as 3 channels."""
+    from toolbox.data_manager import DataManager
+    from toolbox.released import cache_path
+
+    if not os.path.isfile(LABELS):
+        pytest.skip("../shared/released (PROOF's labels.json) is not here")
+    cache = tmp_path / "cache"
+    target = cache_path("proof/utils/labels.json", str(cache))
+    os.makedirs(os.path.dirname(target))
+    with open(LABELS, "rb") as src, open(target, "wb") as dst:
+        dst.write(src.read())
+    root = tmp_path / "data" / "sun"
+    classes = make_proof_folders(str(root), 300)
+    odd = {"L": (9, ".png"), "CMYK": (10, ".jpg"), "P": (11, ".png"), "RGBA": (12, ".png")}
+    for mode, (c, ext) in odd.items():
+        Image.new(mode, (6, 5)).save(str(root / "test" / classes[c] / f"odd{ext}"))
+    dm = DataManager("sun", False, 1993, 150, 15, {"data_path": str(tmp_path / "data"), "class_order": "default",
+                                                   "class_names": "released:proof", "released_cache": str(cache)},
+                     release="proof")
+    assert dm.nb_tasks == 11 and dm.get_task_size(0) == 150
+    assert dm.get_class_names() == json.load(open(LABELS))["sun"][:300]
+    test = dm.get_dataset(list(range(9, 13)), source="test", mode="test")
+    assert len(test) == 8 and all(test[i][1].shape == (3, 224, 224) for i in range(len(test)))

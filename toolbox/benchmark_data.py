@@ -75,7 +75,7 @@ BENCHMARKS: Dict[str, Benchmark] = {b.key: b for b in (
               "data_path/imagenet-a/<wnid>/, or PROOF's split as data_path/imageneta/train + test"),
     Benchmark("objectnet", 200, "ObjectNet", ("objectnet",), (), (),
               "ObjectNet's licence forbids redistribution and automatic download: get PROOF's 200-class "
-              "subset (its README's link, or its file list applied to objectnet.org's archive) as "
+              "subset (its README's link, or its file list applied to ObjectNet's own archive) as "
               "data_path/objectnet/train/<class>/ + test/<class>/"),
     Benchmark("ucf101", 100, "UCF-101", ("ucf101", "ucf"), (), (),
               "UCF-101 is videos; PROOF uses its own extracted frames: get PROOF's ucf folder (its README's "

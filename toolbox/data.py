@@ -3,7 +3,7 @@
 Each builder returns ``RawData``: images as a uint8 array (N, H, W, 3) for small datasets
 held in memory, or a list of file paths for JPEG folders; integer labels in the dataset's
 own class ids; class names indexed by those ids. Nothing is downloaded silently except
-torchvision's CIFAR-100.
+torchvision's CIFAR-100 and, in toolbox/benchmark_data.py, the benchmark archives torchvision fetches.
 """
 from __future__ import annotations
 
