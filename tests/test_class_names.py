@@ -21,7 +21,10 @@ from toolbox.registry import method_data, uses_text
 from utils.class_names import CIFAR100_CLASSES
 
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "exps", "*.json")))  # exps/tables/ excluded
-PROOF_KEYS = {"cifar100": "cifar224", "imagenet_r": "imagenetr", "cub200": "cub"}  # labels.json's lists
+PROOF_KEYS = {"cifar100": "cifar224", "imagenet_r": "imagenetr", "cub200": "cub",  # labels.json's lists
+              **{d: d for d in ("aircraft", "cars", "food101", "objectnet", "sun", "ucf101")}}
+# PROOF's other benchmark sets: its pre-split data_path/<dataset>/train + test folders, classes by sorted folder
+PROOF_SETS = {"aircraft": 100, "cars": 100, "food101": 100, "objectnet": 200, "sun": 300, "ucf101": 100}
 MGCLIP_TABLES = {"imagenet_r": "mgclip/dataset_reqs/imagenet_R_classes.txt",
                  "imagenet100": "mgclip/dataset_reqs/imagenet100_classes.txt",
                  "cub200": "mgclip/dataset_reqs/cub200_classes.txt"}
@@ -79,6 +82,8 @@ def fake_data(tmp_path_factory):
     write_folders(base / "imagenet", ("train", "val"), table(MGCLIP_TABLES["imagenet100"], 1))
     cub = table(MGCLIP_TABLES["cub200"])
     write_folders(base / "cub200", ("train", "test"), [f"{i + 1:03d}.{n}" for i, n in enumerate(cub)])
+    for dataset, n in PROOF_SETS.items():
+        write_folders(base / dataset, ("train", "test"), [f"{i:03d}" for i in range(n)])  # ids: names from labels.json
     return base, str(cache)
 
 
