@@ -117,6 +117,19 @@ def test_a_misplaced_folder_is_named_with_the_data_path_to_set(tmp_path):
         load_benchmark("objectnet", str(tmp_path), None)
     assert f"set data_path to {tmp_path / 'downloads'}" in one_line(e)
     assert len(load_benchmark("objectnet", str(tmp_path / "downloads"), None, needs_names="").class_names) == 200
+    make_proof_folders(str(tmp_path / "ucf"), 100)
+    os.rename(tmp_path / "ucf" / "test", tmp_path / "ucf" / "val")
+    with pytest.raises(DatasetError) as e:
+        load_benchmark("ucf101", str(tmp_path), None)
+    assert f"{tmp_path / 'ucf'} holds train/ but no test/" in one_line(e)
+
+
+def test_templates_released_on_imagenet_a_is_refused_naming_the_key(tmp_path):
+    from toolbox.released import released_templates
+    from utils.config import ConfigError
+    with pytest.raises(ConfigError) as e:
+        released_templates("imagenet_a", str(tmp_path))
+    assert "'templates'" in one_line(e) and "imagenet_a" in one_line(e)
 
 
 def test_build_raw_data_dispatches_to_the_benchmarks(tmp_path):

@@ -87,17 +87,16 @@ def _looked(data_path: str, subs: Sequence[str]) -> str:
     return ", ".join(os.path.abspath(p) for p in [data_path] + [os.path.join(data_path, s) for s in subs])
 
 
-def _misplaced(data_path: str, marker: str) -> Optional[str]:
-    """A folder up to three levels under data_path that holds ``marker`` (a misplaced dataset)."""
+def _misplaced(data_path: str, marker: str, levels: int = 2) -> Optional[str]:
+    """A folder 1..``levels`` levels under data_path that holds ``marker`` (a misplaced dataset)."""
     if not os.path.isdir(data_path):
         return None
     base = os.path.abspath(data_path)
     for here, dirs, _ in os.walk(base):
         depth = os.path.relpath(here, base).count(os.sep) + (here != base)
-        if depth > 3:
+        if depth >= levels:
             dirs[:] = []
-            continue
-        if os.path.exists(os.path.join(here, marker)):
+        if depth and os.path.exists(os.path.join(here, marker)):
             return here
     return None
 
@@ -342,6 +341,12 @@ def _archive_root(spec: Benchmark, data_path: str) -> Optional[str]:
 
 def _misplaced_message(spec: Benchmark, data_path: str) -> Optional[str]:
     """Where PROOF's folders or the archive's marker are deeper under data_path than looked."""
+    for root in [data_path] + [os.path.join(data_path, s) for s in spec.subfolders]:
+        for have, lack in (("train", "test"), ("test", "train")):
+            if os.path.isdir(os.path.join(root, have)) and not os.path.isdir(os.path.join(root, lack)):
+                return (f"dataset '{spec.key}': {os.path.abspath(root)} holds {have}/ but no {lack}/ (config key "
+                        f"'data_path'): PROOF's folders are train/<class>/ and test/<class>/ side by side; "
+                        f"see docs/data.md")
     places = [os.path.join(s, "train") for s in spec.subfolders] + ([spec.archive[0]] if spec.archive else [])
     for marker in places:
         where = _misplaced(data_path, marker)
