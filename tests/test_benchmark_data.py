@@ -241,7 +241,15 @@ def test_sun397_first_300_categories_and_partition_01(tmp_path):
     assert "ClassName.txt is corrupt" in one_line(e)
 
 
-def test_sun397_without_partitions_says_so(tmp_path):
+def test_sun397_without_partitions_says_so_before_any_download(tmp_path, monkeypatch):
+    import toolbox.benchmark_data as bd
+
+    def no_download(*a, **k):
+        raise AssertionError("nothing may be downloaded without the partitions")
+    monkeypatch.setattr(bd, "_torchvision_download", no_download)
+    with pytest.raises(DatasetError) as e:
+        load_benchmark("sun", str(tmp_path), None)
+    assert "Partitions/Training_01.txt" in one_line(e) and "Partitions.zip" in one_line(e)
     write(str(tmp_path / "SUN397" / "ClassName.txt"), ["/a/abbey"])
     with pytest.raises(DatasetError) as e:
         load_benchmark("sun", str(tmp_path), None, download=False)

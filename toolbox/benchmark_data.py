@@ -376,7 +376,8 @@ def load_benchmark(dataset: str, data_path: str, class_names: Optional[str], nee
     if root is None:
         for part in [data_path] + [os.path.join(data_path, r) for r in spec.archive_roots]:
             have = [m for m in spec.archive if os.path.exists(os.path.join(part, m))]
-            if have and spec.key != "imagenet_a":
+            partitions_only = download and all(m.startswith("Partitions/") for m in have)  # SUN: images to come
+            if have and spec.key != "imagenet_a" and not partitions_only:
                 lacking = [m for m in spec.archive if m not in have]
                 raise DatasetError(f"dataset '{dataset}': {os.path.abspath(part)} holds {have[0]} but not "
                                    f"{', '.join(lacking)} (config key 'data_path'): complete the archive. "
@@ -390,6 +391,14 @@ def load_benchmark(dataset: str, data_path: str, class_names: Optional[str], nee
                                + (f" and the original archive ({', '.join(spec.archive)}) in "
                                   f"{_looked(data_path, spec.archive_roots)}" if spec.archive else "")
                                + f" (config key 'data_path'). {spec.how_to_get}. See docs/data.md")
+        if dataset == "sun":  # torchvision fetches the images only: the partitions must be there first
+            lacking = [m for m in spec.archive[1:] if not os.path.isfile(os.path.join(data_path, "SUN397", m))]
+            if lacking:
+                raise DatasetError(f"dataset 'sun': SUN397's official {', '.join(lacking)} (Partitions.zip, which "
+                                   f"torchvision does not download) is not in {os.path.join(data_path, 'SUN397')} "
+                                   f"(config key 'data_path'): unpack Partitions.zip there first, then the images "
+                                   f"(SUN397.tar.gz) are downloaded on first use; or use PROOF's sun folder. "
+                                   f"See docs/data.md")
         _torchvision_download(spec, data_path)
         root = _archive_root(spec, data_path)
         if root is None:
