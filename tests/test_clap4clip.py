@@ -212,6 +212,40 @@ def test_eval_batches_hold_one_task_each_in_a_fixed_order(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(batches, learner.eval_batches(labels)))
 
 
+def first_step(tmp_path, monkeypatch, **over):
+    """The loss of the learner's first training step, and the KL and LASP terms its head gave."""
+    import models.clap4clip as clap
+
+    seen = {}
+    real_forward = clap.CLAPHead.forward
+
+    def forward(self, *a, **k):
+        out = real_forward(self, *a, **k)
+        seen.setdefault("terms", (out[1].item(), out[2].item()))
+        return out
+
+    def step(opt, loss, where):
+        seen.setdefault("loss", loss.item())
+        opt.zero_grad()
+
+    monkeypatch.setattr(clap.CLAPHead, "forward", forward)
+    monkeypatch.setattr(clap, "checked_step", step)
+    torch.manual_seed(0)
+    learner, dm = make_learner(clap_args(tmp_path, **over))
+    torch.manual_seed(1)
+    learner.incremental_train(dm)
+    return seen["loss"], seen["terms"]
+
+
+def test_c5_c6_c7_loss_is_cross_entropy_plus_weighted_kl_and_lasp(tmp_path, monkeypatch):
+    """Same weights, same random stream: the default loss minus the loss without the KL and
+    LASP terms is 0.001 x KL + 15 x LASP of the current task (both non-zero)."""
+    loss, (kl, lasp) = first_step(tmp_path, monkeypatch)
+    bare, _ = first_step(tmp_path, monkeypatch, kl_weight=0.0, lasp_beta=0.0)
+    assert kl > 0 and lasp > 0
+    assert loss - bare == pytest.approx(0.001 * kl + 15.0 * lasp, rel=1e-4)
+
+
 # ----------------------------------------------------------------------------- parameter count
 def test_trainable_parameters_on_vit_b16_shapes_equal_the_official_recipe():
     """The official code trains, per task, the VGA decoder layer (d = 512, one head, feed-forward
