@@ -246,6 +246,32 @@ def test_c5_c6_c7_loss_is_cross_entropy_plus_weighted_kl_and_lasp(tmp_path, monk
     assert loss - bare == pytest.approx(0.001 * kl + 15.0 * lasp, rel=1e-4)
 
 
+def test_c1_c4_learner_text_ensemble_and_new_adapter_init(tmp_path, monkeypatch):
+    """With training switched off: the classifier base is the renormalised mean of the
+    normalised template features (encoded here with CLIP directly), and the new adapter's
+    weights are E^T E / d and V^T V / d of them (numpy)."""
+    import models.clap4clip as clap
+
+    monkeypatch.setitem(clap.DATASET_TEMPLATES, "synthetic", ("a photo of a {}.", "art of the {}.", "a {}."))
+    monkeypatch.setattr(clap, "checked_step", lambda opt, loss, where: opt.zero_grad())
+    learner, dm = make_learner(clap_args(tmp_path))
+    learner.incremental_train(dm)
+    net = learner._network
+    per = []
+    with torch.no_grad():
+        for name in learner._names:
+            tokens = net.tokenize([t.format(name) for t in ("a photo of a {}.", "art of the {}.", "a {}.")])
+            f = net.encode_text(tokens).float()
+            per.append((f / f.norm(dim=-1, keepdim=True)).numpy())
+    per = np.stack(per).astype(np.float64)
+    ensemble = per.mean(1) / np.linalg.norm(per.mean(1), axis=-1, keepdims=True)
+    np.testing.assert_allclose(learner._text_features()[0].numpy(), ensemble, atol=1e-5)
+    d = per.shape[-1]
+    E, V = per.mean(1), per.var(1, ddof=1)
+    np.testing.assert_allclose(learner.head.adapters[0].mu.weight.detach().numpy(), E.T @ E / d, atol=1e-6)
+    np.testing.assert_allclose(learner.head.adapters[0].sigma.weight.detach().numpy(), V.T @ V / d, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- parameter count
 def test_trainable_parameters_on_vit_b16_shapes_equal_the_official_recipe():
     """The official code trains, per task, the VGA decoder layer (d = 512, one head, feed-forward
