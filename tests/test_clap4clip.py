@@ -164,6 +164,32 @@ def test_c8_warmup_then_cosine_by_hand():
     np.testing.assert_allclose(warmup_cosine_rates(2.0, 4, 0)[0], 2.0)
 
 
+def test_c8_c10_learner_rates_by_hand(tmp_path, monkeypatch):
+    """lr 1e-2, batch 8, 20 as the reference batch: rate 4e-3. Task 1: 16 images, 4 epochs = 8
+    steps, warm-up int(0.3 x 8) = 2 steps (4e-3 / 3, 8e-3 / 3), then the cosine over 6 steps
+    to 4e-6. Task 2's fine-tuning: 4 exemplars = 1 step at 4e-3 / 10 over the 4 adapter tensors."""
+    import models.clap4clip as clap
+
+    steps = []
+
+    def step(opt, loss, where):
+        steps.append((opt.param_groups[0]["lr"], len(opt.param_groups[0]["params"]), where))
+        opt.zero_grad()
+
+    monkeypatch.setattr(clap, "checked_step", step)
+    learner, dm = make_learner(clap_args(tmp_path, epochs=4))
+    learner.incremental_train(dm)
+    learner.after_task()
+    lr, final = 4e-3, 4e-6
+    cosine = [final + 0.5 * (lr - final) * (1 + np.cos(np.pi * s / 6)) for s in range(6)]
+    np.testing.assert_allclose([r for r, _, _ in steps], [lr / 3, 2 * lr / 3] + cosine, rtol=1e-12)
+    steps.clear()
+    learner.incremental_train(dm)
+    tuning = [s for s in steps if "finetune" in s[2]]
+    assert len(steps) == 4 * 3 + 1 and len(tuning) == 1  # 16 new + 6 exemplars: 3 batches an epoch
+    assert tuning[0][0] == pytest.approx(lr / 10) and tuning[0][1] == 8  # two adapters: 2 x (W, b) x 2 heads
+
+
 # ----------------------------------------------------------------------------- C9, C10: the memory
 def test_c9_c10_memory_keeps_equal_counts_per_class_by_hand():
     # task 0: class 0 at training indices 10..14 (5 images), class 1 at 20..26 (7 images); budget 4
