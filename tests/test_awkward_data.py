@@ -297,3 +297,26 @@ def on_files(tmp_path, model, mixed_folder):
     for key in ("synthetic_classes", "synthetic_train_per_class", "synthetic_test_per_class", "synthetic_imbalance"):
         args.pop(key)
     return args
+
+
+def test_a_run_records_the_smaller_last_task_and_weighs_tasks_by_their_test_images(tmp_path):
+    """Through main.py: the trainer's records of tasks 10, 5, 5, 3 (23 classes, unequal training sets)."""
+    import csv
+
+    from main import main
+    from toolbox.trainer import run_dir_for
+
+    args = awkward(tmp_path, model_name="simplecil", synthetic_test_per_class=3)
+    (tmp_path / "c.json").write_text(json.dumps(args))
+    assert main(["--config", str(tmp_path / "c.json"), "-q"]) == 0
+    run = run_dir_for(make_config(args), 1993)
+    with open(os.path.join(run, "results.json")) as f:
+        r = json.load(f)
+    with open(os.path.join(run, "metrics.csv")) as f:
+        assert [int(row["classes"]) for row in csv.DictReader(f)] == [10, 15, 20, 23]
+    assert r["nb_tasks"] == 4 and [len(row) for row in r["accuracy_matrix"]] == [1, 2, 3, 4]
+    for t, row in enumerate(r["accuracy_matrix"]):  # accuracy over all seen test images: 3 per class
+        weights = [3 * n for n in TASKS[:t + 1]]
+        assert r["accuracy"][t] == pytest.approx(np.average(row, weights=weights), abs=0.01)
+        correct = np.array(row) * weights / 100  # whole images on each task
+        assert correct == pytest.approx(correct.round(), abs=1e-6)
