@@ -23,7 +23,6 @@ CLASSES, INIT, INC = 23, 10, 5
 TASKS = [10, 5, 5, 3]  # by hand: 10 + 5 + 5 = 20, the remaining 3 are the last task
 LARGEST, RATIO, TEST_PER_CLASS = 16, 8, 2
 # by hand: 16 * (1/8) ** (c / 22), rounded; class 0 has 16 images, class 22 has 2
-SLOW_TESTS_OFF = os.environ.get("MGCLIP_SLOW_TESTS") != "1"  # the suite's switch for its slow tests
 HAND_COUNTS = [16, 15, 13, 12, 11, 10, 9, 8, 8, 7, 6, 6, 5, 5, 4, 4, 4, 3, 3, 3, 2, 2, 2]
 
 
@@ -245,9 +244,6 @@ def test_exemplar_memories_larger_than_a_class(tmp_path, case, spy_accuracy):
 
 
 @pytest.mark.parametrize("model", sorted(LEARNERS))
-@pytest.mark.skipif(SLOW_TESTS_OFF,
-                    reason="every learner on image files doubles this file's time: MGCLIP_SLOW_TESTS=1 runs it "
-                           "(simplecil and mgclip read them in every run, below)")
 def test_every_learner_reads_image_files_of_every_mode(tmp_path, model, mixed_folder, spy_accuracy):
     """The same classes as files of every mode and shape (the ``folder`` dataset, decoded once per run)."""
     run_every_task(on_files(tmp_path, model, mixed_folder), spy_accuracy, lambda r: TEST_PER_CLASS * len(r))
@@ -255,19 +251,15 @@ def test_every_learner_reads_image_files_of_every_mode(tmp_path, model, mixed_fo
 
 @pytest.mark.parametrize("model, per_item", [("simplecil", False), ("mgclip", True)])
 def test_image_files_of_every_mode_in_every_run(tmp_path, model, per_item, mixed_folder, spy_accuracy):
-    """Two cheap learners on the files: decoded once per run; opened and transformed per item
-    (no decoded cache, PIL preprocessing)."""
+    """Files opened and transformed per item (no decoded cache, PIL preprocessing) and, for
+    comparison, decoded once per run."""
     args = on_files(tmp_path, model, mixed_folder)
     if per_item:
         args.update(cache_images="false", preprocess="pil")
     run_every_task(args, spy_accuracy, lambda r: TEST_PER_CLASS * len(r))
 
 
-ONE_IMAGE_SLOW = pytest.mark.skipif(SLOW_TESTS_OFF, reason="MGCLIP_SLOW_TESTS=1: every learner, 1-image classes")
-
-
-@pytest.mark.parametrize("model", [m if m in ("rapf", "slca") else pytest.param(m, marks=ONE_IMAGE_SLOW)
-                                   for m in sorted(LEARNERS)])
+@pytest.mark.parametrize("model", sorted(LEARNERS))
 def test_classes_of_one_training_image(tmp_path, model, spy_accuracy):
     """``shots_per_class: 1``: every class one training image (RAPF's and SLCA's class Gaussians
     have no spread to estimate); the test images as before."""
