@@ -263,17 +263,13 @@ def test_bad_options_are_one_line_naming_the_key(tmp_path, capsys, key, value, a
 
 
 def test_demo_and_check_through_main(tmp_path):
-    import time
-
     from main import main
 
     cfg = json.loads(open("exps/magmax_demo.json").read())
     path = tmp_path / "demo.json"
     path.write_text(json.dumps({**cfg, "logdir": str(tmp_path / "logs")}))
     assert main(["--config", str(path), "--check", "-q"]) == 0
-    start = time.perf_counter()
     assert main(["--config", str(path), "-q"]) == 0
-    assert time.perf_counter() - start < 60
 
 
 def test_zero_shot_retention_runs_on_it_and_its_zero_shot_side_is_clip(tmp_path):

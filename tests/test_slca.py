@@ -3,7 +3,6 @@ class statistics and the Gaussian draws against numpy (mean, covariance, Cholesk
 logit normalisation by its formula in numpy, the optimiser's groups and the MultiStep
 schedule read from the optimiser during a run, the parameter count by the ViT-B/16 shapes."""
 import json
-import time
 
 import numpy as np
 import pytest
@@ -178,14 +177,12 @@ def test_s2_trainable_parameters_on_vit_b16_shapes():
 
 
 # ----------------------------------------------------------------------------- runs
-def test_demo_and_check_through_main_under_a_minute(tmp_path):
+def test_demo_and_check_through_main(tmp_path):
     cfg = json.loads(open("exps/slca_demo.json").read())
     path = tmp_path / "demo.json"
     path.write_text(json.dumps({**cfg, "logdir": str(tmp_path / "logs")}))
     assert main(["--config", str(path), "--check", "-q"]) == 0
-    start = time.perf_counter()
     assert main(["--config", str(path), "-q"]) == 0
-    assert time.perf_counter() - start < 60
 
 
 def test_slca_learns_and_resumes_exactly(tmp_path, monkeypatch):
