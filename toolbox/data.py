@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from utils.class_names import CIFAR100_CLASSES  # noqa: F401  (re-exported)
+from utils.config import DATASETS
 
 logger = logging.getLogger(__name__)
 
@@ -397,4 +398,7 @@ def build_raw_data(cfg, needs_names: bool = True) -> RawData:
         return load_split_folders("folder", cfg.data_path, [], "test", cfg.class_names,
                                   "Give data_path a folder with train/<class>/ and test/<class>/ image folders.",
                                   needs_names=text)
+    if name in DATASETS:  # a dataset of the config's list whose loader module has not been imported
+        raise DatasetError(f"dataset '{name}' is read by toolbox/benchmark_data.py, which registers itself on import: "
+                           "import toolbox.data_manager (or toolbox.benchmark_data) before build_raw_data")
     raise DatasetError(f"unknown dataset '{name}' (config key 'dataset')")

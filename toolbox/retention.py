@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 from toolbox.configs import check_held_out_spec
-from toolbox.data import DatasetError, build_raw_data
-from toolbox.data_manager import open_rgb
+from toolbox.data import DatasetError
+from toolbox.data_manager import build_raw_data, open_rgb  # data_manager's import adds PROOF's benchmarks
 from toolbox.io import write_json
 from toolbox.released import ReleasedFileError, fetch_released
 from toolbox.restore import RunDirError, load_learner
