@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from main import main
 from models.aper_adapter import CosineHead
 from tests.conftest import make_learner, refused, tiny_args
-from toolbox.configs import make_config
 from utils.adapter import adapter_parameters, adapter_state_dict, adapters_disabled, apply_adapters
 from utils.clip_backbone import clip_transform, load_clip
 
@@ -153,16 +152,12 @@ def _plain(net, x):
 
 # ----------------------------------------------------------------------------- runs, resume, errors
 def test_aper_learns_on_the_demo_and_resumes_exactly(tmp_path, monkeypatch):
-    from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
-    from toolbox.trainer import run_dir_for
+    from tests.test_resume import run_then_resume
 
     args = aper_args(tmp_path, synthetic_classes=6)
-    (tmp_path / "a.json").write_text(json.dumps(args))
-    snapshots = run_keeping_checkpoints(tmp_path / "a.json", monkeypatch)
-    run_dir = run_dir_for(make_config(args), 1993)
-    reference = without_timings(read(run_dir))
+    reference, resumed = run_then_resume(args, tmp_path, monkeypatch)
     assert reference["finished"] and reference["last"] > 100 / 6
-    assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
+    assert resumed == reference
 
 
 @pytest.mark.parametrize("key, value, allowed", [("adapter_dropout", 1.5, "[0, 1)"), ("optimizer", "rmsprop", "'sgd'"),

@@ -322,17 +322,12 @@ def test_learner_records_what_it_trains(tmp_path):
 
 # ----------------------------------------------------------------------------- runs, resume, errors
 def test_clap4clip_resumes_exactly(tmp_path, monkeypatch):
-    from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
-    from toolbox.configs import make_config
-    from toolbox.trainer import run_dir_for
+    from tests.test_resume import run_then_resume
 
     args = clap_args(tmp_path)
-    (tmp_path / "c.json").write_text(json.dumps(args))
-    snapshots = run_keeping_checkpoints(tmp_path / "c.json", monkeypatch)
-    run_dir = run_dir_for(make_config(args), 1993)
-    reference = without_timings(read(run_dir))
+    reference, resumed = run_then_resume(args, tmp_path, monkeypatch)
     assert reference["finished"]
-    assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
+    assert resumed == reference
 
 
 @pytest.mark.parametrize("key, value, allowed", [("forward_times", 0, ">= 1"), ("kl_weight", -1.0, ">= 0"),

@@ -230,17 +230,12 @@ def test_learner_trains_exactly_the_image_encoder(tmp_path):
 
 # ----------------------------------------------------------------------------- runs, resume, errors
 def test_magmax_resumes_exactly(tmp_path, monkeypatch):
-    from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
-    from toolbox.configs import make_config
-    from toolbox.trainer import run_dir_for
+    from tests.test_resume import run_then_resume
 
     args = magmax_args(tmp_path)
-    (tmp_path / "m.json").write_text(json.dumps(args))
-    snapshots = run_keeping_checkpoints(tmp_path / "m.json", monkeypatch)
-    run_dir = run_dir_for(make_config(args), 1993)
-    reference = without_timings(read(run_dir))
+    reference, resumed = run_then_resume(args, tmp_path, monkeypatch)
     assert reference["finished"]
-    assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
+    assert resumed == reference
 
 
 def test_state_round_trip_restores_the_merged_model(tmp_path):

@@ -1,7 +1,6 @@
 """MoE-Adapters (docs/methods/moe_adapters.md, items M1-M5) against hand computations: the
 router's gates and the mixture by hand (noise included, from the same seed), parameter
 counts by formula, the learning-rate schedule by its closed form, predictions with numpy."""
-import json
 import math
 
 import numpy as np
@@ -10,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import make_learner, refused, tiny_args
-from toolbox.configs import make_config
 from utils.adapter import adapter_parameters, adapter_state_dict, adapters_disabled
 from utils.clip_backbone import load_clip
 from utils.moe import MoEAdapter, apply_moe_adapters
@@ -186,16 +184,12 @@ def test_test_time_noise_makes_evaluation_vary_unless_switched_off(tmp_path):
 
 # ----------------------------------------------------------------------------- runs, resume, errors
 def test_moe_resumes_exactly(tmp_path, monkeypatch):
-    from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
-    from toolbox.trainer import run_dir_for
+    from tests.test_resume import run_then_resume
 
     args = moe_args(tmp_path)
-    (tmp_path / "m.json").write_text(json.dumps(args))
-    snapshots = run_keeping_checkpoints(tmp_path / "m.json", monkeypatch)
-    run_dir = run_dir_for(make_config(args), 1993)
-    reference = without_timings(read(run_dir))
+    reference, resumed = run_then_resume(args, tmp_path, monkeypatch)
     assert reference["finished"] and reference["trainable_parameters"] == 42_304
-    assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
+    assert resumed == reference
 
 
 @pytest.mark.parametrize("key, value, allowed", [("top_k", 3, "[1, experts]"), ("label_smoothing", 1.0, "[0, 1)"),

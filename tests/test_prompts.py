@@ -2,7 +2,6 @@
 against hand computations: prefix attention by hand, key-query
 selection, losses and CODA's weighted prompts with numpy, Gram-Schmidt by hand, one Adam
 step by its closed form, parameter counts by formula."""
-import json
 import math
 
 import numpy as np
@@ -436,16 +435,11 @@ def test_l8_the_query_cache_is_exact_and_encodes_each_image_once(tmp_path, metho
 def test_prompt_methods_resume_exactly(tmp_path, monkeypatch, method, cache):
     """With the official augmentation (the crops of every epoch drawn from the checkpointed
     stream) and with the query cache (no augmentation)."""
-    from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
-    from toolbox.trainer import run_dir_for
+    from tests.test_resume import run_then_resume
 
     args = prompt_args(tmp_path, method, **({"query_cache": True, "train_augment": "none"} if cache else {}))
-    (tmp_path / "m.json").write_text(json.dumps(args))
-    snapshots = run_keeping_checkpoints(tmp_path / "m.json", monkeypatch)
-    run_dir = run_dir_for(make_config(args), 1993)
-    reference = without_timings(read(run_dir))
+    reference, resumed = run_then_resume(args, tmp_path, monkeypatch)
     assert reference["finished"] and reference["trainable_parameters"] > 0
-    resumed = resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed")
     # a cost counter, like the timings: with the cache the resumed process computes the test images' queries
     # once more
     assert resumed.pop("query_images") == reference.pop("query_images") + (6 * 4 if cache else 0)

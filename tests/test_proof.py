@@ -14,7 +14,6 @@ from models.proof import PROOF, FusionBlock, ProofHead
 from tests.conftest import refused, tiny_args
 from toolbox.configs import make_config
 from toolbox.data_manager import DataManager
-from toolbox.trainer import run_dir_for
 from utils.herding import herding_order, per_class_budget, update_herding_memory
 
 
@@ -241,17 +240,14 @@ def test_p9_an_evaluation_encodes_the_prompts_once_and_scores_as_per_batch_encod
 
 # ----------------------------------------------------------------------------- runs
 def test_proof_learns_and_resumes_exactly(tmp_path, monkeypatch):
-    from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
+    from tests.test_resume import run_then_resume
 
     args = tiny_args(tmp_path, model_name="proof", synthetic_classes=6, epochs=3, batch_size=8, lr=0.01,
                      proof_memory_size=12)
-    (tmp_path / "p.json").write_text(json.dumps(args))
-    snapshots = run_keeping_checkpoints(tmp_path / "p.json", monkeypatch)
-    run_dir = run_dir_for(make_config(args), 1993)
-    reference = without_timings(read(run_dir))
+    reference, resumed = run_then_resume(args, tmp_path, monkeypatch)
     assert reference["trainable_parameters"][1] - reference["trainable_parameters"][0] == 16 * 16 + 16
     assert reference["memory_per_class"] == [6, 3, 2]  # 12 // seen classes
-    assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
+    assert resumed == reference
 
 
 # ----------------------------------------------------------------------------- official configs

@@ -411,15 +411,11 @@ def test_side_by_side_sections_and_set(tmp_path):
 
 
 def test_rapf_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
-    from toolbox.trainer import run_dir_for
+    from tests.test_resume import run_then_resume
 
     args = rapf_args(tmp_path, synthetic_classes=6, epochs=2, hard_pair_threshold=10.0, beta=0.2)
-    (tmp_path / "r.json").write_text(json.dumps(args))
-    snapshots = run_keeping_checkpoints(tmp_path / "r.json", monkeypatch)
-    run_dir = run_dir_for(make_config(args), 1993)
-    reference = without_timings(read(run_dir))
-    assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
+    reference, resumed = run_then_resume(args, tmp_path, monkeypatch)
+    assert resumed == reference
 
 
 # ----------------------------------------------------------------------------- official configs

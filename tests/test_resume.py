@@ -59,6 +59,15 @@ def resume_from_copy(run_dir, snapshot, other):
     return without_timings(read(str(other)))
 
 
+def run_then_resume(args, tmp_path, monkeypatch, seed=1993):
+    """Run the config ``args`` keeping its checkpoints, then --resume a copy of its run from the
+    first one; (the uninterrupted run's results, the resumed run's), both without timings."""
+    (tmp_path / "run.json").write_text(json.dumps(args))
+    snapshots = run_keeping_checkpoints(tmp_path / "run.json", monkeypatch)
+    run_dir = run_dir_for(make_config(args), seed)
+    return without_timings(read(run_dir)), resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed")
+
+
 def test_resume_from_every_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     cfg_path, run_dir = write_cfg(tmp_path)
     snapshots = run_keeping_checkpoints(cfg_path, monkeypatch)

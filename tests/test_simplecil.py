@@ -1,7 +1,6 @@
 """SimpleCIL (docs/methods/simplecil.md, items S1-S3) against numpy: prototypes are the
 means of the frozen encoder's features, predictions the nearest prototype by cosine, and
 each image is encoded once."""
-import json
 
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ import torch
 
 from tests.conftest import make_learner, tiny_args
 from tests.test_aper_adapter import clip_images
-from toolbox.configs import make_config
 
 
 def make(tmp_path, **over):
@@ -51,12 +49,8 @@ def test_s3_each_image_is_encoded_once(tmp_path, monkeypatch):
 
 
 def test_simplecil_resumes_exactly(tmp_path, monkeypatch):
-    from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
-    from toolbox.trainer import run_dir_for
+    from tests.test_resume import run_then_resume
 
     args = tiny_args(tmp_path, model_name="simplecil")
-    (tmp_path / "s.json").write_text(json.dumps(args))
-    snapshots = run_keeping_checkpoints(tmp_path / "s.json", monkeypatch)
-    run_dir = run_dir_for(make_config(args), 1993)
-    reference = without_timings(read(run_dir))
-    assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
+    reference, resumed = run_then_resume(args, tmp_path, monkeypatch)
+    assert resumed == reference

@@ -11,7 +11,6 @@ import torch
 from main import main
 from models.slca import mean_scale, new_head, normalised_logits, slow_learner_optimizer
 from tests.conftest import make_learner, refused, tiny_args
-from toolbox.configs import make_config
 from utils.clip_backbone import load_clip
 from utils.clip_ops import make_loader, task_data
 from utils.gaussian import ClassGaussians
@@ -186,16 +185,12 @@ def test_demo_and_check_through_main(tmp_path):
 
 
 def test_slca_learns_and_resumes_exactly(tmp_path, monkeypatch):
-    from tests.test_resume import read, resume_from_copy, run_keeping_checkpoints, without_timings
-    from toolbox.trainer import run_dir_for
+    from tests.test_resume import run_then_resume
 
     args = slca_args(tmp_path)
-    (tmp_path / "a.json").write_text(json.dumps(args))
-    snapshots = run_keeping_checkpoints(tmp_path / "a.json", monkeypatch)
-    run_dir = run_dir_for(make_config(args), 1993)
-    reference = without_timings(read(run_dir))
+    reference, resumed = run_then_resume(args, tmp_path, monkeypatch)
     assert reference["finished"] and reference["last"] > 100 / 6
-    assert resume_from_copy(run_dir, snapshots[0], tmp_path / "resumed") == reference
+    assert resumed == reference
 
 
 @pytest.mark.parametrize("key, value, allowed", [("bcb_lrscale", -1, ">= 0"), ("milestones", [0], "epochs >= 1"),
