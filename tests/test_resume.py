@@ -231,3 +231,37 @@ def test_a_checkpoint_from_before_task_metrics_resumes_with_aligned_metrics():
     progress.accuracies.append(30.0)
     progress.task_metrics.append({"text_accuracy": 20.0})
     assert progress.metrics_by_name() == {"text_accuracy": [None, None, 20.0]}  # the third task's, not the first's
+
+
+@pytest.mark.parametrize("method", ["magmax", "slca", "clap4clip"])
+def test_the_newer_learners_killed_after_a_task_resume_to_the_uninterrupted_run(tmp_path, method):
+    """SIGKILL of a real process once a task's checkpoint is written (MagMax: the running merge,
+    SLCA: the class statistics, CLAP4CLIP: the memory and the per-task adapters), then --resume:
+    the results equal those of a run never interrupted."""
+    from tests.test_clap4clip import clap_args
+    from tests.test_magmax import magmax_args
+    from tests.test_slca import slca_args
+
+    build = {"magmax": magmax_args, "slca": slca_args, "clap4clip": clap_args}[method]
+    shape = {"synthetic_classes": 12, "synthetic_train_per_class": 16, "init_cls": 3, "increment": 3}
+
+    def write(folder):
+        args = build(folder, **shape)
+        (folder / "cfg.json").write_text(json.dumps(args))
+        return folder / "cfg.json", run_dir_for(make_config(args), args["seed"])
+
+    cfg_path, run_dir = write(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), "--config", str(cfg_path), "-q"],
+                            env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    assert _kill_when(proc, run_dir, 1) >= 1
+    assert not read(run_dir)["finished"]  # really interrupted
+    assert main(["--resume", run_dir, "-q"]) == 0
+    resumed = without_timings(read(run_dir))
+    clean_dir = tmp_path / "clean"
+    clean_dir.mkdir()
+    clean_cfg, clean_run = write(clean_dir)
+    assert main(["--config", str(clean_cfg), "-q"]) == 0
+    clean = without_timings(read(clean_run))
+    resumed.pop("config"), clean.pop("config")  # logdir differs
+    assert resumed["finished"] and resumed == clean
