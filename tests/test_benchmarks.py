@@ -127,3 +127,18 @@ def test_summary_table_of_hand_made_measurements(tmp_path, capsys):
     assert "| RAPF speed-up over its official cost structure, first 2 tasks | 10.0x | - | - |" in lines
     assert lines[-1] == ("Not measured: throughput_compiled.json, end_to_end_imagenet_r.json, numerics.json, "
                          "proof_end_to_end.json")
+
+
+def test_demo_timings_smoke(tmp_path, capsys):
+    """benchmarks/demos.py: one real demo process timed; the JSON holds what the table prints."""
+    from benchmarks import demos
+
+    out = tmp_path / "demos.json"
+    assert demos.main(["--smoke", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    row = record["demos"]["mgclip_demo"]
+    assert len(row["wall_s"]) == 1 and row["wall_min_s"] == row["wall_max_s"] == row["wall_s"][0] > 0
+    assert row["cpu_median_run_s"] > 0  # the child's CPU, not this process's
+    assert "mgclip_demo" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        demos.main(["--only", "no_such_demo", "--out", str(out)])
