@@ -64,14 +64,14 @@ def make_config(d: Dict[str, Any]) -> Config:
     return cfg
 
 
-HELD_OUT_KEYS = {"dataset": str, "data_path": str, "class_names": str, "corruption": str, "severity": int,
+HELD_OUT_KEYS = {"dataset": str, "data_path": str, "split": str, "class_names": str, "corruption": str, "severity": int,
                  "max_images": int, "name": str, "seed": int, "synthetic_classes": int,
                  "synthetic_test_per_class": int, "synthetic_image_size": int}
 
 
 def check_held_out_spec(spec: Dict[str, Any]) -> None:
     """One ``zero_shot_eval`` entry (``toolbox/retention.py``): known keys with values of the right type, a dataset
-    this toolbox can load, severity 1-5 (corruptions are checked when the run starts)."""
+    this toolbox can load, ``split`` only for ``folder``, severity 1-5 (corruptions are checked when the run starts)."""
     for key, value in spec.items():
         if key not in HELD_OUT_KEYS:
             close = difflib.get_close_matches(key, list(HELD_OUT_KEYS), n=1, cutoff=0.5)
@@ -82,6 +82,9 @@ def check_held_out_spec(spec: Dict[str, Any]) -> None:
     if spec.get("dataset") not in DATASETS:
         raise ConfigError(f"config key 'zero_shot_eval': 'dataset' = {spec.get('dataset')!r} is not one of "
                           f"{', '.join(DATASETS)}")
+    if spec.get("split") is not None and spec["dataset"] != "folder":
+        raise ConfigError(f"config key 'zero_shot_eval': 'split' (a folder of class folders under 'data_path') is "
+                          f"for dataset 'folder', not {spec['dataset']!r}")
     if not 1 <= spec.get("severity", 3) <= 5:
         raise ConfigError(f"config key 'zero_shot_eval': 'severity' = {spec['severity']} must be 1-5 (ImageNet-C)")
 

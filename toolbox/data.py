@@ -266,6 +266,21 @@ def load_split_folders(dataset: str, data_path: str, subfolders: Sequence[str], 
                    _names_for(class_dirs, root, class_names, dataset, needs_names))
 
 
+def load_test_folder(dataset: str, folder: str, class_names: Optional[str],
+                     needs_names: str = "the method") -> RawData:
+    """Images to evaluate only, as ``folder/<class>/`` (held-out data such as ImageNet's
+    ``val/<wnid>/``): no training split; classes in the sorted order of their folders."""
+    if not os.path.isdir(folder):
+        raise DatasetError(f"dataset '{dataset}': held-out image folder {os.path.abspath(folder)} not found (its "
+                           f"zero_shot_eval keys 'data_path' and 'split': <data_path>/<split>/<class>/ images)")
+    class_dirs = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    if not class_dirs:
+        raise DatasetError(f"dataset '{dataset}': no class folders in {folder}")
+    paths, labels = _scan_split(folder, class_dirs)
+    return RawData([], np.zeros(0, dtype=np.int64), paths, labels,
+                   _names_for(class_dirs, folder, class_names, dataset, needs_names))
+
+
 def read_split_list(path: str) -> Dict[str, List[str]]:
     """A split list: a line ``train``, the training images' paths (``<wnid>/<file>``,
     relative to the dataset folder), a line ``test``, the test images' paths (RAPF's

@@ -8,7 +8,8 @@ CLIP, optionally on ImageNet-C corruptions generated on the fly (``imagecorrupti
   gaussian_noise --severity 3`` writes ``retention.json`` in the run directory.
 
 Each held-out spec: ``dataset`` (any dataset the toolbox loads; its test split),
-``data_path``, ``class_names`` (a file, or an official table such as
+``data_path`` (default: the run's), ``split`` (``folder`` only: evaluate ``<data_path>/<split>/<class>/``
+alone, e.g. ``imagenet/val`` for ImageNet's validation images), ``class_names`` (a file, or an official table such as
 ``released:mgclip/dataset_reqs/oxford_pet_classes.txt``), ``corruption`` (an ImageNet-C name, none = clean),
 ``severity`` (1-5, default 3), ``max_images`` (a seeded subset), ``seed`` (0), ``name``.
 Images are resized and centre-cropped as CLIP's preprocessing does, then corrupted (per
@@ -32,7 +33,7 @@ import torch
 from PIL import Image
 
 from toolbox.configs import check_held_out_spec
-from toolbox.data import DatasetError
+from toolbox.data import DatasetError, RawData, load_test_folder
 from toolbox.data_manager import build_raw_data, open_rgb  # data_manager's import adds PROOF's benchmarks
 from toolbox.io import write_json
 from toolbox.released import ReleasedFileError, fetch_released
@@ -117,11 +118,14 @@ def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int) -> n
         np.random.set_state(saved)
 
 
-def held_out_config(spec: Dict[str, Any], released_cache: str) -> Config:
+def held_out_config(spec: Dict[str, Any], released_cache: str, data_path: Optional[str] = None) -> Config:
     """The data config of a held-out spec; ``class_names: released:mgclip/dataset_reqs/<file>``
-    names an official name table (e.g. ``oxford_pet_classes.txt``), fetched and checked."""
+    names an official name table (e.g. ``oxford_pet_classes.txt``), fetched and checked. A
+    spec without ``data_path`` reads the run's (``data_path``), else the config default."""
     keys = {k: spec[k] for k in ("data_path", "class_names", "synthetic_classes", "synthetic_test_per_class",
                                  "synthetic_image_size") if spec.get(k) is not None}
+    if data_path is not None:
+        keys.setdefault("data_path", data_path)
     names = keys.get("class_names", "")
     if names.startswith("released:") and "/" in names:
         keys["class_names"] = fetch_released(names.split(":", 1)[1], released_cache)
@@ -129,11 +133,28 @@ def held_out_config(spec: Dict[str, Any], released_cache: str) -> Config:
                              "increment": 1})
 
 
-def held_out_images(spec: Dict[str, Any], resolution: int,
-                    released_cache: str = Config.released_cache) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+def held_out_data(spec: Dict[str, Any], released_cache: str = Config.released_cache,
+                  data_path: Optional[str] = None) -> RawData:
+    """The held-out dataset of a spec: its test split, or with ``split`` the class folders
+    of ``<data_path>/<split>/`` alone (e.g. ImageNet's ``imagenet/val/<wnid>/``)."""
+    cfg = held_out_config(spec, released_cache, data_path)
+    if spec.get("split"):
+        return load_test_folder(spec["dataset"], os.path.join(cfg.data_path, spec["split"]), cfg.class_names,
+                                needs_names="zero-shot evaluation")
+    return build_raw_data(cfg)
+
+
+def held_out_label(spec: Dict[str, Any]) -> str:
+    """A held-out set's name: the spec's ``name``, else its dataset and corruption (``cifar100 frost-3``)."""
+    return spec.get("name") or spec["dataset"] + (f" {spec['corruption']}-{spec.get('severity', 3)}"
+                                                  if spec.get("corruption") else "")
+
+
+def held_out_images(spec: Dict[str, Any], resolution: int, released_cache: str = Config.released_cache,
+                    data_path: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """The held-out test images resized and cropped like CLIP (uint8 (N, R, R, 3)), labels,
     class names."""
-    raw = build_raw_data(held_out_config(spec, released_cache))
+    raw = held_out_data(spec, released_cache, data_path)
     idx = np.arange(len(raw.test_targets))
     if spec.get("max_images") and spec["max_images"] < len(idx):
         idx = np.sort(np.random.RandomState(spec.get("seed", 0)).choice(idx, spec["max_images"], replace=False))
@@ -160,13 +181,13 @@ def zero_shot_accuracy(learner, images: np.ndarray, labels: np.ndarray, names: L
 
 def evaluate(learner, spec: Dict[str, Any]) -> Dict[str, Any]:
     """One held-out spec: zero-shot CLIP's and the trained model's accuracy, and the delta."""
-    images, labels, names = held_out_images(spec, learner._network.input_resolution, learner.cfg.released_cache)
+    images, labels, names = held_out_images(spec, learner._network.input_resolution, learner.cfg.released_cache,
+                                            learner.cfg.data_path)
     if spec.get("corruption"):
         images = corrupt_images(images, spec["corruption"], spec.get("severity", 3), spec.get("seed", 0))
     clip_acc = zero_shot_accuracy(learner, images, labels, names, trained=False)
     model_acc = zero_shot_accuracy(learner, images, labels, names, trained=True)
-    label = spec.get("name") or spec["dataset"] + (f" {spec['corruption']}-{spec.get('severity', 3)}"
-                                                   if spec.get("corruption") else "")
+    label = held_out_label(spec)
     logger.info("zero-shot retention on %s: zero-shot CLIP %.2f %%, after training %.2f %% (%+.2f)", label,
                 clip_acc, model_acc, model_acc - clip_acc)
     return {"name": label, "spec": dict(spec), "images": int(len(labels)), "classes": len(names),
@@ -185,20 +206,23 @@ def check_views(learner) -> None:
                           f"(models/base.py), so its zero-shot retention cannot be measured; remove the key")
 
 
-def check_specs(specs: List[Dict[str, Any]], released_cache: str = Config.released_cache) -> None:
-    """Before a run: each spec is valid, its corruption runs here, and its data loads."""
+def check_specs(specs: List[Dict[str, Any]], released_cache: str = Config.released_cache,
+                data_path: Optional[str] = None) -> None:
+    """Before a run: each spec is valid, its corruption runs here, and its data loads
+    (``data_path``: the run's, for specs without their own)."""
     for spec in specs:
         check_held_out_spec(spec)
         if spec.get("corruption"):
             check_corruption(spec["corruption"], spec.get("severity", 3))
-        build_raw_data(held_out_config(spec, released_cache))
+        held_out_data(spec, released_cache, data_path)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m toolbox.retention", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run directory (with config.json and checkpoint.pt)")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--data-path", dest="data_path")
+    p.add_argument("--data-path", dest="data_path", help="default: the run's data_path")
+    p.add_argument("--split", help="dataset folder only: evaluate <data-path>/<split>/<class>/ (e.g. imagenet/val)")
     p.add_argument("--class-names", dest="class_names")
     p.add_argument("--corruption")
     p.add_argument("--severity", type=int, default=3)
@@ -211,7 +235,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         learner, _, _ = load_learner(args.run)
         check_views(learner)
-        check_specs([spec], learner.cfg.released_cache)
+        check_specs([spec], learner.cfg.released_cache, learner.cfg.data_path)
         result = evaluate(learner, spec)
     except (RunDirError, ConfigError, DatasetError, ReleasedFileError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -42,16 +42,20 @@ from toolbox.checkpoint import CheckpointError, config_differences, load_checkpo
 from toolbox.configs import load_config_file, make_config, parse_overrides, shipped_configs_dir
 from toolbox.exit_codes import exit_code
 from toolbox.io import write_text
-from toolbox.published import ACCURACY, ours, published_for
+from toolbox.published import ACCURACY, ours, published_for, published_retention_for
 from toolbox.registry import LEARNERS, check_model_name
 from toolbox.report import _mean, _std, latex_escape, latex_pm, run_summary
+from toolbox.retention import held_out_label
 from toolbox.run_lock import ATTEMPT, REPLACING
 from toolbox.trainer import CHECKPOINT, read_results, run_dir_for, run_one
 from utils.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
 
-TABLE_KEYS = {"name", "methods", "protocols", "seeds", "set", "executor", "out"}
+TABLE_KEYS = {"name", "methods", "protocols", "seeds", "set", "executor", "out", "columns"}
+# columns: "avg_last" (default: protocol x {Avg, Last}) or "retention" (one column per zero_shot_eval held-out set:
+# the zero-shot top-1 after training, beside its published figure)
+COLUMNS = ("avg_last", "retention")
 EXECUTOR_KEYS = {"name", "cluster", "folder", "partition", "gpus_per_node", "cpus_per_task", "timeout_min",
                  "array_parallelism", "mem_gb"}
 
@@ -88,6 +92,8 @@ def load_table_config(path: str) -> Dict[str, Any]:
     for key in ("methods", "protocols"):
         if not data.get(key):
             raise ConfigError(f"table config {path}: '{key}' must list at least one entry")
+    if data.get("columns", "avg_last") not in COLUMNS:
+        raise ConfigError(f"table config {path}: 'columns' = {data['columns']!r} must be one of {', '.join(COLUMNS)}")
     data.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     return data
 
@@ -141,6 +147,12 @@ def plan(table: Dict[str, Any], overrides: Sequence[str] = ()) -> List[PlannedRu
     if twice:
         raise ConfigError(f"table: several runs would share the run folder {twice[0]}: give the protocols "
                           f"different prefixes (set: {{prefix: ...}} or a method section)")
+    if table.get("columns") == "retention":
+        for r in runs:
+            labels = [held_out_label(spec) for spec in r.config["zero_shot_eval"]]
+            if not labels or len(set(labels)) < len(labels):
+                raise ConfigError(f"table 'columns: retention': the runs of {r.method} {r.protocol} need config key "
+                                  f"'zero_shot_eval' with held-out sets of distinct names (have: {labels or 'none'})")
     return runs
 
 
@@ -303,6 +315,115 @@ def run_state(run_dir: str) -> Tuple[Optional[Dict[str, Any]], str]:
     return None, f"results.json not marked finished ({done} task(s) in it; written before runs recorded it?)"
 
 
+def collect_retention(runs: List[PlannedRun]) -> List[Dict[str, Any]]:
+    """A retention table (``columns: retention``): one cell per method x held-out set (the
+    name of each ``zero_shot_eval`` entry, across protocols): the zero-shot top-1 after
+    training (``model``) and of zero-shot CLIP (``zero_shot_clip``) in each finished run's
+    results.json, mean and std over seeds, and the published figure after training."""
+    cells = []
+    for method in dict.fromkeys(r.method for r in runs):
+        for protocol in dict.fromkeys(r.protocol for r in runs):
+            mine = [r for r in runs if r.method == method and r.protocol == protocol]
+            states = [(r, *run_state(r.run_dir)) for r in mine]
+            for spec in mine[0].config["zero_shot_eval"]:
+                label = held_out_label(spec)
+                found = [(r, next((z for z in (x.get("zero_shot_retention") or []) if z.get("name") == label), None))
+                         for r, x, _ in states if x is not None]
+                done = [(r, z) for r, z in found if z is not None]
+                missing = [{"seed": r.seed, "run_dir": r.run_dir, "reason": why} for r, x, why in states if x is None]
+                missing += [{"seed": r.seed, "run_dir": r.run_dir, "reason": f"no zero-shot result for {label}"}
+                            for r, z in found if z is None]
+                pub = published_retention_for(method, mine[0].config, spec)
+                cell = {"method": method, "protocol": protocol, "held_out": label, "images": z_images(done),
+                        "seeds": " ".join(str(r.seed) for r, _ in done), "runs": len(done), "planned": len(mine),
+                        "incomplete": f"{len(done)} of {len(mine)} seeds" if len(done) < len(mine) else "",
+                        "missing": missing, "published": pub.accuracy if pub else None,
+                        "source": pub.source if pub else None}
+                for key, name in (("model", "model"), ("zero_shot_clip", "zero_shot_clip")):
+                    values = [z[name] for _, z in done]
+                    cell[f"{key}_mean"], cell[f"{key}_std"] = _mean(values), _std(values)
+                cell["diff"] = None if pub is None or cell["model_mean"] is None else cell["model_mean"] - pub.accuracy
+                cells.append(cell)
+    return cells
+
+
+def z_images(done: List[Tuple[PlannedRun, Dict[str, Any]]]) -> str:
+    """The number of held-out images of a retention cell's runs ("" before any finished)."""
+    return " ".join(str(n) for n in dict.fromkeys(z.get("images") for _, z in done))
+
+
+def _retention_columns(cells: List[Dict[str, Any]]) -> List[Tuple[str, str]]:
+    return list(dict.fromkeys((c["protocol"], c["held_out"]) for c in cells))
+
+
+def _retention_cell(cells: List[Dict[str, Any]], method: str, column: Tuple[str, str]) -> Optional[Dict[str, Any]]:
+    return next((c for c in cells if c["method"] == method and (c["protocol"], c["held_out"]) == column), None)
+
+
+def _retention_text(c: Optional[Dict[str, Any]]) -> str:
+    if c is None:
+        return ""
+    mark = f" [{c['incomplete']}]" if c["incomplete"] else ""
+    if c["model_mean"] is None:
+        return "-" + mark
+    text = f"{c['model_mean']:.2f} ± {c['model_std']:.2f}" + mark
+    if c["published"] is not None:
+        text += f" ({c['published']:.2f}, {c['diff']:+.2f})"
+    return text
+
+
+def retention_table_markdown(cells: List[Dict[str, Any]]) -> str:
+    """Rows = methods, columns = held-out sets (with the protocol where the table has several)."""
+    cols = _retention_columns(cells)
+    several = len({p for p, _ in cols}) > 1
+    head = ["method"] + [f"{p}: {h}" if several else h for p, h in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in dict.fromkeys(c["method"] for c in cells):
+        lines.append("| " + " | ".join([method] + [_retention_text(_retention_cell(cells, method, col))
+                                                   for col in cols]) + " |")
+    notes = sorted({f"{c['method']} on {c['held_out']}: {c['source']}" for c in cells if c["source"]})
+    text = "\n".join(lines) + "\n\nCells: zero-shot top-1 (%) on each held-out set after the last task (the trained " \
+                              "model; zero_shot_eval), mean ± std over the finished seeds (population std); in " \
+                              "parentheses the published figure and the difference. table.csv also has zero-shot " \
+                              "CLIP's accuracy on the same images.\n"
+    text += "".join(f"- published: {n}\n" for n in notes)
+    missing = left_out_lines(cells)
+    if missing:
+        text += "\n[k of n seeds]: only k of the n planned seeds have a result; the mean and std are over those " \
+                "k. Runs in no cell:\n\n" + "".join(f"- {line}\n" for line in missing)
+    return text
+
+
+RETENTION_CSV = ["method", "protocol", "held_out", "images", "seeds", "runs", "planned", "incomplete", "left_out",
+                 "model_mean", "model_std", "zero_shot_clip_mean", "zero_shot_clip_std", "published", "diff", "source"]
+
+
+def retention_table_csv(cells: List[Dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RETENTION_CSV)
+    w.writeheader()
+    for c in cells:
+        flat = {**c, "left_out": "; ".join(f"seed {m['seed']}: {m['reason']}" for m in c["missing"])}
+        w.writerow({k: "" if flat[k] is None else flat[k] for k in RETENTION_CSV})
+    return buf.getvalue()
+
+
+def retention_table_latex(cells: List[Dict[str, Any]]) -> str:
+    tex = latex_escape
+    cols = _retention_columns(cells)
+    lines = ["\\begin{tabular}{l" + "c" * len(cols) + "}", "\\hline",
+             "Method & " + " & ".join(tex(h) for _, h in cols) + " \\\\", "\\hline"]
+    for method in dict.fromkeys(c["method"] for c in cells):
+        row = [tex(method)]
+        for col in cols:
+            c = _retention_cell(cells, method, col)
+            row.append("" if c is None else latex_pm(c["model_mean"], c["model_std"])
+                       + (f" [{c['incomplete']}]" if c["incomplete"] else ""))
+        lines.append(" & ".join(row) + " \\\\")
+    lines += ["\\hline", "\\end{tabular}"] + [f"% in no cell: {latex_escape(line)}" for line in left_out_lines(cells)]
+    return "\n".join(lines) + "\n"
+
+
 def _columns(cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     seen: Dict[str, Dict[str, Any]] = {}
     for c in cells:
@@ -323,8 +444,8 @@ def _cell_text(c: Dict[str, Any], key: str) -> str:
 def left_out_lines(cells: List[Dict[str, Any]]) -> List[str]:
     """One line per planned run that is in no cell, and why: ``mgclip cifar seed 3: partial,
     1 of 10 tasks (<run dir>)``."""
-    return [f"{c['method']} {c['protocol']} seed {m['seed']}: {m['reason']} ({m['run_dir']})"
-            for c in cells for m in c["missing"]]
+    return list(dict.fromkeys(f"{c['method']} {c['protocol']} seed {m['seed']}: {m['reason']} ({m['run_dir']})"
+                              for c in cells for m in c["missing"]))  # once, where a run is missing from several cells
 
 
 def table_markdown(cells: List[Dict[str, Any]]) -> str:
@@ -386,8 +507,13 @@ def table_latex(cells: List[Dict[str, Any]]) -> str:
 
 def write_table(cells: List[Dict[str, Any]], out: str, identity: Optional[Dict[str, Any]] = None) -> List[str]:
     """table.md, table.csv and table.tex into ``out``; with ``identity`` (:func:`table_identity`)
-    first ``table.json``, which says which table the folder holds."""
-    files = {"table.md": table_markdown(cells), "table.csv": table_csv(cells), "table.tex": table_latex(cells)}
+    first ``table.json``, which says which table the folder holds. Retention cells
+    (:func:`collect_retention`) get the retention table's files."""
+    if cells and "held_out" in cells[0]:
+        files = {"table.md": retention_table_markdown(cells), "table.csv": retention_table_csv(cells),
+                 "table.tex": retention_table_latex(cells)}
+    else:
+        files = {"table.md": table_markdown(cells), "table.csv": table_csv(cells), "table.tex": table_latex(cells)}
     if identity is not None:
         files = {"table.json": json.dumps(identity, indent=2, sort_keys=True, default=str) + "\n", **files}
     for name, text in files.items():
@@ -481,6 +607,19 @@ def _published_text(run: PlannedRun) -> str:
     return f"  published Avg {avg} / Last {last} ({pub.source})"
 
 
+def _published_retention_text(run: PlannedRun) -> str:
+    """``  published after training: <held-out> 44.65, ... (MG-CLIP supplementary, Table 6)``
+    for a run of a retention table whose held-out sets have published figures, else ""."""
+    found = [(held_out_label(spec), published_retention_for(run.method, run.config, spec))
+             for spec in run.config.get("zero_shot_eval") or []]
+    found = [(label, pub) for label, pub in found if pub is not None]
+    if not found:
+        return ""
+    sources = "; ".join(dict.fromkeys(pub.source for _, pub in found))
+    return "  published after training: " + ", ".join(f"{label} {pub.accuracy:.2f}" for label, pub in found) + \
+        f" ({sources})"
+
+
 # ----------------------------------------------------------------------------- command line
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m toolbox.table", description=__doc__.split("\n\n")[0])
@@ -520,8 +659,10 @@ def _main(args: argparse.Namespace) -> int:
     out = args.out or default_out(table, args.overrides)
     identity = table_identity(table_config_path(args.config), table, args.overrides, runs)
     check_out(out, identity)  # before any run starts
+    retention = table.get("columns") == "retention"
     for r in runs:
-        print(f"{r.method:14s} {r.protocol:14s} seed {r.seed}: {r.status}  ({r.run_dir}){_published_text(r)}")
+        published = _published_retention_text(r) if retention else _published_text(r)
+        print(f"{r.method:14s} {r.protocol:14s} seed {r.seed}: {r.status}  ({r.run_dir}){published}")
     print(f"table -> {out}")
     if args.dry_run:
         print(f"{len(runs)} run(s); nothing was written (run without --dry-run to run them)")
@@ -531,9 +672,9 @@ def _main(args: argparse.Namespace) -> int:
         execute(runs, executor)
     except TableJobError as e:  # the table of what finished is still written, its gaps marked
         failed = e
-    cells = collect(runs)
+    cells = collect_retention(runs) if retention else collect(runs)
     written = write_table(cells, out, identity)
-    print(table_markdown(cells), end="")
+    print((retention_table_markdown if retention else table_markdown)(cells), end="")
     print(f"wrote {', '.join(written)} to {out}")
     if failed is not None:
         raise failed

@@ -185,7 +185,7 @@ def prepare_run(cfg: Config, seed: int, run_dir: str, resume: Union[bool, str], 
     learner = get_model(cfg.model_name, resolved)  # builds the backbone on the device
     if cfg.zero_shot_eval:
         check_views(learner)
-        check_specs(cfg.zero_shot_eval, cfg.released_cache)  # held-out data loads, corruptions run here
+        check_specs(cfg.zero_shot_eval, cfg.released_cache, cfg.data_path)  # held-out data loads, corruptions run
     if state is not None:
         _check_same_data(state, dm, ckpt)
     return _Prepared(cfg, seed, run_dir, resolved, dm, learner, resume, state, overwrite, work_dir)
