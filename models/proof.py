@@ -151,7 +151,7 @@ class PROOF(CLIPLearner, BaseLearner):
         if self.opts.templates == ["released"]:  # read before the learner is built: toolbox/released.py
             raise ConfigError("config key 'templates' = 'released' reached the learner unread: build it through "
                               "toolbox.registry.get_model (which reads PROOF's templates.json), or give the templates")
-        self.epochs = (5 if args.get("dataset") == "cifar100" else 10) if self.cfg.epochs == "auto" else \
+        self.epochs = (5 if self.cfg.dataset == "cifar100" else 10) if self.cfg.epochs == "auto" else \
             int(self.cfg.epochs)
         self._network = build_backbone(self.cfg, self._device).eval()
         d = self._network.embed_dim
