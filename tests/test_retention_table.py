@@ -64,6 +64,35 @@ def test_a_finished_run_without_zero_shot_eval_is_another_run(tmp_path):
         plan(table, [f"logdir={tmp_path}"])
 
 
+def test_cells_by_hand_beside_table_6_with_the_runs_not_finished_listed_once(tmp_path):
+    """results.json written by hand for two of the four runs: their cells are those figures
+    beside Table 6's with the difference; the other two runs are listed once, not per column."""
+    from toolbox.table import collect_retention, retention_table_markdown
+
+    runs = plan(load_table_config("mgclip_retention"), [f"logdir={tmp_path}"])
+    mine = {"mgclip": (45.0, 55.0, 38.0, 40.0), "magmax": (43.0, 53.0, 36.0, 41.0)}
+    for r in runs:
+        if r.method in mine:
+            os.makedirs(r.run_dir)
+            z = [{"name": f"ImageNet-C {c}-3", "images": 50000, "zero_shot_clip": 1.0, "model": v}
+                 for c, v in zip(CORRUPTIONS, mine[r.method])]
+            with open(os.path.join(r.run_dir, "results.json"), "w") as f:
+                json.dump({"finished": True, "seed": r.seed, "config": r.config, "zero_shot_retention": z}, f)
+    cells = {(c["method"], c["held_out"]): c for c in collect_retention(plan(load_table_config("mgclip_retention"),
+                                                                             [f"logdir={tmp_path}"]))}
+    assert len(cells) == 16
+    for method, values in mine.items():
+        for corruption, v, p in zip(CORRUPTIONS, values, TABLE_6[method]):
+            c = cells[(method, f"ImageNet-C {corruption}-3")]
+            assert (c["model_mean"], c["published"], c["images"]) == (v, p, "50000")
+            assert c["diff"] == pytest.approx(v - p)
+    md = retention_table_markdown(list(cells.values()))
+    assert "| mgclip | 45.00 ± 0.00 (44.65, +0.35) | 55.00 ± 0.00 (56.02, -1.02) | 38.00 ± 0.00 (37.71, +0.29) | " \
+           "40.00 ± 0.00 (42.47, -2.47) |" in md
+    assert "| zs_clip | - [0 of 1 seeds] (41.95" not in md and "| zs_clip | - [0 of 1 seeds] |" in md
+    assert md.count("zs_clip cifar seed 1993: not started") == 1 and md.count("moe_adapters cifar seed 1993") == 1
+
+
 TINY = ["dataset=synthetic", "backbone=tiny-random", "device=cpu", "synthetic_classes=6",
         "synthetic_train_per_class=8", "synthetic_test_per_class=4", "synthetic_image_size=32", "init_cls=2",
         "increment=2", "epochs=1", "batch_size=8", "eval_batch_size=32", "class_order=default", "precision=fp32"]

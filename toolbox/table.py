@@ -22,6 +22,8 @@ mean +- std over the finished seeds (``[2 of 3 seeds]`` where fewer finished tha
 the others listed below the table) with the published figure and the difference beside it.
 The output folder is ``tables/<name>`` or, with ``--set`` overrides, ``tables/<name>_<overrides>``;
 its ``table.json`` says which table it holds, and a folder holding another table is refused.
+``columns: retention`` makes a zero-shot retention table instead: one column per ``zero_shot_eval``
+held-out set, the trained model's zero-shot accuracy beside its published figure.
 """
 from __future__ import annotations
 
@@ -334,20 +336,20 @@ def collect_retention(runs: List[PlannedRun]) -> List[Dict[str, Any]]:
                 missing += [{"seed": r.seed, "run_dir": r.run_dir, "reason": f"no zero-shot result for {label}"}
                             for r, z in found if z is None]
                 pub = published_retention_for(method, mine[0].config, spec)
-                cell = {"method": method, "protocol": protocol, "held_out": label, "images": z_images(done),
+                cell = {"method": method, "protocol": protocol, "held_out": label, "images": _images(done),
                         "seeds": " ".join(str(r.seed) for r, _ in done), "runs": len(done), "planned": len(mine),
                         "incomplete": f"{len(done)} of {len(mine)} seeds" if len(done) < len(mine) else "",
                         "missing": missing, "published": pub.accuracy if pub else None,
                         "source": pub.source if pub else None}
-                for key, name in (("model", "model"), ("zero_shot_clip", "zero_shot_clip")):
-                    values = [z[name] for _, z in done]
+                for key in ("model", "zero_shot_clip"):
+                    values = [z[key] for _, z in done]
                     cell[f"{key}_mean"], cell[f"{key}_std"] = _mean(values), _std(values)
                 cell["diff"] = None if pub is None or cell["model_mean"] is None else cell["model_mean"] - pub.accuracy
                 cells.append(cell)
     return cells
 
 
-def z_images(done: List[Tuple[PlannedRun, Dict[str, Any]]]) -> str:
+def _images(done: List[Tuple[PlannedRun, Dict[str, Any]]]) -> str:
     """The number of held-out images of a retention cell's runs ("" before any finished)."""
     return " ".join(str(n) for n in dict.fromkeys(z.get("images") for _, z in done))
 
