@@ -142,6 +142,40 @@ def test_retention_command_on_a_finished_run(tmp_path):
     assert r["delta"] == pytest.approx(r["model"] - r["zero_shot_clip"])
 
 
+def test_evaluation_in_chunks_equals_all_images_at_once_by_hand(tmp_path):
+    """evaluate reads, resizes and corrupts the held-out images a chunk at a time (50,000
+    ImageNet images would not fit at once): the same accuracies as corrupting the whole set
+    at once and classifying each image by hand with the learner's views."""
+    import torch
+
+    from toolbox.restore import load_learner
+    from toolbox.retention import corrupt_images, evaluate, held_out_images
+
+    args = tiny_args(tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps(args))
+    assert main(["--config", str(tmp_path / "a.json"), "-q"]) == 0
+    learner, _, _ = load_learner(run_dir_for(make_config(args), 1993))
+    spec = {"dataset": "synthetic", "synthetic_classes": 6, "synthetic_test_per_class": 5,
+            "corruption": "gaussian_noise", "severity": 5, "max_images": 23, "seed": 4}
+    images, labels, names = held_out_images(spec, learner._network.input_resolution, learner.cfg.released_cache)
+    whole = corrupt_images(images, "gaussian_noise", 5, seed=4)  # the whole set at once
+    assert np.array_equal(corrupt_images(images[5:10], "gaussian_noise", 5, seed=4, first=5), whole[5:10])
+    assert not np.array_equal(corrupt_images(images[5:10], "gaussian_noise", 5, seed=4), whole[5:10])
+    images = whole
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    hand = {}
+    with torch.no_grad():
+        for trained in (False, True):
+            scores = learner.image_view(pixels, trained) @ learner.text_view(names, trained).t()
+            hand[trained] = 100.0 * float((scores.argmax(1).numpy() == labels).mean())
+    for chunk in (5, 1024):
+        got = evaluate(learner, spec, chunk=chunk)
+        assert got["images"] == 23
+        assert got["zero_shot_clip"] == pytest.approx(hand[False]) and got["model"] == pytest.approx(hand[True])
+
+
 def test_held_out_folder_dataset_with_the_released_pet_name_table(tmp_path, released_cache):
     from tests.test_data import write_jpeg_split
     from toolbox.retention import held_out_images

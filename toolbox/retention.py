@@ -101,16 +101,17 @@ def check_corruption(name: str, severity: int) -> None:
                           f"imagecorruptions ({type(e).__name__}: {e}); choose another") from None
 
 
-def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
+def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int, first: int = 0) -> np.ndarray:
     """uint8 (N, H, W, 3) -> the same images corrupted; image i drawn with seed
-    ``seed * 1_000_003 + i`` (numpy's global generator, which imagecorruptions uses, is
-    restored afterwards)."""
+    ``seed * 1_000_003 + first + i`` (``first``: the position of ``images[0]`` in the whole
+    held-out set, so a set corrupted in chunks equals the set corrupted at once; numpy's
+    global generator, which imagecorruptions uses, is restored afterwards)."""
     corrupt, _ = corruptions_module()
     saved = np.random.get_state()
     try:
         out = np.empty_like(images)
         for i, image in enumerate(images):
-            np.random.seed((seed * 1_000_003 + i) % 2**32)
+            np.random.seed((seed * 1_000_003 + first + i) % 2**32)
             corrupted = np.asarray(corrupt(image, corruption_name=name, severity=severity))
             out[i] = np.clip(corrupted, 0, 255).astype(np.uint8)
         return out
@@ -150,18 +151,44 @@ def held_out_label(spec: Dict[str, Any]) -> str:
                                                   if spec.get("corruption") else "")
 
 
-def held_out_images(spec: Dict[str, Any], resolution: int, released_cache: str = Config.released_cache,
-                    data_path: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """The held-out test images resized and cropped like CLIP (uint8 (N, R, R, 3)), labels,
-    class names."""
+def held_out_selection(spec: Dict[str, Any], released_cache: str = Config.released_cache,
+                       data_path: Optional[str] = None) -> Tuple[RawData, np.ndarray]:
+    """The held-out dataset and the positions of its test images evaluated: all, or a
+    seeded subset of ``max_images`` (sorted)."""
     raw = held_out_data(spec, released_cache, data_path)
     idx = np.arange(len(raw.test_targets))
     if spec.get("max_images") and spec["max_images"] < len(idx):
         idx = np.sort(np.random.RandomState(spec.get("seed", 0)).choice(idx, spec["max_images"], replace=False))
+    return raw, idx
+
+
+def resized_images(raw: RawData, idx: np.ndarray, resolution: int) -> np.ndarray:
+    """The test images at positions ``idx``, resized and centre-cropped like CLIP: uint8 (N, R, R, 3)."""
     resize = clip_resize_crop(resolution)
-    images = np.stack([np.asarray(resize(open_rgb(raw.test_images[i]) if raw.use_path else
-                                         Image.fromarray(raw.test_images[i]))) for i in idx])
-    return images, np.asarray(raw.test_targets)[idx], raw.class_names
+    return np.stack([np.asarray(resize(open_rgb(raw.test_images[i]) if raw.use_path else
+                                       Image.fromarray(raw.test_images[i]))) for i in idx])
+
+
+def held_out_images(spec: Dict[str, Any], resolution: int, released_cache: str = Config.released_cache,
+                    data_path: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """The held-out test images resized and cropped like CLIP (uint8 (N, R, R, 3)), labels,
+    class names: all in memory (``evaluate`` reads them in chunks instead)."""
+    raw, idx = held_out_selection(spec, released_cache, data_path)
+    return resized_images(raw, idx, resolution), np.asarray(raw.test_targets)[idx], raw.class_names
+
+
+@torch.no_grad()
+def count_correct(learner, images: np.ndarray, labels: np.ndarray, text: torch.Tensor, trained: bool,
+                  batch: int = 256) -> int:
+    """How many of ``images`` (uint8, CLIP-sized) the learner's image view (as trained, or as
+    zero-shot CLIP; ``models/base.py``) puts nearest to their own class's row of ``text``."""
+    normalise = DevicePreprocess(images.shape[1], learner._device)  # CLIP-sized: normalisation only
+    correct = 0
+    for i in range(0, len(labels), batch):
+        feats = learner.image_view(normalise(torch.from_numpy(images[i:i + batch])), trained)
+        pred = (feats @ text.t()).argmax(1).cpu().numpy()
+        correct += int((pred == labels[i:i + batch]).sum())
+    return correct
 
 
 @torch.no_grad()
@@ -169,28 +196,32 @@ def zero_shot_accuracy(learner, images: np.ndarray, labels: np.ndarray, names: L
                        batch: int = 256) -> float:
     """Top-1 (%) of zero-shot classification of ``images`` (uint8, CLIP-sized) among ``names``
     with the learner's views (``models/base.py``): as trained, or as zero-shot CLIP."""
-    normalise = DevicePreprocess(images.shape[1], learner._device)  # CLIP-sized: normalisation only
     text = learner.text_view(names, trained)
-    correct = 0
-    for i in range(0, len(labels), batch):
-        feats = learner.image_view(normalise(torch.from_numpy(images[i:i + batch])), trained)
-        pred = (feats @ text.t()).argmax(1).cpu().numpy()
-        correct += int((pred == labels[i:i + batch]).sum())
-    return 100.0 * correct / len(labels)
+    return 100.0 * count_correct(learner, images, labels, text, trained, batch) / len(labels)
 
 
-def evaluate(learner, spec: Dict[str, Any]) -> Dict[str, Any]:
-    """One held-out spec: zero-shot CLIP's and the trained model's accuracy, and the delta."""
-    images, labels, names = held_out_images(spec, learner._network.input_resolution, learner.cfg.released_cache,
-                                            learner.cfg.data_path)
-    if spec.get("corruption"):
-        images = corrupt_images(images, spec["corruption"], spec.get("severity", 3), spec.get("seed", 0))
-    clip_acc = zero_shot_accuracy(learner, images, labels, names, trained=False)
-    model_acc = zero_shot_accuracy(learner, images, labels, names, trained=True)
+def evaluate(learner, spec: Dict[str, Any], chunk: int = 1024) -> Dict[str, Any]:
+    """One held-out spec: zero-shot CLIP's and the trained model's accuracy, and the delta.
+    The images are read, resized and corrupted ``chunk`` at a time (ImageNet's 50,000
+    validation images would take 7.5 GB at 224 x 224 at once); each image's corruption is
+    seeded by its position in the whole set, so the result does not depend on ``chunk``."""
+    raw, idx = held_out_selection(spec, learner.cfg.released_cache, learner.cfg.data_path)
+    names, targets = raw.class_names, np.asarray(raw.test_targets)
+    texts = {trained: learner.text_view(names, trained) for trained in (False, True)}
+    correct = {False: 0, True: 0}
+    for start in range(0, len(idx), chunk):
+        part = idx[start:start + chunk]
+        images = resized_images(raw, part, learner._network.input_resolution)
+        if spec.get("corruption"):
+            images = corrupt_images(images, spec["corruption"], spec.get("severity", 3), spec.get("seed", 0),
+                                    first=start)
+        for trained in (False, True):
+            correct[trained] += count_correct(learner, images, targets[part], texts[trained], trained)
+    clip_acc, model_acc = (100.0 * correct[t] / len(idx) for t in (False, True))
     label = held_out_label(spec)
     logger.info("zero-shot retention on %s: zero-shot CLIP %.2f %%, after training %.2f %% (%+.2f)", label,
                 clip_acc, model_acc, model_acc - clip_acc)
-    return {"name": label, "spec": dict(spec), "images": int(len(labels)), "classes": len(names),
+    return {"name": label, "spec": dict(spec), "images": int(len(idx)), "classes": len(names),
             "zero_shot_clip": clip_acc, "model": model_acc, "delta": model_acc - clip_acc}
 
 
