@@ -401,13 +401,7 @@ RETENTION_CSV = ["method", "protocol", "held_out", "images", "seeds", "runs", "p
 
 
 def retention_table_csv(cells: List[Dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RETENTION_CSV)
-    w.writeheader()
-    for c in cells:
-        flat = {**c, "left_out": "; ".join(f"seed {m['seed']}: {m['reason']}" for m in c["missing"])}
-        w.writerow({k: "" if flat[k] is None else flat[k] for k in RETENTION_CSV})
-    return buf.getvalue()
+    return cells_csv(cells, RETENTION_CSV)
 
 
 def retention_table_latex(cells: List[Dict[str, Any]]) -> str:
@@ -479,14 +473,19 @@ TABLE_CSV = ["method", "protocol", "dataset", "split", "backbone", "seeds", "run
              "avg_diff", "last_diff", "source"]
 
 
-def table_csv(cells: List[Dict[str, Any]]) -> str:
+def cells_csv(cells: List[Dict[str, Any]], fields: List[str]) -> str:
+    """One CSV row per cell with ``fields``; ``left_out`` names each run in no cell and why."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=TABLE_CSV)
+    w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for c in cells:
         flat = {**c, "left_out": "; ".join(f"seed {m['seed']}: {m['reason']}" for m in c["missing"])}
-        w.writerow({k: "" if flat[k] is None else flat[k] for k in TABLE_CSV})
+        w.writerow({k: "" if flat[k] is None else flat[k] for k in fields})
     return buf.getvalue()
+
+
+def table_csv(cells: List[Dict[str, Any]]) -> str:
+    return cells_csv(cells, TABLE_CSV)
 
 
 def table_latex(cells: List[Dict[str, Any]]) -> str:
