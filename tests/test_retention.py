@@ -188,3 +188,54 @@ def test_held_out_folder_dataset_with_the_released_pet_name_table(tmp_path, rele
     images, labels, got = held_out_images(spec, 32, released_cache)
     assert got == names and got[0] == "abyssinian" and images.shape == (74, 32, 32, 3)
     assert list(labels[:4]) == [0, 0, 1, 1]
+
+
+def test_a_run_stopped_in_its_held_out_evaluation_keeps_what_it_evaluated_and_resumes_the_rest(
+        tmp_path, monkeypatch, capsys):
+    """results.json says finished only once every held-out set is evaluated; each set's
+    result is written as it comes, so a run stopped in the second of three keeps the first,
+    a table continues it (not "skip"), and --resume evaluates only the other two: the same
+    results as a run never stopped."""
+    from toolbox import trainer
+    from toolbox.table import run_state, status_of
+
+    held_out = [{"dataset": "synthetic", "synthetic_classes": 5, "synthetic_test_per_class": 4, "name": n,
+                 **({"corruption": c} if c else {})} for n, c in (("clean", None), ("noise", "gaussian_noise"),
+                                                                  ("contrast", "contrast"))]
+    real_evaluate = trainer.evaluate
+    calls = []
+
+    def stopped_in_the_second(learner, spec):
+        calls.append(spec["name"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(learner, spec)
+
+    args = tiny_args(tmp_path, zero_shot_eval=held_out)
+    (tmp_path / "a.json").write_text(json.dumps(args))
+    run_dir = run_dir_for(make_config(args), 1993)
+    monkeypatch.setattr(trainer, "evaluate", stopped_in_the_second)
+    assert main(["--config", str(tmp_path / "a.json"), "-q"]) == 130
+    assert "interrupted in the held-out evaluation (2 of 3 sets)" in capsys.readouterr().err
+    with open(os.path.join(run_dir, "results.json")) as f:
+        stopped = json.load(f)
+    assert stopped["completed_tasks"] == stopped["nb_tasks"] == 3 and not stopped["finished"]
+    assert [r["name"] for r in stopped["zero_shot_retention"]] == ["clean"]
+    assert status_of(run_dir, stopped["config"]).startswith("continue")
+    assert run_state(run_dir) == (None, "partial, all 3 tasks but the held-out evaluation not finished")
+
+    calls.clear()
+    monkeypatch.setattr(trainer, "evaluate", lambda learner, spec: calls.append(spec["name"]) or
+                        real_evaluate(learner, spec))
+    assert main(["--resume", run_dir, "-q"]) == 0
+    assert calls == ["noise", "contrast"]  # the first set is not evaluated again
+    with open(os.path.join(run_dir, "results.json")) as f:
+        resumed = json.load(f)
+    clean_args = tiny_args(tmp_path / "clean", zero_shot_eval=held_out)
+    (tmp_path / "clean.json").write_text(json.dumps(clean_args))
+    assert main(["--config", str(tmp_path / "clean.json"), "-q"]) == 0
+    with open(os.path.join(run_dir_for(make_config(clean_args), 1993), "results.json")) as f:
+        clean = json.load(f)
+    assert resumed["finished"] and resumed["zero_shot_retention"] == clean["zero_shot_retention"]
+    assert calls == ["noise", "contrast", "clean", "noise", "contrast"]
+    assert main(["--resume", run_dir, "-q"]) == 0 and len(calls) == 5  # finished: nothing evaluated again

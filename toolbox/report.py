@@ -132,6 +132,14 @@ def run_progress(r: Dict[str, Any]) -> Tuple[int, int, bool]:
     return done, planned, bool(r.get("finished", done >= planned))
 
 
+def partial_reason(done: int, planned: int) -> str:
+    """Why a run that is not finished is left out: its tasks so far, or, with every task
+    done, its held-out evaluation (``zero_shot_eval``) still to finish."""
+    if done >= planned:
+        return f"partial, all {planned} tasks but the held-out evaluation not finished"
+    return f"partial, {done} of {planned} tasks"
+
+
 def load_runs(paths: Sequence[str], include_partial: bool = False
               ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], List[Tuple[str, str]]]:
     """``(runs, left_out, notes)`` of ``paths``: the usable runs (finished ones; also the
@@ -152,7 +160,7 @@ def load_runs(paths: Sequence[str], include_partial: bool = False
         if finished or include_partial:
             runs.append(r)
         else:
-            left_out.append({"run_dir": d, "reason": f"partial, {done} of {planned} tasks", "completed_tasks": done,
+            left_out.append({"run_dir": d, "reason": partial_reason(done, planned), "completed_tasks": done,
                              "nb_tasks": planned})
     left_out.sort(key=lambda x: x["run_dir"])
     if not runs:

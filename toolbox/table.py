@@ -46,7 +46,7 @@ from toolbox.exit_codes import exit_code
 from toolbox.io import write_text
 from toolbox.published import ACCURACY, ours, published_for, published_retention_for
 from toolbox.registry import LEARNERS, check_model_name
-from toolbox.report import _mean, _std, latex_escape, latex_pm, run_summary
+from toolbox.report import _mean, _std, latex_escape, latex_pm, partial_reason, run_summary
 from toolbox.retention import held_out_label
 from toolbox.run_lock import ATTEMPT, REPLACING
 from toolbox.trainer import CHECKPOINT, read_results, run_dir_for, run_one
@@ -313,7 +313,7 @@ def run_state(run_dir: str) -> Tuple[Optional[Dict[str, Any]], str]:
     done = r.get("completed_tasks", len(r.get("accuracy") or []))
     planned = r.get("nb_tasks")
     if planned:
-        return None, f"partial, {done} of {planned} tasks"
+        return None, partial_reason(done, planned)
     return None, f"results.json not marked finished ({done} task(s) in it; written before runs recorded it?)"
 
 

@@ -295,7 +295,7 @@ def _already_complete(p: _Prepared) -> bool:
     if p.state is None or p.replacing or p.state["completed_tasks"] < p.dm.nb_tasks:
         return False
     results = read_results(os.path.join(p.run_dir, "results.json")) or {}
-    return not p.cfg.zero_shot_eval or "zero_shot_retention" in results
+    return not p.cfg.zero_shot_eval or held_out_done(p.cfg, results) == len(p.cfg.zero_shot_eval)
 
 
 def _move_in(attempt: str, run_dir: str) -> None:
@@ -369,6 +369,9 @@ def _interrupted_message(p: _Prepared, where: Dict[str, Any]) -> str:
     ckpt = os.path.join(p.work_dir, CHECKPOINT)
     if where.get("finished"):
         task, kept = "after the last task", f"every task is complete in {ckpt}"
+    elif "held_out" in where:
+        task = f"in the held-out evaluation ({where['held_out']} sets)"
+        kept = f"every task is complete in {ckpt}, and the sets evaluated before are in results.json"
     else:
         task = f"in task {where['task']}/{where['nb_tasks']}" if "task" in where else "before the first task"
         kept = f"completed tasks are kept in {ckpt}" if os.path.exists(ckpt) else "no task had completed"
@@ -481,7 +484,9 @@ def _run(p: _Prepared, where: Dict[str, Any], summary: Optional[Callable[[Dict[s
                     [round(a, 1) for a in progress.matrix[-1]], _duration(t2 - t0), eta)
         results = {
             "model_name": cfg.model_name, "dataset": cfg.dataset, "seed": seed,
-            "nb_tasks": dm.nb_tasks, "completed_tasks": task + 1, "finished": task + 1 == dm.nb_tasks,
+            "nb_tasks": dm.nb_tasks, "completed_tasks": task + 1,
+            # finished = every result written: with held-out sets, once they are evaluated too (below)
+            "finished": task + 1 == dm.nb_tasks and not cfg.zero_shot_eval,
             "class_order": dm.class_order,
             "accuracy": progress.accuracies, "accuracy_task_mean": task_mean_accuracies(progress.matrix),
             "accuracy_matrix": progress.matrix, "top5": progress.top5,
@@ -499,14 +504,43 @@ def _run(p: _Prepared, where: Dict[str, Any], summary: Optional[Callable[[Dict[s
     if results is None:
         raise CheckpointError(f"{results_path} is missing or unreadable although {ckpt_path} has every task; "
                               f"restore it, or start the run over with --overwrite")
-    if cfg.zero_shot_eval and "zero_shot_retention" not in results:
-        results["zero_shot_retention"] = [evaluate(learner, spec) for spec in cfg.zero_shot_eval]
-        write_json(results_path, results)
+    if cfg.zero_shot_eval:
+        _evaluate_held_out(cfg, learner, results, results_path, where)
     where["finished"] = True
     interrupts.hold()  # every result is written: a Ctrl-C from here on no longer stops anything
     if summary is not None:
         logger.info("summary:\n%s", summary(results))
     logger.info("done in %.1f s -> %s", time.perf_counter() - start_run, p.run_dir)
+
+
+def held_out_done(cfg: Config, results: Dict[str, Any]) -> int:
+    """How many of the run's held-out sets (``zero_shot_eval``, in order) results.json holds
+    the evaluation of: a result counts only under its own spec, as far as the first that differs."""
+    done = results.get("zero_shot_retention") or []
+    count = 0
+    for spec, result in zip(cfg.zero_shot_eval or [], done):
+        if not isinstance(result, dict) or result.get("spec") != dict(spec):
+            break
+        count += 1
+    return count
+
+
+def _evaluate_held_out(cfg: Config, learner, results: Dict[str, Any], results_path: str,
+                       where: Dict[str, Any]) -> None:
+    """After the last task: each held-out set not yet evaluated, results.json written after
+    each (an evaluation of ImageNet-C can take hours on the CPU: one killed in its third set
+    keeps the first two, and --resume evaluates the rest); then the run is finished."""
+    kept = held_out_done(cfg, results)
+    results["zero_shot_retention"] = list(results.get("zero_shot_retention") or [])[:kept]
+    if kept:
+        logger.info("held-out sets already evaluated: %d of %d", kept, len(cfg.zero_shot_eval))
+    for i, spec in enumerate(cfg.zero_shot_eval[kept:], start=kept):
+        where["held_out"] = f"{i + 1} of {len(cfg.zero_shot_eval)}"
+        results["zero_shot_retention"].append(evaluate(learner, spec))
+        write_json(results_path, results)
+    if not results.get("finished"):
+        results["finished"] = True
+        write_json(results_path, results)
 
 
 def _clear_outputs(run_dir: str) -> None:
