@@ -436,3 +436,66 @@ def test_every_dataset_of_the_config_list_has_a_loader_once_the_data_manager_is_
 
     read_by_data_py = {"synthetic", "cifar100", "imagenet_r", "cub200", "imagenet100", "folder"}
     assert set(LOADERS) == set(DATASETS) - read_by_data_py
+
+
+def _aircraft_tree(root, classes=100):
+    """FGVC-Aircraft's archive layout (fgvc-aircraft-2013b/data/...), tiny: one trainval and one
+    test image per variant."""
+    data = os.path.join(root, "fgvc-aircraft-2013b", "data")
+    variants = [f"V-{i:03d}" for i in range(classes)]
+    write(os.path.join(data, "variants.txt"), variants)
+    write(os.path.join(data, "images_variant_trainval.txt"), [f"{i:07d} {v}" for i, v in enumerate(variants)])
+    write(os.path.join(data, "images_variant_test.txt"), [f"{i + 5000:07d} {v}" for i, v in enumerate(variants)])
+    for i in range(classes):
+        put(os.path.join(data, "images", f"{i:07d}.jpg"))
+        put(os.path.join(data, "images", f"{i + 5000:07d}.jpg"))
+    return variants
+
+
+def test_aircraft_downloads_whole_before_torchvision_unpacks_it(tmp_path, monkeypatch):
+    """FGVC-Aircraft has no checksum in torchvision, which would take a broken archive left at
+    its path for whole: the archive is fetched into a temporary file and renamed once complete
+    (a download that breaks leaves nothing), then torchvision unpacks it and the loader reads it.
+    The 'server' is a file:// URL of a tiny archive laid out as the real one."""
+    import tarfile
+
+    from toolbox import benchmark_data
+
+    staging = tmp_path / "staging"
+    variants = _aircraft_tree(str(staging))
+    archive = tmp_path / "server" / "fgvc-aircraft-2013b.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(staging / "fgvc-aircraft-2013b", arcname="fgvc-aircraft-2013b")
+    monkeypatch.setitem(benchmark_data.DOWNLOADS, "aircraft", (archive.as_uri(), "FGVCAircraft"))
+
+    # a download that breaks half-way: nothing is left in data_path, and the error names the URL
+    data_path = tmp_path / "data"
+    real_open = benchmark_data.fetch_verified.__globals__["open_url"]
+
+    class Broken:
+        def __init__(self, source):
+            self.source, self.sent = source, 0
+
+        def read(self, n):
+            if self.sent:
+                raise OSError("connection reset")
+            self.sent += 1
+            return self.source.read(100)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.source.close()
+
+    monkeypatch.setitem(benchmark_data.fetch_verified.__globals__, "open_url", lambda url: Broken(real_open(url)))
+    with pytest.raises(DatasetError) as e:
+        load_benchmark("aircraft", str(data_path), None)
+    assert archive.as_uri() in one_line(e) and "connection reset" in one_line(e)
+    assert not data_path.exists() or not [p for p in data_path.rglob("*") if p.is_file()]
+
+    monkeypatch.setitem(benchmark_data.fetch_verified.__globals__, "open_url", real_open)
+    raw = load_benchmark("aircraft", str(data_path), None)
+    assert raw.class_names == variants and len(raw.train_images) == len(raw.test_images) == 100
+    assert (data_path / "fgvc-aircraft-2013b.tar.gz").read_bytes() == archive.read_bytes()

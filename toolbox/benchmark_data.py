@@ -27,7 +27,7 @@ from toolbox.data import (
     load_split_folders,
     read_class_table,
 )
-from utils.download import open_url
+from utils.download import fetch_verified, open_url
 
 CALTECH_SPLIT_SEED = 1993  # the seeded per-class split of the archives without an official one
 HELD_OUT_FRACTION = 0.2
@@ -310,6 +310,11 @@ DOWNLOADS: Dict[str, Tuple[str, str]] = {
     "flowers": ("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat", "Flowers102"),
     "caltech101": ("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip", "Caltech101"),
 }
+# torchvision has no checksum for these archives and would take a broken download left at its path for
+# whole: fetched here first (a temporary file renamed once complete), then torchvision finds and unpacks it.
+FETCHED_FIRST = ("aircraft",)
+
+
 def _torchvision_download(spec: Benchmark, data_path: str) -> None:
     """torchvision's own download (it checks the archive's MD5 where it has one), after a
     fast check that its server answers (offline: one line, within seconds)."""
@@ -317,9 +322,15 @@ def _torchvision_download(spec: Benchmark, data_path: str) -> None:
 
     url, name = DOWNLOADS[spec.key]
     try:
-        open_url(url).close()
+        if spec.key in FETCHED_FIRST:
+            fetch_verified(url, os.path.join(data_path, os.path.basename(url)), None, DatasetError,
+                           f"then run again (docs/data.md, {spec.key})")
+        else:
+            open_url(url).close()
         os.makedirs(data_path, exist_ok=True)
         getattr(datasets, name)(data_path, download=True)
+    except DatasetError:  # fetch_verified's own line: the URL, where to put the file
+        raise
     except Exception as e:  # offline / server gone / MD5 mismatch: torchvision raises several kinds
         raise DatasetError(f"dataset '{spec.key}' is not in {os.path.abspath(data_path)} and could not be "
                            f"downloaded from {url} ({e}). Run once with internet access, or put PROOF's "

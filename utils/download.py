@@ -64,13 +64,17 @@ def open_url(url: str, connect_timeout: Optional[float] = None, read_timeout: fl
     return box["response"]
 
 
-def fetch_verified(url: str, target: str, sha256: str, error: Type[Exception], offline_hint: str,
+def fetch_verified(url: str, target: str, sha256: Optional[str], error: Type[Exception], offline_hint: str,
                    redownload_mismatch: bool = True) -> str:
     """``target`` if its SHA-256 is ``sha256``, else downloaded from ``url`` into it.
 
     A file at ``target`` with another checksum is downloaded again
     (``redownload_mismatch``) or refused with ``error``. Offline, ``error`` names the URL,
-    the checksum, where to put the file and ``offline_hint``."""
+    the checksum, where to put the file and ``offline_hint``. ``sha256`` None: a file
+    with no published checksum, taken as it is; the download is still written to a
+    temporary file and renamed only once whole, so a broken download leaves nothing."""
+    if os.path.isfile(target) and sha256 is None:
+        return target
     if os.path.isfile(target):
         actual = sha256_of(target)
         if actual == sha256:
@@ -87,7 +91,7 @@ def fetch_verified(url: str, target: str, sha256: str, error: Type[Exception], o
         with os.fdopen(fd, "wb") as out, open_url(url) as src:
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 out.write(chunk)
-        actual = sha256_of(tmp)
+        actual = sha256_of(tmp) if sha256 is not None else None
         if actual != sha256:
             raise error(f"the download of {url} has SHA-256 {actual}, expected {sha256}; try again, or place a "
                         f"verified copy at {target}")
@@ -95,7 +99,8 @@ def fetch_verified(url: str, target: str, sha256: str, error: Type[Exception], o
         return target
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise error(f"{os.path.basename(target)} is not in {folder} and could not be downloaded ({e}). Download "
-                    f"{url} on a machine with internet and put it at {target} (SHA-256 {sha256}), "
+                    f"{url} on a machine with internet and put it at {target}"
+                    f"{f' (SHA-256 {sha256})' if sha256 else ''}, "
                     f"{offline_hint}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
