@@ -254,6 +254,12 @@ def test_sun397_without_partitions_says_so_before_any_download(tmp_path, monkeyp
     with pytest.raises(DatasetError) as e:
         load_benchmark("sun", str(tmp_path), None, download=False)
     assert "Partitions/Training_01.txt" in one_line(e) and "Partitions.zip" in one_line(e)
+    # with a names file (proof_sun*.json's released:proof names) the archive could only be refused
+    # after its download: PROOF's folder is what is asked for, and nothing is downloaded
+    write(str(tmp_path / "names.txt"), ["abbey"])
+    with pytest.raises(DatasetError) as e:
+        load_benchmark("sun", str(tmp_path / "fresh"), str(tmp_path / "names.txt"))
+    assert "only PROOF's sun folder can be used" in one_line(e) and "data_path/sun/train/<class>/" in one_line(e)
 
 
 def test_flowers_labels_1_to_100_train_plus_val_vs_test(tmp_path):

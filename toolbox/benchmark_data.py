@@ -324,7 +324,8 @@ def _torchvision_download(spec: Benchmark, data_path: str) -> None:
     try:
         if spec.key in FETCHED_FIRST:
             fetch_verified(url, os.path.join(data_path, os.path.basename(url)), None, DatasetError,
-                           f"then run again (docs/data.md, {spec.key})")
+                           f"then run again; or put PROOF's {spec.key} folder as "
+                           f"data_path/{spec.subfolders[0]}/train/ + test/ (config key 'data_path'); see docs/data.md")
         else:
             open_url(url).close()
         os.makedirs(data_path, exist_ok=True)
@@ -404,6 +405,14 @@ def load_benchmark(dataset: str, data_path: str, class_names: Optional[str], nee
                                + f" (config key 'data_path'). {spec.how_to_get}. See docs/data.md")
         if dataset == "sun":  # torchvision fetches the images only: the partitions must be there first
             lacking = [m for m in spec.archive[1:] if not os.path.isfile(os.path.join(data_path, "SUN397", m))]
+            if lacking and class_names is not None:  # e.g. proof_sun*.json's released:proof names
+                raise DatasetError(f"dataset 'sun' not found: PROOF's train/ + test/ folders are not in "
+                                   f"{_looked(data_path, spec.subfolders)} (config key 'data_path'). With a names "
+                                   f"file (config key 'class_names', {class_names}) only PROOF's sun folder can "
+                                   f"be used: PROOF's 300 names are not SUN397's first 300 categories, so the "
+                                   f"original archive would be downloaded whole and then refused. Get PROOF's "
+                                   f"folder (its README's link) as data_path/sun/train/<class>/ + test/<class>/; "
+                                   f"see docs/data.md")
             if lacking:
                 raise DatasetError(f"dataset 'sun': SUN397's official {', '.join(lacking)} (Partitions.zip, which "
                                    f"torchvision does not download) is not in {os.path.join(data_path, 'SUN397')} "
