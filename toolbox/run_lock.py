@@ -44,9 +44,7 @@ class RunLock:
             os.makedirs(self.run_dir, exist_ok=True)
             self._lock.acquire()
         except Timeout:
-            raise RunLockedError(f"run folder {self.run_dir} is in use by {describe_owner(self.run_dir)}; wait "
-                                 f"for it to finish or stop it, or run into another folder (config key "
-                                 f"'prefix' or 'logdir')") from None
+            raise RunLockedError(in_use_message(self.run_dir)) from None
         except OSError as e:  # after Timeout, which is an OSError too
             raise write_error(self.run_dir, e) from None
         try:
@@ -60,6 +58,29 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         remove_quietly(self._owner_path)
         self._lock.release()
+
+
+def in_use_message(run_dir: str) -> str:
+    return (f"run folder {run_dir} is in use by {describe_owner(run_dir)}; wait for it to finish or stop it, "
+            f"or run into another folder (config key 'prefix' or 'logdir')")
+
+
+def check_not_in_use(run_dir: str) -> None:
+    """Before a run's checks say what the folder holds: :class:`RunLockedError` when another
+    process holds it now (a run still going: neither --resume nor --overwrite can help until it
+    ends). Creates nothing: a folder without a lock file has no holder. Not for a process that
+    holds the folder itself (a second lock of the same file conflicts within one process)."""
+    path = os.path.join(run_dir, LOCK_NAME)
+    if not os.path.isfile(path):
+        return
+    probe = FileLock(path, timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        raise RunLockedError(in_use_message(run_dir)) from None
+    except OSError:  # unreadable lock file: the run's own locking reports it with the path
+        return
+    probe.release()
 
 
 def describe_owner(run_dir: str) -> str:

@@ -41,7 +41,7 @@ from toolbox.data_manager import DataManager
 from toolbox.io import WriteError, fsync_folder, remove_stale_temps, write_error, write_json, write_text
 from toolbox.registry import get_model, method_data
 from toolbox.retention import check_specs, check_views, evaluate
-from toolbox.run_lock import ATTEMPT, REPLACING, RunLock
+from toolbox.run_lock import ATTEMPT, REPLACING, RunLock, check_not_in_use
 from utils.config import Config
 from utils.errors import NonFiniteError, user_message
 from utils.metrics import summarize, task_mean_accuracies
@@ -236,17 +236,21 @@ def describe_run(folder: str) -> Optional[str]:
     return None
 
 
-def choose_work_dir(run_dir: str, resume: Union[bool, str], overwrite: bool) -> str:
+def choose_work_dir(run_dir: str, resume: Union[bool, str], overwrite: bool, locked_here: bool = False) -> str:
     """Where a run into ``run_dir`` writes: the folder itself, or ``.attempt`` when it
     replaces an earlier run (``overwrite``) or continues such a replacement (``resume``).
     A fresh run into a folder holding an earlier run (or a stopped replacement) without
-    ``overwrite`` is refused, naming what the folder holds and the three ways on."""
+    ``overwrite`` is refused, naming what the folder holds and the three ways on; first,
+    unless this process holds the folder (``locked_here``), a folder another process is
+    running in is refused as such (its run may have written results already)."""
     attempt = os.path.join(run_dir, ATTEMPT)
     if resume:
         return attempt if os.path.isdir(attempt) else run_dir
     held, stopped = describe_run(run_dir), describe_run(attempt) if os.path.isdir(attempt) else None
     if held is None and stopped is None:
         return run_dir
+    if not locked_here:
+        check_not_in_use(run_dir)
     if not overwrite:
         what = held or ""
         if stopped is not None:
@@ -270,7 +274,7 @@ def _take_folder(p: _Prepared) -> None:
         _finish_move_in(run_dir)
         logger.warning("%s: completed moving in a finished replacement run that a stopped process had begun",
                        run_dir)
-    p.work_dir = choose_work_dir(run_dir, p.resume, p.overwrite)
+    p.work_dir = choose_work_dir(run_dir, p.resume, p.overwrite, locked_here=True)
     ckpt_path = os.path.join(p.work_dir, CHECKPOINT)
     p.state = _load_resume_state(ckpt_path, p.resume, p.resolved)  # again, under the lock: it may have moved on
     if p.state is not None:
