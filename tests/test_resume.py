@@ -243,7 +243,7 @@ def test_the_newer_learners_killed_after_a_task_resume_to_the_uninterrupted_run(
     from tests.test_slca import slca_args
 
     build = {"magmax": magmax_args, "slca": slca_args, "clap4clip": clap_args}[method]
-    shape = {"synthetic_classes": 12, "synthetic_train_per_class": 16, "init_cls": 3, "increment": 3}
+    shape = {"synthetic_classes": 12, "synthetic_train_per_class": 16, "init_cls": 2, "increment": 2}  # 6 tasks
 
     def write(folder):
         args = build(folder, **shape)
