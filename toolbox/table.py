@@ -388,12 +388,7 @@ def retention_table_markdown(cells: List[Dict[str, Any]]) -> str:
                               "model; zero_shot_eval), mean ± std over the finished seeds (population std); in " \
                               "parentheses the published figure and the difference. table.csv also has zero-shot " \
                               "CLIP's accuracy on the same images.\n"
-    text += "".join(f"- published: {n}\n" for n in notes)
-    missing = left_out_lines(cells)
-    if missing:
-        text += "\n[k of n seeds]: only k of the n planned seeds have a result; the mean and std are over those " \
-                "k. Runs in no cell:\n\n" + "".join(f"- {line}\n" for line in missing)
-    return text
+    return text + _markdown_notes(notes, cells, "have a result")
 
 
 RETENTION_CSV = ["method", "protocol", "held_out", "images", "seeds", "runs", "planned", "incomplete", "left_out",
@@ -444,6 +439,17 @@ def left_out_lines(cells: List[Dict[str, Any]]) -> List[str]:
                               for c in cells for m in c["missing"]))  # once, where a run is missing from several cells
 
 
+def _markdown_notes(notes: List[str], cells: List[Dict[str, Any]], seeds_counted: str) -> str:
+    """The lines under a Markdown table (both kinds): where each published figure is from, then
+    each planned run in no cell and why."""
+    text = "".join(f"- published: {n}\n" for n in notes)
+    missing = left_out_lines(cells)
+    if missing:
+        text += f"\n[k of n seeds]: only k of the n planned seeds {seeds_counted}; the mean and std are over " \
+                "those k. Runs in no cell:\n\n" + "".join(f"- {line}\n" for line in missing)
+    return text
+
+
 def table_markdown(cells: List[Dict[str, Any]]) -> str:
     cols = _columns(cells)
     head = ["method"] + [f"{c['dataset']} {c['split']} ({c['backbone']}) {m}" for c in cols for m in ("Avg", "Last")]
@@ -459,12 +465,7 @@ def table_markdown(cells: List[Dict[str, Any]]) -> str:
     text = "\n".join(lines) + "\n\nCells: mean ± std over the finished seeds (population std); in parentheses " \
                               "the published figure and the difference; a cell uses its published figure's " \
                               "definition of accuracy (named below; without one: over all seen test images).\n"
-    text += "".join(f"- published: {n}\n" for n in notes)
-    missing = left_out_lines(cells)
-    if missing:
-        text += "\n[k of n seeds]: only k of the n planned seeds have finished; the mean and std are over those " \
-                "k. Runs in no cell:\n\n" + "".join(f"- {line}\n" for line in missing)
-    return text
+    return text + _markdown_notes(notes, cells, "have finished")
 
 
 # incomplete: "2 of 3 seeds" where fewer seeds than planned finished; left_out: each run in no cell and why
