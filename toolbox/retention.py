@@ -191,15 +191,6 @@ def count_correct(learner, images: np.ndarray, labels: np.ndarray, text: torch.T
     return correct
 
 
-@torch.no_grad()
-def zero_shot_accuracy(learner, images: np.ndarray, labels: np.ndarray, names: List[str], trained: bool,
-                       batch: int = 256) -> float:
-    """Top-1 (%) of zero-shot classification of ``images`` (uint8, CLIP-sized) among ``names``
-    with the learner's views (``models/base.py``): as trained, or as zero-shot CLIP."""
-    text = learner.text_view(names, trained)
-    return 100.0 * count_correct(learner, images, labels, text, trained, batch) / len(labels)
-
-
 def evaluate(learner, spec: Dict[str, Any], chunk: int = 1024) -> Dict[str, Any]:
     """One held-out spec: zero-shot CLIP's and the trained model's accuracy, and the delta.
     The images are read, resized and corrupted ``chunk`` at a time (ImageNet's 50,000
